@@ -1,0 +1,154 @@
+"""Curation: the quality classifier on student embeddings, and the scored corpus, shard by shard."""
+
+import time
+from dataclasses import asdict, replace
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from embedding_assets.assets.features import read_sample
+from embedding_assets.assets.ingest import raw_corpus, raw_corpus_path
+from embedding_assets.assets.teacher import embedding_column
+from embedding_assets.assets.training import MODEL_FILE, distilled_model
+from embedding_assets.engine import LexicalEmbedder
+from embedding_assets.engine.classifier import QualityClassifier, fit_classifier
+from embedding_assets.partitions import corpus_shards
+from embedding_assets.resources import Storage
+from embedding_assets.sample_corpus import NETWORKING_LABELS
+
+CLASSIFIER_FILE = "quality_classifier.json"
+
+
+class ClassifierConfig(dg.Config):
+    label_column: str = Field(default="label", description="Column of the training sample holding the labels.")
+    positive_labels: list[str] = Field(default=list(NETWORKING_LABELS), description="Labels that count as the documents to keep.")
+    target_keep_fraction: float = Field(default=0.2, description="Share of documents the calibrated threshold keeps.")
+    seed: int = 0
+
+
+@dg.asset(
+    deps=[distilled_model],
+    group_name="curation",
+    kinds={"sklearn", "json"},
+    code_version="1",
+    description="Logistic regression on student embeddings, trained from the label column, with a keep threshold calibrated once to a target keep fraction.",
+)
+def quality_classifier(context: dg.AssetExecutionContext, config: ClassifierConfig, storage: Storage) -> dg.MaterializeResult:
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    if config.label_column != "label":
+        raise dg.Failure("the training sample carries its labels in the 'label' column; set label_column to 'label'")
+    embedder = LexicalEmbedder.from_bytes(storage.read_bytes(MODEL_FILE))
+    sample = read_sample(storage, ["id", "text", "label", "split"])
+    embeddings = embedder.encode(sample["text"].to_pylist())
+    positives = set(config.positive_labels)
+    y = np.array([label in positives for label in sample["label"].to_pylist()])
+    train = np.array(sample["split"].to_pylist()) == "train"
+    try:
+        classifier = fit_classifier(
+            embeddings[train], y[train], embeddings, sorted(positives), config.target_keep_fraction, embedder.version, config.seed
+        )
+    except ValueError as exc:
+        raise dg.Failure(str(exc)) from exc
+    heldout_scores = classifier.score(embeddings[~train])
+    evaluation = {
+        "heldout_auc": round(float(roc_auc_score(y[~train], heldout_scores)), 4) if len(set(y[~train])) == 2 else None,
+        "heldout_accuracy": round(float(accuracy_score(y[~train], heldout_scores >= 0.5)), 4),
+        "positive_share": round(float(y.mean()), 4),
+        "sample_keep_fraction": round(float(classifier.keep(classifier.score(embeddings)).mean()), 4),
+    }
+    classifier = replace(classifier, evaluation=evaluation)
+    uri = storage.write_bytes(classifier.to_json().encode(), CLASSIFIER_FILE)
+    return dg.MaterializeResult(
+        metadata={
+            "uri": dg.MetadataValue.path(uri),
+            "classifier_version": classifier.version,
+            "model_version": embedder.version,
+            "threshold": round(classifier.threshold, 6),
+            "target_keep_fraction": config.target_keep_fraction,
+            "positive_labels": classifier.positive_labels,
+            **evaluation,
+        }
+    )
+
+
+def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(pa.uint8(), dim), nullable=False),
+            pa.field("score", pa.float32(), nullable=False),
+            pa.field("keep", pa.bool_(), nullable=False),
+            pa.field("model_version", pa.string(), nullable=False),
+            pa.field("classifier_version", pa.string(), nullable=False),
+        ],
+        metadata=metadata,
+    )
+
+
+@dg.asset(
+    partitions_def=corpus_shards,
+    deps=[raw_corpus, quality_classifier],
+    group_name="curation",
+    kinds={"parquet"},
+    code_version="1",
+    description="Every document of a shard with its uint8 student embedding, score, keep decision and the versions that produced them.",
+)
+def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.MaterializeResult:
+    shard = context.partition_key
+    embedder = LexicalEmbedder.from_bytes(storage.read_bytes(MODEL_FILE))
+    classifier = QualityClassifier.from_json(storage.read_bytes(CLASSIFIER_FILE))
+    if classifier.model_version != embedder.version:
+        raise dg.Failure(
+            f"quality_classifier was trained on model {classifier.model_version}, but distilled_model is {embedder.version}; re-materialise quality_classifier"
+        )
+    schema = scored_schema(embedder.dim, {
+        "shard": shard,
+        "model_version": embedder.version,
+        "classifier_version": classifier.version,
+        "threshold": repr(classifier.threshold),
+        "quantization_limit": repr(embedder.quantization_limit),
+    })
+    kept = 0
+    score_hist = np.zeros(20, dtype=np.int64)
+    started = time.perf_counter()
+
+    def scored_batches():
+        nonlocal kept
+        with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
+            for batch in parquet.iter_batches(batch_size=8192, columns=["id", "text"]):
+                vectors = embedder.encode(batch.column("text").to_pylist())
+                scores = classifier.score(vectors)
+                keep = classifier.keep(scores)
+                kept += int(keep.sum())
+                score_hist[:] += np.histogram(scores, bins=20, range=(0.0, 1.0))[0]
+                n = batch.num_rows
+                yield pa.record_batch(
+                    [
+                        batch.column("id"),
+                        embedding_column(embedder.quantize(vectors)),
+                        pa.array(scores, pa.float32()),
+                        pa.array(keep, pa.bool_()),
+                        pa.array([embedder.version] * n, pa.string()),
+                        pa.array([classifier.version] * n, pa.string()),
+                    ],
+                    schema=schema,
+                )
+
+    uri, rows = storage.write_parquet(scored_batches(), schema, "scored_corpus", f"{shard}.parquet")
+    seconds = time.perf_counter() - started
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": rows,
+            "uri": dg.MetadataValue.path(uri),
+            "kept": kept,
+            "keep_fraction": round(kept / max(rows, 1), 4),
+            "threshold": round(classifier.threshold, 6),
+            "model_version": embedder.version,
+            "classifier_version": classifier.version,
+            "score_histogram": [int(c) for c in score_hist],
+            "docs_per_second": round(rows / max(seconds, 1e-9), 1),
+        }
+    )

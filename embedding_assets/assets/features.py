@@ -1,0 +1,68 @@
+"""Features: the n-gram vocabulary with its IDF, and the TF-IDF matrix of the training sample."""
+
+import time
+
+import dagster as dg
+import numpy as np
+from pydantic import Field
+
+from embedding_assets.assets.ingest import training_sample
+from embedding_assets.engine.features import build_features
+from embedding_assets.resources import Storage, Teacher
+
+FEATURES_FILE = "features.safetensors"
+
+
+class FeaturesConfig(dg.Config):
+    vocabulary_size: int = Field(default=200_000, description="Most n-grams kept, by document frequency.")
+    max_ngram_length: int = Field(default=5, description="Longest n-gram, in WordPiece tokens.")
+    min_document_frequency: int = Field(default=2, description="An n-gram must occur in at least this many sample documents.")
+    counter_capacity: int = Field(default=2_000_000, description="N-grams the approximate counter tracks at once (bounds its memory).")
+
+
+def read_sample(storage: Storage, columns: list[str]):
+    with storage.open_parquet("training_sample.parquet") as parquet:
+        return parquet.read(columns=columns)
+
+
+@dg.asset(
+    deps=[training_sample],
+    group_name="training",
+    kinds={"safetensors"},
+    code_version="1",
+    description="WordPiece n-grams (1..k) of the sample, a vocabulary picked by bounded-memory approximate counting, IDF, and the L2-normalised TF-IDF rows.",
+)
+def features(context: dg.AssetExecutionContext, config: FeaturesConfig, storage: Storage, teacher: Teacher) -> dg.MaterializeResult:
+    if config.vocabulary_size < 1 or not 1 <= config.max_ngram_length <= 16:
+        raise dg.Failure(f"vocabulary_size must be >= 1 and max_ngram_length in 1..16; got {config.vocabulary_size}, {config.max_ngram_length}")
+    sample = read_sample(storage, ["id", "text"])
+    texts = sample["text"].to_pylist()
+    batches = [texts[i : i + 4096] for i in range(0, len(texts), 4096)]
+    started = time.perf_counter()
+    built = build_features(
+        teacher.tokenizer_json(),
+        sample["id"].to_pylist(),
+        batches,
+        vocabulary_size=config.vocabulary_size,
+        max_ngram_length=config.max_ngram_length,
+        min_document_frequency=config.min_document_frequency,
+        counter_capacity=config.counter_capacity,
+    )
+    seconds = time.perf_counter() - started
+    uri = storage.write_bytes(built.to_bytes(), FEATURES_FILE)
+    nnz = np.diff(built.tfidf.indptr)
+    lengths = np.bincount((built.vocabulary.ngrams != np.uint32(0xFFFFFFFF)).sum(axis=1), minlength=config.max_ngram_length + 1)
+    return dg.MaterializeResult(
+        metadata={
+            "uri": dg.MetadataValue.path(uri),
+            "vocabulary_size": built.vocabulary.size,
+            "counted_ngrams": built.counted_ngrams,
+            "documents": len(texts),
+            "coverage": float(np.mean(nnz > 0)),
+            "nnz_per_document_median": float(np.median(nnz)),
+            "ngrams_by_length": {str(n): int(lengths[n]) for n in range(1, config.max_ngram_length + 1)},
+            "idf_min": float(built.vocabulary.idf.min()) if built.vocabulary.size else 0.0,
+            "idf_max": float(built.vocabulary.idf.max()) if built.vocabulary.size else 0.0,
+            "docs_per_second": round(len(texts) / seconds, 1),
+        }
+    )

@@ -1,0 +1,145 @@
+"""Ingest: each corpus shard under the corpus contract, and the training sample drawn from them."""
+
+import hashlib
+import time
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from embedding_assets.corpus import read_shard
+from embedding_assets.engine.errors import InputError
+from embedding_assets.partitions import corpus_shards
+from embedding_assets.resources import CorpusSource, Storage
+
+SAMPLE_COLUMNS = ("id", "text", "label", "shard", "split")
+
+
+def raw_corpus_path(shard: str) -> tuple[str, str]:
+    return ("raw_corpus", f"{shard}.parquet")
+
+
+def id_hash(ids: list[str], salt: str) -> np.ndarray:
+    """A uint64 per id, stable across runs and machines."""
+    salt_bytes = salt.encode()
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(salt_bytes + i.encode(), digest_size=8).digest(), "little") for i in ids],
+        dtype=np.uint64,
+    )
+
+
+@dg.asset(
+    partitions_def=corpus_shards,
+    group_name="ingest",
+    kinds={"parquet"},
+    code_version="1",
+    description="One corpus shard, read in record batches and checked against the corpus contract (id, text, extra columns kept).",
+)
+def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage: Storage) -> dg.MaterializeResult:
+    shard = context.partition_key
+    shards = corpus.shards()
+    if shard not in shards:
+        raise dg.Failure(f"shard {shard!r} is a partition but no such file is under {corpus.location}")
+    started = time.perf_counter()
+    batches = read_shard(shards[shard], corpus.batch_size)
+    try:
+        first = next(batches)
+    except StopIteration:
+        raise dg.Failure(f"shard {shard}: the file has no documents ({shards[shard]})") from None
+    except InputError as exc:
+        raise dg.Failure(str(exc)) from exc
+
+    def all_batches():
+        yield first
+        for batch in batches:
+            if batch.schema != first.schema:
+                try:
+                    batch = pa.Table.from_batches([batch]).cast(first.schema).to_batches()[0]
+                except (pa.ArrowInvalid, ValueError, KeyError) as exc:
+                    raise InputError(f"shard {shard}: columns change part-way through the file: {batch.schema} vs {first.schema}") from exc
+            yield batch
+
+    try:
+        uri, rows = storage.write_parquet(all_batches(), first.schema, *raw_corpus_path(shard))
+    except InputError as exc:
+        raise dg.Failure(str(exc)) from exc
+    seconds = time.perf_counter() - started
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": rows,
+            "source": dg.MetadataValue.path(shards[shard]),
+            "uri": dg.MetadataValue.path(uri),
+            "columns": list(first.schema.names),
+            "docs_per_second": round(rows / max(seconds, 1e-9), 1),
+        }
+    )
+
+
+class SampleConfig(dg.Config):
+    size: int = Field(default=6000, description="Documents in the training sample (the teacher embeds every one).")
+    heldout_fraction: float = Field(default=0.15, description="Share of documents held out for evaluation, decided by a hash of the id.")
+    seed: int = Field(default=0, description="Salt of the sampling hash: a different seed draws a different sample.")
+
+
+@dg.asset(
+    deps=[raw_corpus],
+    group_name="ingest",
+    kinds={"parquet"},
+    code_version="1",
+    description=(
+        "A deterministic sample across all shards: the documents with the smallest seeded hash of their id "
+        "(bottom-k), so adding shards only ever swaps documents in, and a train / held-out split by a second hash."
+    ),
+)
+def training_sample(context: dg.AssetExecutionContext, config: SampleConfig, storage: Storage) -> dg.MaterializeResult:
+    if config.size < 2 or not 0 < config.heldout_fraction < 1:
+        raise dg.Failure(f"sample size must be >= 2 and heldout_fraction in (0, 1); got {config.size}, {config.heldout_fraction}")
+    shards = sorted(context.instance.get_dynamic_partitions(corpus_shards.name))
+    kept: pa.Table | None = None
+    total = 0
+    for shard in shards:
+        if not storage.exists(*raw_corpus_path(shard)):
+            raise dg.Failure(f"raw_corpus[{shard}] has not been materialised; materialise it first")
+        with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
+            for batch in parquet.iter_batches(batch_size=8192):
+                ids = batch.column("id").to_pylist()
+                total += len(ids)
+                labels = batch.column("label") if "label" in batch.schema.names else pa.nulls(len(ids), pa.string())
+                candidates = pa.table({
+                    "id": batch.column("id"),
+                    "text": batch.column("text"),
+                    "label": labels.cast(pa.string()),
+                    "shard": pa.array([shard] * len(ids), pa.string()),
+                    "sample_hash": pa.array(id_hash(ids, f"sample:{config.seed}")),
+                })
+                kept = candidates if kept is None else pa.concat_tables([kept, candidates])
+                if kept.num_rows > config.size:
+                    order = np.lexsort((np.array(kept["id"].to_pylist(), dtype=object), kept["sample_hash"].to_numpy()))
+                    kept = kept.take(order[: config.size])
+    if kept is None or kept.num_rows == 0:
+        raise dg.Failure("no documents to sample: no raw_corpus shard is materialised")
+    order = np.lexsort((np.array(kept["id"].to_pylist(), dtype=object), kept["sample_hash"].to_numpy()))
+    kept = kept.take(order)
+    duplicates = pc.count_distinct(kept["id"]).as_py() != kept.num_rows
+    if duplicates:
+        raise dg.Failure("the same document id occurs in more than one shard; ids must be unique across shards")
+    bucket = id_hash(kept["id"].to_pylist(), "split") % np.uint64(10_000)
+    split = np.where(bucket < np.uint64(round(config.heldout_fraction * 10_000)), "heldout", "train")
+    sample = kept.drop_columns(["sample_hash"]).append_column("split", pa.array(split, pa.string()))
+    uri, rows = storage.write_parquet(sample.to_batches(), sample.schema, "training_sample.parquet")
+    heldout = int((split == "heldout").sum())
+    labels = pc.value_counts(sample["label"]).to_pylist()
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": rows,
+            "uri": dg.MetadataValue.path(uri),
+            "shards": len(shards),
+            "corpus_documents": total,
+            "train_documents": rows - heldout,
+            "heldout_documents": heldout,
+            "labels": len([v for v in labels if v["values"] is not None]),
+            "seed": config.seed,
+        }
+    )

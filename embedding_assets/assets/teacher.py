@@ -1,0 +1,92 @@
+"""Teacher embeddings of the training sample, on the compute device."""
+
+import time
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+
+from embedding_assets.assets.features import read_sample
+from embedding_assets.assets.ingest import training_sample
+from embedding_assets.resources import Compute, Storage, Teacher
+
+TEACHER_FILE = "teacher_embeddings.parquet"
+CHUNK = 512
+
+
+def embeddings_schema(dim: int, value_type: pa.DataType, metadata: dict[str, str]) -> pa.Schema:
+    return pa.schema(
+        [pa.field("id", pa.string(), nullable=False), pa.field("embedding", pa.list_(value_type, dim), nullable=False)],
+        metadata=metadata,
+    )
+
+
+def embedding_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors).ravel()), vectors.shape[1])
+
+
+def read_embeddings(storage: Storage, *parts: str) -> tuple[list[str], np.ndarray, dict[bytes, bytes]]:
+    with storage.open_parquet(*parts) as parquet:
+        table = parquet.read()
+        metadata = parquet.schema_arrow.metadata or {}
+    column = table["embedding"].combine_chunks()
+    dim = column.type.list_size
+    vectors = column.flatten().to_numpy().reshape(-1, dim)
+    return table["id"].to_pylist(), vectors, metadata
+
+
+@dg.asset(
+    deps=[training_sample],
+    group_name="training",
+    kinds={"parquet", "pytorch"},
+    code_version="1",
+    description="The teacher's L2-normalised embeddings of every sample document (float32), in sample order.",
+)
+def teacher_embeddings(context: dg.AssetExecutionContext, storage: Storage, teacher: Teacher, compute: Compute) -> dg.MaterializeResult:
+    sample = read_sample(storage, ["id", "text"])
+    texts = sample["text"].to_pylist()
+    device = compute.torch_device()
+    model = teacher.load(device)
+    identity = teacher.identity()
+    dim = model.get_sentence_embedding_dimension()
+    if teacher.truncate_dim:
+        dim = min(dim, teacher.truncate_dim)
+    context.log.info(f"teacher {identity['model']} on {device}: {len(texts)} documents, dim {dim}")
+
+    started = time.perf_counter()
+    last_log = started
+    chunks = []
+    for start in range(0, len(texts), CHUNK):
+        chunks.append(teacher.embed(model, texts[start : start + CHUNK], device, compute.precision))
+        now = time.perf_counter()
+        done = min(start + CHUNK, len(texts))
+        if now - last_log > 10 or done == len(texts):
+            rate = done / (now - started)
+            context.log.info(f"teacher: {done}/{len(texts)} documents, {rate:.1f} docs/s, ETA {(len(texts) - done) / rate:.0f} s")
+            last_log = now
+    seconds = time.perf_counter() - started
+    vectors = np.concatenate(chunks)
+    if not np.isfinite(vectors).all():
+        raise dg.Failure("the teacher produced NaN or infinite values")
+    schema = embeddings_schema(dim, pa.float32(), {
+        "model": identity["model"],
+        "model_sha256": identity["sha256"],
+        "dim": str(dim),
+        "normalization": "l2",
+        "quantization_limit": "none",
+        "max_seq_length": str(teacher.max_seq_length),
+    })
+    table = pa.table([sample["id"], embedding_column(vectors)], schema=schema)
+    uri, rows = storage.write_parquet(table.to_batches(), schema, TEACHER_FILE)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": rows,
+            "uri": dg.MetadataValue.path(uri),
+            "teacher": identity["model"],
+            "teacher_sha256": identity["sha256"],
+            "device": device,
+            "dim": dim,
+            "docs_per_second": round(len(texts) / seconds, 1),
+            "seconds": round(seconds, 1),
+        }
+    )

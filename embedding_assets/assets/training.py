@@ -1,0 +1,149 @@
+"""Training: distil the teacher into the lexical student and evaluate it on held-out documents."""
+
+import time
+
+import dagster as dg
+import numpy as np
+from pydantic import Field
+
+from embedding_assets.assets.features import FEATURES_FILE, features, read_sample
+from embedding_assets.assets.teacher import TEACHER_FILE, read_embeddings, teacher_embeddings
+from embedding_assets.engine import LexicalEmbedder
+from embedding_assets.engine.distill import DistillConfig, batch_loss, distill
+from embedding_assets.engine.evaluation import (
+    cosine_spearman,
+    neighbour_recall,
+    probe_accuracy,
+    probe_labels,
+    tfidf_probe_accuracy,
+)
+from embedding_assets.engine.features import Features
+from embedding_assets.engine.network import forward, init_layers, l2_normalize
+from embedding_assets.engine.quantization import calibrate_limit
+from embedding_assets.resources import Compute, Storage
+
+MODEL_FILE = "distilled_model.safetensors"
+
+
+class DistillationConfig(dg.Config):
+    hidden_dims: list[int] = Field(default=[256, 256], description="Hidden layer sizes after the sparse first layer.")
+    output_dim: int = Field(default=0, description="Embedding size; 0 uses the teacher's.")
+    epochs: int = Field(default=30, description="Passes over the training split.")
+    batch_size: int = Field(default=512, description="Documents per step; the loss compares every pair in a batch.")
+    learning_rate: float = Field(default=3e-3, description="Peak AdamW learning rate of the warmup-stable-decay schedule.")
+    temperature: float = Field(default=3.0, description="Softmax temperature of the Gram-matrix KL loss.")
+    seed: int = Field(default=0, description="Seed of the initial weights and the batch order.")
+    probe_labels: int = Field(default=20, description="Linear probes use this many most frequent labels.")
+
+
+def student_evaluation(student: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
+    return {
+        "recall_at_10": round(neighbour_recall(student, teacher, k=10), 4),
+        "spearman": round(cosine_spearman(student, teacher), 4),
+    }
+
+
+@dg.asset(
+    deps=[features, teacher_embeddings],
+    group_name="training",
+    kinds={"pytorch", "safetensors"},
+    code_version="1",
+    description=(
+        "The student: TF-IDF -> sparse first layer -> ReLU/L2 hidden layers -> L2-normalised embedding, trained with the "
+        "Gram-matrix KL loss against the teacher, saved as one safetensors file, and evaluated on held-out documents."
+    ),
+)
+def distilled_model(
+    context: dg.AssetExecutionContext, config: DistillationConfig, storage: Storage, compute: Compute
+) -> dg.MaterializeResult:
+    feats = Features.from_bytes(storage.read_bytes(FEATURES_FILE))
+    teacher_ids, teacher_vectors, teacher_meta = read_embeddings(storage, TEACHER_FILE)
+    sample = read_sample(storage, ["id", "text", "label", "split"])
+    sample_ids = sample["id"].to_pylist()
+    if feats.ids != sample_ids or teacher_ids != sample_ids:
+        raise dg.Failure("features, teacher_embeddings and training_sample disagree on the documents; re-materialise them together")
+    texts = np.array(sample["text"].to_pylist(), dtype=object)
+    train = np.array(sample["split"].to_pylist()) == "train"
+    heldout = ~train
+    try:
+        distill_config = DistillConfig(
+            hidden_dims=tuple(config.hidden_dims),
+            output_dim=config.output_dim or None,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            temperature=config.temperature,
+            seed=config.seed,
+        )
+    except ValueError as exc:
+        raise dg.Failure(f"bad distillation config: {exc}") from exc
+
+    device = compute.torch_device()
+    train_tfidf, train_teacher = feats.tfidf[train], teacher_vectors[train]
+    dims = [feats.vocabulary.size, *distill_config.hidden_dims, distill_config.output_dim or teacher_vectors.shape[1]]
+    initial_layers = init_layers(dims, distill_config.seed)
+    started = time.perf_counter()
+
+    def log_epoch(epoch, module, history):
+        elapsed = time.perf_counter() - started
+        done = epoch + 1
+        context.log.info(
+            f"training: epoch {done}/{distill_config.epochs}, loss {history.epoch_loss[-1]:.4f}, "
+            f"{history.steps / elapsed:.1f} steps/s, ETA {(distill_config.epochs - done) * elapsed / done:.0f} s"
+        )
+
+    context.log.info(f"training a {'-'.join(map(str, dims))} student on {train.sum()} documents on {device}")
+    layers, history = distill(train_tfidf, train_teacher, distill_config, device=device, on_epoch=log_epoch)
+    train_student = forward(train_tfidf, layers)
+    fallback = l2_normalize(train_student.mean(axis=0, keepdims=True))[0]
+    limit = calibrate_limit(train_student)
+
+    heldout_texts = list(texts[heldout])
+    teacher_heldout = teacher_vectors[heldout]
+    provenance = {
+        "teacher": {k.decode(): v.decode() for k, v in teacher_meta.items()},
+        "training": {**config.model_dump(), "steps": history.steps, "train_documents": int(train.sum()), "device": device},
+    }
+    embedder = LexicalEmbedder(feats.tokenizer_json, feats.vocabulary, layers, fallback, limit, provenance)
+    untrained = LexicalEmbedder(feats.tokenizer_json, feats.vocabulary, initial_layers, fallback, limit)
+    student_heldout = embedder.encode(heldout_texts)
+    evaluation = {
+        "student": student_evaluation(student_heldout, teacher_heldout),
+        "untrained_student": student_evaluation(untrained.encode(heldout_texts), teacher_heldout),
+    }
+
+    labels = probe_labels(sample["label"].to_pylist(), config.probe_labels)
+    probes = {}
+    if any(label is not None for label in labels[train]) and any(label is not None for label in labels[heldout]):
+        probes = {
+            "teacher": probe_accuracy(train_teacher, labels[train], teacher_heldout, labels[heldout]),
+            "student": probe_accuracy(train_student, labels[train], student_heldout, labels[heldout]),
+            "tfidf": tfidf_probe_accuracy(list(texts[train]), labels[train], heldout_texts, labels[heldout]),
+        }
+        probes = {k: round(v, 4) for k, v in probes.items()}
+
+    loss_start = batch_loss(train_tfidf, train_teacher, initial_layers, distill_config)
+    loss_end = batch_loss(train_tfidf, train_teacher, layers, distill_config)
+    embedder.provenance["evaluation"] = {**evaluation, "probe_accuracy": probes, "heldout_documents": int(heldout.sum())}
+    uri = storage.write_bytes(embedder.to_bytes(), MODEL_FILE)
+
+    return dg.MaterializeResult(
+        metadata={
+            "uri": dg.MetadataValue.path(uri),
+            "model_version": embedder.version,
+            "dims": "-".join(map(str, embedder.dims)),
+            "train_documents": int(train.sum()),
+            "heldout_documents": int(heldout.sum()),
+            "steps": history.steps,
+            "training_seconds": round(history.seconds, 1),
+            "loss_start": round(loss_start, 5),
+            "loss_end": round(loss_end, 5),
+            "loss_per_epoch": [round(x, 5) for x in history.epoch_loss],
+            "recall_at_10": evaluation["student"]["recall_at_10"],
+            "spearman": evaluation["student"]["spearman"],
+            "untrained_recall_at_10": evaluation["untrained_student"]["recall_at_10"],
+            "untrained_spearman": evaluation["untrained_student"]["spearman"],
+            "probe_accuracy": probes,
+            "quantization_limit": round(limit, 5),
+        }
+    )

@@ -1,0 +1,138 @@
+"""Corpus shards: listing them, and reading them in record batches under the corpus contract.
+
+A shard is one file: parquet (columns `id`, `text`, anything else), jsonl (one JSON object
+per line with `id` and `text`) or txt (one document per non-blank line, id `<shard>:<line>`).
+Every batch that comes out has `id: string`, `text: string` and the shard's other columns.
+Bad input raises `InputError` naming the shard, the row and the column.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import PurePosixPath
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from embedding_assets.engine.errors import InputError
+
+SHARD_SUFFIXES = (".parquet", ".jsonl", ".txt")
+REQUIRED_COLUMNS = ("id", "text")
+
+
+def list_shards(location: str) -> dict[str, str]:
+    """Shard key (the file name without its suffix) -> URL of every shard file under `location`."""
+    fs, root = fsspec.core.url_to_fs(location)
+    if not fs.isdir(root):
+        raise InputError(f"corpus location {location} does not exist or is not a directory")
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    shards: dict[str, str] = {}
+    for path in sorted(fs.find(root)):
+        name = PurePosixPath(path).name
+        suffix = PurePosixPath(name).suffix
+        if suffix not in SHARD_SUFFIXES or name.startswith("."):
+            continue
+        key = name[: -len(suffix)]
+        url = path if protocol == "file" else f"{protocol}://{path}"
+        if key in shards:
+            raise InputError(f"two shards are both named {key!r}: {shards[key]} and {url}")
+        shards[key] = url
+    return shards
+
+
+def read_shard(url: str, batch_size: int = 8192) -> Iterator[pa.RecordBatch]:
+    """Stream a shard's documents, checked against the corpus contract."""
+    shard = PurePosixPath(url).name
+    suffix = PurePosixPath(url).suffix
+    readers = {".parquet": _parquet_batches, ".jsonl": _jsonl_batches, ".txt": _txt_batches}
+    if suffix not in readers:
+        raise InputError(f"shard {shard}: unsupported file type {suffix!r} (expected one of {SHARD_SUFFIXES})")
+    seen: set[str] = set()
+    row = 0
+    for batch in readers[suffix](url, shard, batch_size):
+        batch = _conform(batch, shard, row)
+        for offset, doc_id in enumerate(batch.column("id").to_pylist()):
+            if doc_id in seen:
+                raise InputError(f"shard {shard}: row {row + offset}: duplicate id {doc_id!r}")
+            seen.add(doc_id)
+        row += batch.num_rows
+        yield batch
+
+
+def _conform(batch: pa.RecordBatch, shard: str, first_row: int) -> pa.RecordBatch:
+    columns = {}
+    for name in REQUIRED_COLUMNS:
+        if name not in batch.schema.names:
+            raise InputError(f"shard {shard}: missing required column {name!r} (has {batch.schema.names})")
+        column = batch.column(name)
+        if pa.types.is_integer(column.type) and name == "id":
+            column = column.cast(pa.string())
+        elif pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
+            column = column.cast(pa.string())
+        elif not pa.types.is_string(column.type):
+            raise InputError(f"shard {shard}: column {name!r} has type {column.type}, expected string")
+        if column.null_count:
+            row = first_row + column.is_null().to_pylist().index(True)
+            raise InputError(f"shard {shard}: row {row}: {name} is null")
+        columns[name] = column
+    for name in batch.schema.names:
+        if name not in columns:
+            columns[name] = batch.column(name)
+    return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
+
+
+def _parquet_batches(url: str, shard: str, batch_size: int) -> Iterator[pa.RecordBatch]:
+    with fsspec.open(url, "rb") as f:
+        try:
+            parquet = pq.ParquetFile(f)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"shard {shard}: not a readable parquet file ({exc})") from exc
+        try:
+            yield from parquet.iter_batches(batch_size=batch_size)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"shard {shard}: corrupt parquet data ({exc})") from exc
+
+
+def _lines(url: str, shard: str) -> Iterator[tuple[int, str]]:
+    with fsspec.open(url, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"shard {shard}: line {number}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+
+
+def _jsonl_batches(url: str, shard: str, batch_size: int) -> Iterator[pa.RecordBatch]:
+    rows: list[dict] = []
+    for number, line in _lines(url, shard):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"shard {shard}: line {number}: malformed JSON ({exc.msg})") from exc
+        if not isinstance(record, dict):
+            raise InputError(f"shard {shard}: line {number}: expected a JSON object, got {type(record).__name__}")
+        rows.append(record)
+        if len(rows) == batch_size:
+            yield pa.RecordBatch.from_pylist(rows)
+            rows = []
+    if rows:
+        yield pa.RecordBatch.from_pylist(rows)
+
+
+def _txt_batches(url: str, shard: str, batch_size: int) -> Iterator[pa.RecordBatch]:
+    stem = PurePosixPath(shard).stem
+    ids: list[str] = []
+    texts: list[str] = []
+    for number, line in _lines(url, shard):
+        if line.strip():
+            ids.append(f"{stem}:{number}")
+            texts.append(line.rstrip("\r\n"))
+        if len(ids) == batch_size:
+            yield pa.record_batch({"id": ids, "text": texts})
+            ids, texts = [], []
+    if ids:
+        yield pa.record_batch({"id": ids, "text": texts})

@@ -1,0 +1,147 @@
+"""`LexicalEmbedder`: the trained model as one object, `load(path).encode(texts)`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from functools import cached_property
+
+import numpy as np
+import scipy.sparse as sp
+
+from embedding_assets.engine import artifact
+from embedding_assets.engine.errors import ArtifactError
+from embedding_assets.engine.network import forward
+from embedding_assets.engine.quantization import quantize_uint8
+from embedding_assets.engine.storage import read_bytes, write_bytes_atomic
+from embedding_assets.engine.tfidf import Vocabulary, count_matrix, tfidf_rows
+from embedding_assets.engine.tokenization import load_tokenizer
+
+
+class LexicalEmbedder:
+    """Text -> WordPiece n-grams -> TF-IDF -> sparse-to-dense ReLU network -> unit vector.
+
+    `fallback` is the vector given to texts with no known n-gram (an empty string, say): the
+    normalised mean of the training embeddings, so every row of `encode` has norm 1.
+    """
+
+    def __init__(
+        self,
+        tokenizer_json: str,
+        vocabulary: Vocabulary,
+        layers: Sequence[np.ndarray],
+        fallback: np.ndarray,
+        quantization_limit: float,
+        provenance: dict | None = None,
+    ):
+        if not layers:
+            raise ArtifactError("a model needs at least one layer")
+        if layers[0].shape[0] != vocabulary.size:
+            raise ArtifactError(f"first layer has {layers[0].shape[0]} rows, vocabulary has {vocabulary.size} n-grams")
+        for i, (a, b) in enumerate(zip(layers[:-1], layers[1:]), start=1):
+            if a.shape[1] != b.shape[0]:
+                raise ArtifactError(f"layer {i} expects {b.shape[0]} inputs, layer {i - 1} gives {a.shape[1]}")
+        if fallback.shape != (layers[-1].shape[1],):
+            raise ArtifactError(f"fallback vector has shape {fallback.shape}, expected ({layers[-1].shape[1]},)")
+        self.tokenizer_json = tokenizer_json
+        self.tokenizer = load_tokenizer(tokenizer_json)
+        self.vocabulary = vocabulary
+        self.layers = [np.ascontiguousarray(w, dtype=np.float32) for w in layers]
+        self.fallback = np.asarray(fallback, dtype=np.float32)
+        self.quantization_limit = float(quantization_limit)
+        self.provenance = provenance or {}
+
+    @property
+    def dim(self) -> int:
+        return self.layers[-1].shape[1]
+
+    @property
+    def dims(self) -> list[int]:
+        return [self.vocabulary.size] + [w.shape[1] for w in self.layers]
+
+    def tfidf(self, texts: Sequence[str]) -> sp.csr_matrix:
+        return tfidf_rows(count_matrix(self.tokenizer, self.vocabulary, texts), self.vocabulary.idf)
+
+    def encode(self, texts: Sequence[str] | Iterable[str], batch_size: int = 4096) -> np.ndarray:
+        """Unit-norm float32 embeddings, shape (len(texts), dim)."""
+        chunks = list(self.encode_batches(texts, batch_size))
+        return np.concatenate(chunks) if chunks else np.empty((0, self.dim), dtype=np.float32)
+
+    def encode_batches(self, texts: Iterable[str], batch_size: int = 4096) -> Iterator[np.ndarray]:
+        """Embeddings of an iterable of texts, a batch at a time, in bounded memory."""
+        batch: list[str] = []
+        for text in texts:
+            batch.append(text)
+            if len(batch) == batch_size:
+                yield self._encode_batch(batch)
+                batch = []
+        if batch:
+            yield self._encode_batch(batch)
+
+    def _encode_batch(self, texts: Sequence[str]) -> np.ndarray:
+        out = forward(self.tfidf(texts), self.layers)
+        empty = ~np.any(out, axis=1)
+        out[empty] = self.fallback
+        return out
+
+    def quantize(self, embeddings: np.ndarray) -> np.ndarray:
+        return quantize_uint8(embeddings, self.quantization_limit)
+
+    def _config(self) -> dict:
+        return {
+            "tokenizer": self.tokenizer_json,
+            "max_ngram_length": self.vocabulary.max_n,
+            "dims": self.dims,
+            "quantization_limit": self.quantization_limit,
+            "provenance": self.provenance,
+        }
+
+    def _tensors(self) -> dict[str, np.ndarray]:
+        tensors = {"vocabulary.ngrams": self.vocabulary.ngrams, "vocabulary.idf": self.vocabulary.idf, "fallback": self.fallback}
+        tensors.update({f"layers.{i}": w for i, w in enumerate(self.layers)})
+        return tensors
+
+    @cached_property
+    def version(self) -> str:
+        """Content hash of the model: equal models, equal versions."""
+        return artifact.content_hash(self._config(), self._tensors())[:16]
+
+    def to_bytes(self) -> bytes:
+        return artifact.dump(self._config(), self._tensors())
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_bytes_atomic(path, self.to_bytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LexicalEmbedder:
+        config, tensors = artifact.parse(data)
+        try:
+            dims = [int(d) for d in config["dims"]]
+            max_n = int(config["max_ngram_length"])
+            tokenizer_json = config["tokenizer"]
+            limit = float(config["quantization_limit"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"config is missing or has a bad value for {exc}") from exc
+        if len(dims) < 2 or min(dims) < 1 or not 1 <= max_n <= 16:
+            raise ArtifactError(f"config has impossible dims {dims} or n-gram length {max_n}")
+        vocabulary = Vocabulary(
+            artifact.require(tensors, "vocabulary.ngrams", (dims[0], max_n), np.uint32),
+            artifact.require(tensors, "vocabulary.idf", (dims[0],), np.float32),
+        )
+        layers = [
+            artifact.require(tensors, f"layers.{i}", (dims[i], dims[i + 1]), np.float32)
+            for i in range(len(dims) - 1)
+        ]
+        fallback = artifact.require(tensors, "fallback", (dims[-1],), np.float32)
+        return cls(tokenizer_json, vocabulary, layers, fallback, limit, config.get("provenance"))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LexicalEmbedder:
+        try:
+            data = read_bytes(path)
+        except FileNotFoundError as exc:
+            raise ArtifactError(f"no model file at {path}") from exc
+        try:
+            return cls.from_bytes(data)
+        except ArtifactError as exc:
+            raise ArtifactError(f"{path}: {exc}") from exc

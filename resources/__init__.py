@@ -1,0 +1,8 @@
+"""Resources: where data comes from and goes to, what computes, and the teacher."""
+
+from embedding_assets.resources.compute import Compute
+from embedding_assets.resources.corpus import CorpusSource
+from embedding_assets.resources.storage import Storage
+from embedding_assets.resources.teacher import Teacher
+
+__all__ = ["Compute", "CorpusSource", "Storage", "Teacher"]

