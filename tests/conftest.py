@@ -25,14 +25,15 @@ def sample_texts() -> list[str]:
 
 
 def write_small_corpus(directory: Path, docs_per_shard: int = 200) -> dict[str, list[str]]:
-    """Three parquet shards cut from the sample, one jsonl and one txt shard; returns ids per shard."""
+    """Three parquet shards spread across the sample, one jsonl and one txt shard; returns ids per shard."""
     directory.mkdir(parents=True, exist_ok=True)
     ids: dict[str, list[str]] = {}
     for path in sorted(SAMPLE_CORPUS_DIR.glob("*.parquet"))[:3]:
-        table = pq.read_table(path).slice(0, docs_per_shard)
+        table = pq.read_table(path)
+        table = table.take(list(range(0, table.num_rows, table.num_rows // docs_per_shard))[:docs_per_shard])
         pq.write_table(table, directory / path.name)
         ids[path.stem] = table["id"].to_pylist()
-    extra = pq.read_table(sorted(SAMPLE_CORPUS_DIR.glob("*.parquet"))[3]).slice(0, 60).to_pylist()
+    extra = pq.read_table(sorted(SAMPLE_CORPUS_DIR.glob("*.parquet"))[3]).to_pylist()[::45][:60]
     with open(directory / "notes.jsonl", "w", encoding="utf-8") as f:
         for row in extra[:40]:
             f.write(json.dumps({"id": row["id"], "text": row["text"], "label": row["label"], "origin": "jsonl"}) + "\n")
