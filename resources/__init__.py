@@ -2,7 +2,8 @@
 
 from embedding_assets.resources.compute import Compute
 from embedding_assets.resources.corpus import CorpusSource
+from embedding_assets.resources.gates import QualityGates
 from embedding_assets.resources.storage import Storage
 from embedding_assets.resources.teacher import Teacher
 
-__all__ = ["Compute", "CorpusSource", "Storage", "Teacher"]
+__all__ = ["Compute", "CorpusSource", "QualityGates", "Storage", "Teacher"]

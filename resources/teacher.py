@@ -45,6 +45,15 @@ class Teacher(dg.ConfigurableResource):
             raise dg.Failure(f"teacher {self.model!r} has no tokenizer.json to build lexical features from")
         return (model_dir / "tokenizer.json").read_text(encoding="utf-8")
 
+    def embedding_dim(self) -> int | None:
+        """The dimension the teacher's vectors will have, read from its pooling config."""
+        model_dir = self.model_dir()
+        pooling = sorted(model_dir.glob("*Pooling/config.json")) if model_dir else []
+        if not pooling:
+            return self.truncate_dim or None
+        dim = json.loads(pooling[0].read_text())["word_embedding_dimension"]
+        return min(dim, self.truncate_dim) if self.truncate_dim else dim
+
     def identity(self) -> dict:
         """Name plus a hash of the weights and configs, so a changed teacher is a new version."""
         model_dir = self.model_dir()

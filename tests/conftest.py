@@ -62,18 +62,18 @@ TEST_RUN_CONFIG = {
 
 def materialize_pipeline(instance: dg.DagsterInstance, resources: dict, shards: list[str], run_config=TEST_RUN_CONFIG):
     """Ingest every shard, train, then score every shard, as the jobs do; returns the run results."""
-    from embedding_assets.definitions import ALL_ASSETS
+    from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS
     from embedding_assets.partitions import corpus_shards
 
     known = set(instance.get_dynamic_partitions(corpus_shards.name))
     instance.add_dynamic_partitions(corpus_shards.name, [s for s in shards if s not in known])
     results = []
     for shard in shards:
-        results.append(dg.materialize(ALL_ASSETS, selection=["raw_corpus"], partition_key=shard, instance=instance, resources=resources))
+        results.append(dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["raw_corpus"], partition_key=shard, instance=instance, resources=resources))
     training = ["training_sample", "features", "teacher_embeddings", "distilled_model", "quality_classifier"]
-    results.append(dg.materialize(ALL_ASSETS, selection=training, instance=instance, resources=resources, run_config=run_config))
+    results.append(dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=training, instance=instance, resources=resources, run_config=run_config))
     for shard in shards:
-        results.append(dg.materialize(ALL_ASSETS, selection=["scored_corpus"], partition_key=shard, instance=instance, resources=resources))
+        results.append(dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["scored_corpus"], partition_key=shard, instance=instance, resources=resources))
     assert all(r.success for r in results)
     return results
 
@@ -81,7 +81,7 @@ def materialize_pipeline(instance: dg.DagsterInstance, resources: dict, shards: 
 @pytest.fixture(scope="session")
 def pipeline(small_corpus, tmp_path_factory):
     """The whole graph materialised once on the small corpus, into local storage."""
-    from embedding_assets.resources import Compute, CorpusSource, Storage, Teacher
+    from embedding_assets.resources import Compute, CorpusSource, QualityGates, Storage, Teacher
 
     corpus_dir, ids = small_corpus
     storage_dir = tmp_path_factory.mktemp("storage")
@@ -90,6 +90,7 @@ def pipeline(small_corpus, tmp_path_factory):
         "storage": Storage(base=str(storage_dir)),
         "teacher": Teacher(),
         "compute": Compute(device="cpu"),
+        "gates": QualityGates(),
     }
     with dg.instance_for_test() as instance:
         results = materialize_pipeline(instance, resources, sorted(ids))

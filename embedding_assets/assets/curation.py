@@ -1,7 +1,7 @@
 """Curation: the quality classifier on student embeddings, and the scored corpus, shard by shard."""
 
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import dagster as dg
 import numpy as np
@@ -58,6 +58,7 @@ def quality_classifier(context: dg.AssetExecutionContext, config: ClassifierConf
         "heldout_accuracy": round(float(accuracy_score(y[~train], heldout_scores >= 0.5)), 4),
         "positive_share": round(float(y.mean()), 4),
         "sample_keep_fraction": round(float(classifier.keep(classifier.score(embeddings)).mean()), 4),
+        "sample_score_deciles": [float(q) for q in np.quantile(classifier.score(embeddings), np.linspace(0.1, 0.9, 9))],
     }
     classifier = replace(classifier, evaluation=evaluation)
     uri = storage.write_bytes(classifier.to_json().encode(), CLASSIFIER_FILE)
@@ -69,7 +70,7 @@ def quality_classifier(context: dg.AssetExecutionContext, config: ClassifierConf
             "threshold": round(classifier.threshold, 6),
             "target_keep_fraction": config.target_keep_fraction,
             "positive_labels": classifier.positive_labels,
-            **evaluation,
+            **{k: v for k, v in evaluation.items() if k != "sample_score_deciles"},
         }
     )
 

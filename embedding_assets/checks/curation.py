@@ -1,0 +1,116 @@
+"""Gates on curation: the classifier's quality and calibration, and each scored shard against its raw shard."""
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from embedding_assets.assets.curation import CLASSIFIER_FILE, quality_classifier, scored_corpus
+from embedding_assets.assets.features import read_sample
+from embedding_assets.assets.ingest import raw_corpus_path
+from embedding_assets.assets.training import MODEL_FILE
+from embedding_assets.checks.expectations import validate
+from embedding_assets.engine import LexicalEmbedder
+from embedding_assets.engine.classifier import QualityClassifier
+from embedding_assets.resources import QualityGates, Storage
+
+
+def load_classifier(storage: Storage) -> QualityClassifier:
+    return QualityClassifier.from_json(storage.read_bytes(CLASSIFIER_FILE))
+
+
+def population_stability(scores: np.ndarray, reference_deciles: list[float]) -> float:
+    """PSI of `scores` over the ten bins the reference deciles cut, each holding a tenth of the reference."""
+    counts = np.bincount(np.searchsorted(np.asarray(reference_deciles), scores, side="right"), minlength=10)
+    actual = np.maximum(counts / max(len(scores), 1), 1e-4)
+    return float(np.sum((actual - 0.1) * np.log(actual / 0.1)))
+
+
+@dg.asset_check(asset=quality_classifier, blocking=True, description="Held-out AUC at or above its floor; the threshold keeps the target share of the sample.")
+def quality_classifier_calibration(storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
+    classifier = load_classifier(storage)
+    model = LexicalEmbedder.from_bytes(storage.read_bytes(MODEL_FILE))
+    texts = read_sample(storage, ["text"])["text"].to_pylist()
+    keep_fraction = float(classifier.keep(classifier.score(model.encode(texts))).mean())
+    auc = classifier.evaluation.get("heldout_auc")
+    failed = []
+    if auc is None or auc < gates.min_heldout_auc:
+        failed.append(f"held-out AUC {auc} < {gates.min_heldout_auc}")
+    if abs(keep_fraction - classifier.target_keep_fraction) > gates.sample_keep_tolerance:
+        failed.append(f"sample keep fraction {keep_fraction:.4f} is not {classifier.target_keep_fraction} ± {gates.sample_keep_tolerance}")
+    if classifier.model_version != model.version:
+        failed.append(f"trained on model {classifier.model_version}, current model is {model.version}")
+    return dg.AssetCheckResult(
+        passed=not failed,
+        metadata={
+            "failed": failed,
+            "heldout_auc": auc if auc is not None else "n/a",
+            "sample_keep_fraction": round(keep_fraction, 4),
+            "target_keep_fraction": classifier.target_keep_fraction,
+            "threshold": classifier.threshold,
+        },
+    )
+
+
+def read_scored(storage: Storage, shard: str) -> pd.DataFrame:
+    with storage.open_parquet("scored_corpus", f"{shard}.parquet") as parquet:
+        table = parquet.read(columns=["id", "embedding", "score", "keep"])
+    frame = table.select(["id", "score", "keep"]).to_pandas()
+    frame["embedding_dim"] = table["embedding"].type.list_size
+    return frame
+
+
+@dg.asset_check(asset=scored_corpus, blocking=True, description="The same ids as the raw shard; scores in [0, 1]; embeddings of the model's dimension.")
+def scored_corpus_contract(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
+    shard = context.partition_key
+    scored = read_scored(storage, shard)
+    with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
+        raw_ids = parquet.read(columns=["id"])["id"].to_pylist()
+    model_dim = LexicalEmbedder.from_bytes(storage.read_bytes(MODEL_FILE)).dim
+    scored_ids = scored["id"].tolist()
+    missing = sorted(set(raw_ids) - set(scored_ids))[: gates.failing_ids_cap]
+    extra = sorted(set(scored_ids) - set(raw_ids))[: gates.failing_ids_cap]
+
+    def expectations(gxe):
+        return [
+            gxe.ExpectTableRowCountToEqual(value=len(raw_ids)),
+            gxe.ExpectColumnValuesToNotBeNull(column="score"),
+            gxe.ExpectColumnValuesToBeBetween(column="score", min_value=0.0, max_value=1.0),
+            gxe.ExpectColumnValuesToBeInSet(column="embedding_dim", value_set=[model_dim]),
+        ]
+
+    result = validate(scored, f"scored_corpus[{shard}]", expectations, {"shard": shard, "missing_ids": missing, "unexpected_ids": extra}, gates.failing_ids_cap)
+    if scored_ids != raw_ids:
+        return dg.AssetCheckResult(passed=False, metadata={**result.metadata, "ids_match_raw_shard": False})
+    return result
+
+
+@dg.asset_check(asset=scored_corpus, blocking=True, description="The shard's keep fraction near the target, and its score distribution close to the sample's (PSI).")
+def scored_corpus_drift(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
+    shard = context.partition_key
+    scored = read_scored(storage, shard)
+    classifier = load_classifier(storage)
+    rows = len(scored)
+    target = classifier.target_keep_fraction
+    keep_fraction = float(scored["keep"].mean()) if rows else 0.0
+    # A small shard's keep fraction varies by chance: allow three binomial standard deviations on top.
+    allowed_gap = gates.shard_keep_tolerance + 3 * np.sqrt(target * (1 - target) / max(rows, 1))
+    judged = rows >= gates.min_rows_for_drift
+    psi = population_stability(scored["score"].to_numpy(), classifier.evaluation["sample_score_deciles"])
+    failed = []
+    if abs(keep_fraction - target) > allowed_gap:
+        failed.append(f"keep fraction {keep_fraction:.4f} is not {target} ± {allowed_gap:.4f}")
+    if judged and psi > gates.max_score_psi:
+        failed.append(f"score PSI {psi:.4f} > {gates.max_score_psi}")
+    return dg.AssetCheckResult(
+        passed=not failed,
+        metadata={
+            "shard": shard,
+            "failed": failed,
+            "rows": rows,
+            "keep_fraction": round(keep_fraction, 4),
+            "allowed_keep_gap": round(float(allowed_gap), 4),
+            "score_psi": round(psi, 4),
+            "max_score_psi": gates.max_score_psi,
+            "psi_judged": judged,
+        },
+    )

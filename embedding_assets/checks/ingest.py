@@ -1,0 +1,79 @@
+"""Gates on each raw shard: the contract, empty and over-long texts, duplicates within and across shards."""
+
+import dagster as dg
+import numpy as np
+
+from embedding_assets.assets.ingest import raw_corpus, raw_corpus_path
+from embedding_assets.checks.expectations import validate
+from embedding_assets.partitions import corpus_shards
+from embedding_assets.resources import QualityGates, Storage
+
+
+def read_ids_and_texts(storage: Storage, shard: str):
+    with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
+        return parquet.read(columns=["id", "text"]).to_pandas()
+
+
+@dg.asset_check(asset=raw_corpus, blocking=True, description="Required columns; ids non-null and unique; texts non-empty and within length bounds; few duplicate texts; rows > 0.")
+def raw_corpus_contract(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
+    shard = context.partition_key
+    frame = read_ids_and_texts(storage, shard)
+    text = frame["text"].fillna("")
+    frame["stripped_length"] = text.str.strip().str.len()
+    frame["length"] = text.str.len()
+    cap = gates.failing_ids_cap
+    empty_ids = frame.loc[frame["stripped_length"] < gates.min_text_chars, "id"].head(cap).tolist()
+    long_ids = frame.loc[frame["length"] > gates.max_text_chars, "id"].head(cap).tolist()
+    duplicate_ids = frame.loc[frame["id"].duplicated(keep=False), "id"].drop_duplicates().head(cap).tolist()
+    duplicate_text_ratio = float(frame["text"].duplicated().mean()) if len(frame) else 0.0
+
+    def expectations(gxe):
+        return [
+            gxe.ExpectTableRowCountToBeBetween(min_value=1),
+            gxe.ExpectColumnValuesToNotBeNull(column="id"),
+            gxe.ExpectColumnValuesToBeUnique(column="id"),
+            gxe.ExpectColumnValuesToNotBeNull(column="text"),
+            gxe.ExpectColumnValuesToBeBetween(column="stripped_length", min_value=gates.min_text_chars),
+            gxe.ExpectColumnValuesToBeBetween(column="length", max_value=gates.max_text_chars),
+            gxe.ExpectColumnProportionOfUniqueValuesToBeBetween(column="text", min_value=1.0 - gates.max_duplicate_text_ratio),
+        ]
+
+    return validate(
+        frame,
+        f"raw_corpus[{shard}]",
+        expectations,
+        {
+            "shard": shard,
+            "duplicate_ids": duplicate_ids,
+            "empty_text_ids": empty_ids,
+            "overlong_text_ids": long_ids,
+            "duplicate_text_ratio": round(duplicate_text_ratio, 4),
+        },
+        cap,
+    )
+
+
+@dg.asset_check(asset=raw_corpus, blocking=True, description="No id of this shard occurs in another materialised shard.")
+def raw_corpus_ids_unique_across_shards(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
+    shard = context.partition_key
+    with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
+        ids = parquet.read(columns=["id"])["id"].to_numpy(zero_copy_only=False).astype(str)
+    clashes: dict[str, list[str]] = {}
+    others = [s for s in context.instance.get_dynamic_partitions(corpus_shards.name) if s != shard]
+    for other in others:
+        if not storage.exists(*raw_corpus_path(other)):
+            continue
+        with storage.open_parquet(*raw_corpus_path(other)) as parquet:
+            for batch in parquet.iter_batches(columns=["id"], batch_size=65536):
+                shared = np.intersect1d(ids, batch.column("id").to_numpy(zero_copy_only=False).astype(str))
+                if len(shared):
+                    clashes.setdefault(other, []).extend(shared[: gates.failing_ids_cap].tolist())
+    return dg.AssetCheckResult(
+        passed=not clashes,
+        metadata={
+            "shard": shard,
+            "shards_compared": len(others),
+            "clashing_shards": sorted(clashes),
+            "clashing_ids": sorted({i for v in clashes.values() for i in v})[: gates.failing_ids_cap],
+        },
+    )
