@@ -66,8 +66,6 @@ def teacher_embeddings(context: dg.AssetExecutionContext, storage: Storage, teac
             last_log = now
     seconds = time.perf_counter() - started
     vectors = np.concatenate(chunks)
-    if not np.isfinite(vectors).all():
-        raise dg.Failure("the teacher produced NaN or infinite values")
     schema = embeddings_schema(dim, pa.float32(), {
         "model": identity["model"],
         "model_sha256": identity["sha256"],

@@ -1,0 +1,140 @@
+"""Each gate fails on a deliberately broken input, names what is wrong, and stops the stage after it."""
+
+import shutil
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from conftest import TEST_RUN_CONFIG
+from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS
+from embedding_assets.resources import Compute, CorpusSource, QualityGates, Storage, Teacher
+from embedding_assets.resources.teacher import default_teacher_dir
+
+
+@pytest.fixture
+def trained(pipeline, tmp_path):
+    """A copy of the materialised pipeline's storage, a fresh corpus directory and a fresh instance."""
+    storage = tmp_path / "storage"
+    shutil.copytree(pipeline["storage"], storage)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    resources = {**pipeline["resources"], "storage": Storage(base=str(storage)), "corpus": CorpusSource(location=str(corpus))}
+    with dg.instance_for_test() as instance:
+        yield {"storage": storage, "corpus": corpus, "resources": resources, "instance": instance}
+
+
+def run(trained, selection, partition=None, run_config=None):
+    if partition:
+        trained["instance"].add_dynamic_partitions("corpus_shards", [partition])
+    return dg.materialize(
+        ALL_ASSETS + ALL_CHECKS,
+        selection=selection,
+        partition_key=partition,
+        instance=trained["instance"],
+        resources=trained["resources"],
+        run_config=run_config or {},
+        raise_on_error=False,
+    )
+
+
+def evaluation(result, check_name):
+    [found] = [e for e in result.get_asset_check_evaluations() if e.check_name == check_name]
+    return found.passed, {k: getattr(v, "value", v) for k, v in found.metadata.items()}
+
+
+def materialized(trained, key, partition=None):
+    instance = trained["instance"]
+    if partition:
+        return partition in instance.get_materialized_partitions(dg.AssetKey(key))
+    return instance.get_latest_materialization_event(dg.AssetKey(key)) is not None
+
+
+def test_duplicate_ids_and_empty_texts_fail_the_raw_gate_and_block_scoring(trained):
+    rows = {"id": ["a", "b", "a", "c", "d"], "text": ["socket data", "   ", "email headers", "", "http server"]}
+    pq.write_table(pa.table(rows), trained["corpus"] / "bad.parquet")
+    result = run(trained, ["raw_corpus", "scored_corpus"], partition="bad")
+    passed, meta = evaluation(result, "raw_corpus_contract")
+    assert not passed
+    assert meta["duplicate_ids"] == ["a"]
+    assert meta["empty_text_ids"] == ["b", "c"]
+    assert "expect_column_values_to_be_unique[id]" in meta["failed_expectations"]
+    assert materialized(trained, "raw_corpus", "bad")
+    assert not materialized(trained, "scored_corpus", "bad")
+
+
+def test_ids_shared_with_another_shard_fail_the_cross_shard_gate(trained):
+    pq.write_table(pa.table({"id": ["x1", "x2"], "text": ["one text", "two text"]}), trained["corpus"] / "first.parquet")
+    pq.write_table(pa.table({"id": ["x2", "x3"], "text": ["three text", "four text"]}), trained["corpus"] / "second.parquet")
+    assert run(trained, ["raw_corpus"], partition="first").success
+    result = run(trained, ["raw_corpus", "scored_corpus"], partition="second")
+    passed, meta = evaluation(result, "raw_corpus_ids_unique_across_shards")
+    assert not passed and meta["clashing_ids"] == ["x2"] and meta["clashing_shards"] == ["first"]
+    assert not materialized(trained, "scored_corpus", "second")
+
+
+def test_a_teacher_that_emits_nan_fails_its_gate_and_blocks_training(trained, tmp_path):
+    broken = tmp_path / "broken-teacher"
+    shutil.copytree(default_teacher_dir(), broken)
+    weights = load_file(broken / "model.safetensors")
+    name = next(k for k in weights if k.endswith("word_embeddings.weight"))
+    token_id = 2003  # "is": in most documents
+    weights[name][token_id] = np.nan
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    trained["resources"]["teacher"] = Teacher(model=str(broken))
+    result = run(trained, ["teacher_embeddings", "distilled_model"], run_config={"ops": {"distilled_model": TEST_RUN_CONFIG["ops"]["distilled_model"]}})
+    passed, meta = evaluation(result, "teacher_embeddings_valid")
+    assert not passed
+    assert "NaN or inf values" in meta["failed"]
+    assert len(meta["non_finite_ids"]) > 0
+    assert not materialized(trained, "distilled_model")
+
+
+def test_a_student_trained_for_zero_steps_fails_the_fidelity_gate(trained):
+    config = {"ops": {"distilled_model": {"config": {**TEST_RUN_CONFIG["ops"]["distilled_model"]["config"], "epochs": 0}}}}
+    result = run(trained, ["distilled_model", "quality_classifier"], run_config=config)
+    passed, meta = evaluation(result, "distilled_model_fidelity")
+    assert not passed
+    assert any("gain over untrained" in f for f in meta["failed"])
+    assert meta["recall_at_10"] == meta["untrained_recall_at_10"]
+    assert evaluation(result, "distilled_model_artifact")[0]  # the file itself is sound
+    assert not materialized(trained, "quality_classifier")
+
+
+def test_a_threshold_that_misses_its_target_fails_calibration_and_blocks_scoring(trained):
+    # Half of the sample is one repeated document: every copy scores the same, so no threshold
+    # can keep exactly the target share.
+    path = trained["storage"] / "training_sample.parquet"
+    sample = pq.read_table(path).to_pydict()
+    half = len(sample["text"]) // 2
+    sample["text"][:half] = [sample["text"][0]] * half
+    sample["label"][:half] = ["socket"] * half
+    pq.write_table(pa.table(sample), path)
+    pq.write_table(pa.table({"id": ["s1"], "text": ["socket"]}), trained["corpus"] / "next.parquet")
+    assert run(trained, ["raw_corpus"], partition="next").success
+    result = run(trained, ["quality_classifier", "scored_corpus"], partition="next", run_config={"ops": {"quality_classifier": {"config": {"target_keep_fraction": 0.2}}}})
+    passed, meta = evaluation(result, "quality_classifier_calibration")
+    assert not passed
+    assert any("sample keep fraction" in f for f in meta["failed"])
+    assert abs(meta["sample_keep_fraction"] - 0.2) > 0.02
+    assert not materialized(trained, "scored_corpus", "next")
+
+
+def test_every_gate_passes_on_the_good_pipeline(pipeline):
+    evaluations = [e for r in pipeline["results"] for e in r.get_asset_check_evaluations()]
+    assert {e.check_name for e in evaluations} == {
+        "raw_corpus_contract",
+        "raw_corpus_ids_unique_across_shards",
+        "features_vocabulary",
+        "features_coverage",
+        "teacher_embeddings_valid",
+        "distilled_model_fidelity",
+        "distilled_model_artifact",
+        "quality_classifier_calibration",
+        "scored_corpus_contract",
+        "scored_corpus_drift",
+    }
+    assert all(e.passed for e in evaluations), [(e.check_name, e.metadata) for e in evaluations if not e.passed]
