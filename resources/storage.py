@@ -29,16 +29,16 @@ from embedding_assets.resources.s3 import S3_ERRORS, S3Settings, describe_s3_err
 class StorageError(dg.Failure):
     """Storage could not be read or written; the message names the URI (bucket and key on S3)."""
 
-    def __init__(self, action: str, uri: str, exc: BaseException):
+    def __init__(self, action: str, uri: str, exc: BaseException, reason: str | None = None):
         where = uri
         metadata = {"uri": uri}
         if is_s3(uri):
             bucket, key = split_s3_uri(uri)
             where = f"{uri} (bucket {bucket!r}, key {key!r})"
             metadata.update(bucket=bucket, key=key)
-            reason = describe_s3_error(exc)
+            reason = reason or describe_s3_error(exc)
         else:
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = reason or f"{type(exc).__name__}: {exc}"
         super().__init__(description=f"cannot {action} {where}: {reason}", metadata=metadata)
 
 
@@ -86,6 +86,9 @@ class Storage(dg.ConfigurableResource):
         # HEAD answers 404 for a missing bucket too; tell the two apart.
         try:
             self._client().head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            missing = exc.response.get("Error", {}).get("Code") in {"404", "NoSuchBucket", "NotFound"}
+            raise StorageError("look up", uri, exc, "the bucket does not exist" if missing else None) from exc
         except S3_ERRORS as exc:
             raise StorageError("look up", uri, exc) from exc
         return False
