@@ -110,6 +110,16 @@ def test_s3_run_gives_the_local_run_values(s3_pipeline, pipeline):
             assert remote[column].equals(local[column]), f"{shard}: {column} differs"
 
 
+def test_aws_endpoint_variable_is_enough(moto_s3, s3_pipeline, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint_url)
+    storage = Storage(base=f"s3://{BUCKET}/storage")
+    assert storage.exists("quality_classifier.json") and not storage.exists("nothing.json")
+    assert storage.read_bytes("quality_classifier.json").startswith(b"{")
+    with storage.open_parquet("scored_corpus", "lines.parquet") as parquet:
+        assert parquet.metadata.num_rows == len(s3_pipeline["ids"]["lines"])
+    assert sorted(CorpusSource(location=f"s3://{BUCKET}/corpus").shards()) == sorted(s3_pipeline["ids"])
+
+
 def test_missing_bucket_is_named_for_outputs_and_for_the_corpus(moto_s3, s3_pipeline):
     settings = S3Settings(endpoint_url=moto_s3.endpoint_url, max_attempts=2)
     corpus = s3_pipeline["resources"]["corpus"]
