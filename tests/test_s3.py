@@ -10,7 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedding_assets.definitions import ALL_ASSETS, resources_from_env
-from embedding_assets.engine.errors import InputError
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import CorpusSource, S3Settings, Storage, StorageError
 from conftest import materialize_pipeline
