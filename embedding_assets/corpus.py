@@ -6,6 +6,11 @@ Every batch that comes out has `id: string`, `text: string` and the shard's othe
 What breaks the schema (a missing column, a null or non-string id or text, bytes that are not
 UTF-8, malformed JSON, a corrupt file) raises `InputError` naming the shard, row and column.
 What breaks content rules (duplicate ids, empty texts, ...) is the raw_corpus checks' job.
+A shard that cannot be listed or read (a missing bucket, an endpoint that went away) raises
+`InputError` naming its URL.
+
+Both functions take the fsspec filesystem to use, so a caller can pass one configured for its
+endpoint and credentials; without one, the URL's protocol picks a default filesystem.
 """
 
 from __future__ import annotations
@@ -17,21 +22,35 @@ from pathlib import PurePosixPath
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from botocore.exceptions import BotoCoreError, ClientError
 
 from embedding_assets.engine.errors import InputError
 
 SHARD_SUFFIXES = (".parquet", ".jsonl", ".txt")
 REQUIRED_COLUMNS = ("id", "text")
+# Errors of the filesystem itself, as opposed to bad content: what s3fs and local files raise.
+FILESYSTEM_ERRORS = (OSError, BotoCoreError, ClientError)
 
 
-def list_shards(location: str) -> dict[str, str]:
+def _resolve(url: str, fs: fsspec.AbstractFileSystem | None) -> tuple[fsspec.AbstractFileSystem, str]:
+    if fs is None:
+        return fsspec.core.url_to_fs(url)
+    return fs, fs._strip_protocol(url)
+
+
+def list_shards(location: str, fs: fsspec.AbstractFileSystem | None = None) -> dict[str, str]:
     """Shard key (the file name without its suffix) -> URL of every shard file under `location`."""
-    fs, root = fsspec.core.url_to_fs(location)
-    if not fs.isdir(root):
+    fs, root = _resolve(location, fs)
+    try:
+        # On S3 a prefix with no objects, and a missing bucket, are both "not a directory".
+        paths = sorted(fs.find(root)) if fs.isdir(root) else None
+    except FILESYSTEM_ERRORS as exc:
+        raise InputError(f"corpus location {location} cannot be listed: {type(exc).__name__}: {exc}") from exc
+    if paths is None:
         raise InputError(f"corpus location {location} does not exist or is not a directory")
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     shards: dict[str, str] = {}
-    for path in sorted(fs.find(root)):
+    for path in paths:
         name = PurePosixPath(path).name
         suffix = PurePosixPath(name).suffix
         if suffix not in SHARD_SUFFIXES or name.startswith("."):
@@ -44,17 +63,21 @@ def list_shards(location: str) -> dict[str, str]:
     return shards
 
 
-def read_shard(url: str, batch_size: int = 8192) -> Iterator[pa.RecordBatch]:
+def read_shard(url: str, batch_size: int = 8192, fs: fsspec.AbstractFileSystem | None = None) -> Iterator[pa.RecordBatch]:
     """Stream a shard's documents, checked against the corpus contract."""
     shard = PurePosixPath(url).name
     suffix = PurePosixPath(url).suffix
     readers = {".parquet": _parquet_batches, ".jsonl": _jsonl_batches, ".txt": _txt_batches}
     if suffix not in readers:
         raise InputError(f"shard {shard}: unsupported file type {suffix!r} (expected one of {SHARD_SUFFIXES})")
+    fs, path = _resolve(url, fs)
     row = 0
-    for batch in readers[suffix](url, shard, batch_size):
-        yield _conform(batch, shard, row)
-        row += batch.num_rows
+    try:
+        for batch in readers[suffix](fs, path, shard, batch_size):
+            yield _conform(batch, shard, row)
+            row += batch.num_rows
+    except FILESYSTEM_ERRORS as exc:
+        raise InputError(f"shard {shard}: cannot read {url} after row {row}: {type(exc).__name__}: {exc}") from exc
 
 
 def _conform(batch: pa.RecordBatch, shard: str, first_row: int) -> pa.RecordBatch:
@@ -79,8 +102,8 @@ def _conform(batch: pa.RecordBatch, shard: str, first_row: int) -> pa.RecordBatc
     return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
 
 
-def _parquet_batches(url: str, shard: str, batch_size: int) -> Iterator[pa.RecordBatch]:
-    with fsspec.open(url, "rb") as f:
+def _parquet_batches(fs, path: str, shard: str, batch_size: int) -> Iterator[pa.RecordBatch]:
+    with fs.open(path, "rb") as f:
         try:
             parquet = pq.ParquetFile(f)
         except (pa.ArrowInvalid, OSError) as exc:
@@ -91,8 +114,8 @@ def _parquet_batches(url: str, shard: str, batch_size: int) -> Iterator[pa.Recor
             raise InputError(f"shard {shard}: corrupt parquet data ({exc})") from exc
 
 
-def _lines(url: str, shard: str) -> Iterator[tuple[int, str]]:
-    with fsspec.open(url, "rb") as f:
+def _lines(fs, path: str, shard: str) -> Iterator[tuple[int, str]]:
+    with fs.open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
                 yield number, raw.decode("utf-8")
@@ -100,9 +123,9 @@ def _lines(url: str, shard: str) -> Iterator[tuple[int, str]]:
                 raise InputError(f"shard {shard}: line {number}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
 
 
-def _jsonl_batches(url: str, shard: str, batch_size: int) -> Iterator[pa.RecordBatch]:
+def _jsonl_batches(fs, path: str, shard: str, batch_size: int) -> Iterator[pa.RecordBatch]:
     rows: list[dict] = []
-    for number, line in _lines(url, shard):
+    for number, line in _lines(fs, path, shard):
         if not line.strip():
             continue
         try:
@@ -119,11 +142,11 @@ def _jsonl_batches(url: str, shard: str, batch_size: int) -> Iterator[pa.RecordB
         yield pa.RecordBatch.from_pylist(rows)
 
 
-def _txt_batches(url: str, shard: str, batch_size: int) -> Iterator[pa.RecordBatch]:
+def _txt_batches(fs, path: str, shard: str, batch_size: int) -> Iterator[pa.RecordBatch]:
     stem = PurePosixPath(shard).stem
     ids: list[str] = []
     texts: list[str] = []
-    for number, line in _lines(url, shard):
+    for number, line in _lines(fs, path, shard):
         if line.strip():
             ids.append(f"{stem}:{number}")
             texts.append(line.rstrip("\r\n"))

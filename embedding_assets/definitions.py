@@ -16,17 +16,34 @@ from embedding_assets.checks import teacher as teacher_checks
 from embedding_assets.checks import training as training_checks
 from embedding_assets.jobs import ingest_corpus, score_corpus, train_embedder
 from embedding_assets.resources import Compute, CorpusSource, QualityGates, Storage, Teacher
+from embedding_assets.resources.s3 import S3Settings
 from embedding_assets.resources.teacher import DEFAULT_TEACHER
 from embedding_assets.sample_corpus import SAMPLE_CORPUS_DIR
 
 
+def s3_settings_from_env() -> S3Settings:
+    """S3 settings shared by the corpus and the storage; unset ones fall back to boto3's AWS_* variables."""
+    env = os.environ.get
+    return S3Settings(
+        endpoint_url=env("EMBEDDING_ASSETS_S3_ENDPOINT_URL") or None,
+        region_name=env("EMBEDDING_ASSETS_S3_REGION") or None,
+        profile_name=env("EMBEDDING_ASSETS_S3_PROFILE") or None,
+        max_attempts=int(env("EMBEDDING_ASSETS_S3_MAX_ATTEMPTS") or 5),
+    )
+
+
 def resources_from_env() -> dict:
     env = os.environ.get
+    s3 = s3_settings_from_env()
     return {
-        "corpus": CorpusSource(location=env("EMBEDDING_ASSETS_CORPUS", str(SAMPLE_CORPUS_DIR))),
-        "storage": Storage(base=env("EMBEDDING_ASSETS_STORAGE", "data/storage")),
+        "corpus": CorpusSource(location=env("EMBEDDING_ASSETS_CORPUS", str(SAMPLE_CORPUS_DIR)), s3=s3),
+        "storage": Storage(base=env("EMBEDDING_ASSETS_STORAGE", "data/storage"), s3=s3),
         "teacher": Teacher(model=env("EMBEDDING_ASSETS_TEACHER", DEFAULT_TEACHER)),
-        "compute": Compute(device=env("EMBEDDING_ASSETS_DEVICE", "auto")),
+        "compute": Compute(
+            device=env("EMBEDDING_ASSETS_DEVICE", "auto"),
+            precision=env("EMBEDDING_ASSETS_PRECISION", "fp16"),
+            cpu_threads=int(env("EMBEDDING_ASSETS_CPU_THREADS") or 0),
+        ),
         "gates": QualityGates(),
     }
 

@@ -1,12 +1,15 @@
 """Where the pipeline keeps what it makes: a local directory (default) or an s3:// prefix.
 
-Every write is atomic. Parquet is written to a local temporary file first; locally it is then
-renamed over the target, on S3 it is uploaded as one object (a multipart upload completes
-whole or is aborted). Readers therefore see the previous version or the new one, never a part.
+Every write is atomic. Locally, a temporary file in the target directory is renamed over the
+target. On S3, bytes go up as one object through the dagster-aws client: a single PUT, or
+above boto3's multipart threshold a multipart upload that either completes or is aborted.
+Parquet is first written to a local temporary file, so a failure while producing the batches
+leaves nothing on S3. Readers therefore see the previous version or the new one, never a part.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Iterable
@@ -14,43 +17,116 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import Field
+from botocore.exceptions import ClientError
+from pydantic import Field, PrivateAttr, field_validator
 
-from embedding_assets.engine.storage import is_url, read_bytes, write_bytes_atomic
+from embedding_assets.engine.storage import write_bytes_atomic
+from embedding_assets.resources.s3 import S3_ERRORS, S3Settings, describe_s3_error, is_s3, split_s3_uri
+
+
+class StorageError(dg.Failure):
+    """Storage could not be read or written; the message names the URI (bucket and key on S3)."""
+
+    def __init__(self, action: str, uri: str, exc: BaseException, reason: str | None = None):
+        where = uri
+        metadata = {"uri": uri}
+        if is_s3(uri):
+            bucket, key = split_s3_uri(uri)
+            where = f"{uri} (bucket {bucket!r}, key {key!r})"
+            metadata.update(bucket=bucket, key=key)
+            reason = reason or describe_s3_error(exc)
+        else:
+            reason = reason or f"{type(exc).__name__}: {exc}"
+        super().__init__(description=f"cannot {action} {where}: {reason}", metadata=metadata)
 
 
 class Storage(dg.ConfigurableResource):
     """Base location of every output: a local directory or `s3://bucket/prefix`."""
 
     base: str = Field(default="data/storage", description="Local directory or s3://bucket/prefix for all outputs.")
+    s3: S3Settings = Field(default=S3Settings(), description="Endpoint, region and profile used when base is on S3.")
+    _clients: dict = PrivateAttr(default_factory=dict)
+
+    @field_validator("base")
+    @classmethod
+    def _known_location(cls, value: str) -> str:
+        if "://" in value and not is_s3(value):
+            raise ValueError(f"storage base must be a local directory or s3://bucket/prefix, got {value!r}")
+        if is_s3(value):
+            split_s3_uri(value)
+        return value
 
     def uri(self, *parts: str) -> str:
         base = self.base.rstrip("/")
-        if is_url(base):
+        if is_s3(base):
             return "/".join([base, *parts])
         return str(Path(base).absolute().joinpath(*parts))
 
+    def _client(self):
+        """One boto3 client per resource instance, built by dagster-aws from the S3 settings."""
+        if "s3" not in self._clients:
+            self._clients["s3"] = self.s3.resource().get_client()
+        return self._clients["s3"]
+
     def exists(self, *parts: str) -> bool:
-        fs, path = fsspec.core.url_to_fs(self.uri(*parts))
-        return fs.exists(path)
+        uri = self.uri(*parts)
+        if not is_s3(uri):
+            return Path(uri).exists()
+        bucket, key = split_s3_uri(uri)
+        try:
+            self._client().head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in {"404", "NoSuchKey", "NotFound"}:
+                raise StorageError("look up", uri, exc) from exc
+        except S3_ERRORS as exc:
+            raise StorageError("look up", uri, exc) from exc
+        # HEAD answers 404 for a missing bucket too; tell the two apart.
+        try:
+            self._client().head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            missing = exc.response.get("Error", {}).get("Code") in {"404", "NoSuchBucket", "NotFound"}
+            raise StorageError("look up", uri, exc, "the bucket does not exist" if missing else None) from exc
+        except S3_ERRORS as exc:
+            raise StorageError("look up", uri, exc) from exc
+        return False
 
     def write_bytes(self, data: bytes, *parts: str) -> str:
         uri = self.uri(*parts)
-        write_bytes_atomic(uri, data)
+        if is_s3(uri):
+            self._upload(uri, io.BytesIO(data))
+        else:
+            try:
+                write_bytes_atomic(uri, data)
+            except OSError as exc:
+                raise StorageError("write", uri, exc) from exc
         return uri
 
     def read_bytes(self, *parts: str) -> bytes:
-        return read_bytes(self.uri(*parts))
+        uri = self.uri(*parts)
+        try:
+            if is_s3(uri):
+                bucket, key = split_s3_uri(uri)
+                return self._client().get_object(Bucket=bucket, Key=key)["Body"].read()
+            return Path(uri).read_bytes()
+        except S3_ERRORS as exc:
+            raise StorageError("read", uri, exc) from exc
 
     @contextmanager
     def open_parquet(self, *parts: str):
         """A `pyarrow.parquet.ParquetFile` over the stored object, for streaming its batches."""
         uri = self.uri(*parts)
-        with fsspec.open(uri, "rb") as f:
-            yield pq.ParquetFile(f)
+        try:
+            if is_s3(uri):
+                with self.s3.filesystem().open(uri, "rb") as f:
+                    yield pq.ParquetFile(f)
+            else:
+                yield pq.ParquetFile(uri)
+        except S3_ERRORS as exc:
+            # Also catches the endpoint going away while the caller streams batches.
+            raise StorageError("read", uri, exc) from exc
 
     def write_parquet(
         self,
@@ -60,12 +136,11 @@ class Storage(dg.ConfigurableResource):
     ) -> tuple[str, int]:
         """Stream record batches into one parquet object; returns its URI and row count."""
         uri = self.uri(*parts)
-        fs, path = fsspec.core.url_to_fs(uri)
-        local = not is_url(uri)
-        directory = Path(path).parent if local else None
+        local = not is_s3(uri)
+        directory = Path(uri).parent if local else None
         if local:
             directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{Path(path).name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{Path(uri).name}.", suffix=".tmp")
         os.close(fd)
         rows = 0
         try:
@@ -76,9 +151,18 @@ class Storage(dg.ConfigurableResource):
             if local:
                 with open(tmp, "rb+") as f:
                     os.fsync(f.fileno())
-                os.replace(tmp, path)
+                os.replace(tmp, uri)
             else:
-                fs.put_file(tmp, path)
+                with open(tmp, "rb") as f:
+                    self._upload(uri, f)
         finally:
             Path(tmp).unlink(missing_ok=True)
         return uri, rows
+
+    def _upload(self, uri: str, fileobj) -> None:
+        # s3transfer puts small objects in one PUT and aborts a failed multipart upload.
+        bucket, key = split_s3_uri(uri)
+        try:
+            self._client().upload_fileobj(fileobj, bucket, key)
+        except S3_ERRORS as exc:
+            raise StorageError("write", uri, exc) from exc

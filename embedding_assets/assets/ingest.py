@@ -9,7 +9,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from embedding_assets.corpus import read_shard
 from embedding_assets.engine.errors import InputError
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import CorpusSource, Storage
@@ -39,11 +38,14 @@ def id_hash(ids: list[str], salt: str) -> np.ndarray:
 )
 def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage: Storage) -> dg.MaterializeResult:
     shard = context.partition_key
-    shards = corpus.shards()
+    try:
+        shards = corpus.shards()
+    except InputError as exc:
+        raise dg.Failure(str(exc)) from exc
     if shard not in shards:
         raise dg.Failure(f"shard {shard!r} is a partition but no such file is under {corpus.location}")
     started = time.perf_counter()
-    batches = read_shard(shards[shard], corpus.batch_size)
+    batches = corpus.read(shards[shard])
     try:
         first = next(batches)
     except StopIteration:

@@ -40,7 +40,7 @@ def read_embeddings(storage: Storage, *parts: str) -> tuple[list[str], np.ndarra
     group_name="training",
     kinds={"parquet", "pytorch"},
     code_version="1",
-    description="The teacher's L2-normalised embeddings of every sample document (float32), in sample order.",
+    description="The teacher's embeddings of every sample document (float32, L2-normalised by default), in sample order.",
 )
 def teacher_embeddings(context: dg.AssetExecutionContext, storage: Storage, teacher: Teacher, compute: Compute) -> dg.MaterializeResult:
     sample = read_sample(storage, ["id", "text"])
@@ -70,7 +70,7 @@ def teacher_embeddings(context: dg.AssetExecutionContext, storage: Storage, teac
         "model": identity["model"],
         "model_sha256": identity["sha256"],
         "dim": str(dim),
-        "normalization": "l2",
+        "normalization": "l2" if teacher.normalize else "none",
         "quantization_limit": "none",
         "max_seq_length": str(teacher.max_seq_length),
     })

@@ -62,6 +62,9 @@ def distilled_model(
     sample_ids = sample["id"].to_pylist()
     if feats.ids != sample_ids or teacher_ids != sample_ids:
         raise dg.Failure("features, teacher_embeddings and training_sample disagree on the documents; re-materialise them together")
+    if teacher_meta.get(b"normalization") != b"l2":
+        # The loss reads teacher dot products as cosines.
+        teacher_vectors = l2_normalize(np.array(teacher_vectors, dtype=np.float32))
     texts = np.array(sample["text"].to_pylist(), dtype=object)
     train = np.array(sample["split"].to_pylist()) == "train"
     heldout = ~train

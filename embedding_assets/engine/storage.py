@@ -13,15 +13,17 @@ def is_url(path: str | os.PathLike) -> bool:
     return "://" in str(path)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, **storage_options) -> None:
     """Write `data` so that readers see the old content or the new, never a part.
 
     Locally: a temporary file in the same directory, fsynced, then renamed over the target.
-    Object stores: one PUT, which either lands whole or not at all.
+    Object stores: `pipe_file`, one PUT (or on s3fs, for large data, a multipart upload that
+    is aborted on failure). Not a writable file object: closing one after an error commits
+    whatever was buffered.
     """
     if is_url(path):
-        with fsspec.open(str(path), "wb") as f:
-            f.write(data)
+        fs, target = fsspec.core.url_to_fs(str(path), **storage_options)
+        fs.pipe_file(target, data)
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,8 +39,8 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
+def read_bytes(path: str | os.PathLike, **storage_options) -> bytes:
     if is_url(path):
-        with fsspec.open(str(path), "rb") as f:
-            return f.read()
+        fs, target = fsspec.core.url_to_fs(str(path), **storage_options)
+        return fs.cat_file(target)
     return Path(path).read_bytes()

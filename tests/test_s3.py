@@ -1,0 +1,182 @@
+"""The pipeline on a real S3 endpoint (moto's server over HTTP): corpus in a bucket, every output
+in a bucket, the same values as a local run, and clear errors that lose nothing when S3 fails."""
+
+import io
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from embedding_assets.definitions import ALL_ASSETS, resources_from_env
+from embedding_assets.partitions import corpus_shards
+from embedding_assets.resources import CorpusSource, S3Settings, Storage, StorageError
+from conftest import materialize_pipeline
+
+BUCKET = "curation-test"
+MISSING = "no-such-bucket"
+
+
+def read_parquet(client, key: str) -> pa.Table:
+    return pq.read_table(io.BytesIO(client.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
+
+
+def snapshot(client, prefix: str) -> dict[str, tuple[str, bytes]]:
+    """Every object under the prefix: key -> (ETag, bytes)."""
+    objects = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        for item in page.get("Contents", []):
+            body = client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
+            objects[item["Key"]] = (item["ETag"], body)
+    return objects
+
+
+def failure_text(result) -> str:
+    failures = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert failures, "the run did not fail"
+    data = failures[0].step_failure_data
+    return " ".join(filter(None, [data.error.message if data.error else None, getattr(data.user_failure_data, "description", None)]))
+
+
+def materialize_one(resources: dict, asset: str, shard: str):
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(corpus_shards.name, [shard])
+        return dg.materialize(ALL_ASSETS, selection=[asset], partition_key=shard, instance=instance, resources=resources, raise_on_error=False)
+
+
+@pytest.fixture(scope="module")
+def s3_pipeline(moto_s3, small_corpus):
+    """The small corpus uploaded to a bucket, and the whole graph materialised with every output
+    in the same bucket, configured the way a deployment is: through environment variables."""
+    corpus_dir, ids = small_corpus
+    client = moto_s3.client()
+    client.create_bucket(Bucket=BUCKET)
+    for path in sorted(corpus_dir.iterdir()):
+        client.upload_file(str(path), BUCKET, f"corpus/{path.name}")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("EMBEDDING_ASSETS_CORPUS", f"s3://{BUCKET}/corpus")
+        env.setenv("EMBEDDING_ASSETS_STORAGE", f"s3://{BUCKET}/storage/")
+        env.setenv("EMBEDDING_ASSETS_S3_ENDPOINT_URL", moto_s3.endpoint_url)
+        env.setenv("EMBEDDING_ASSETS_S3_MAX_ATTEMPTS", "2")
+        env.setenv("EMBEDDING_ASSETS_DEVICE", "cpu")
+        resources = resources_from_env()
+    assert sorted(resources["corpus"].shards()) == sorted(ids)
+    with dg.instance_for_test() as instance:
+        materialize_pipeline(instance, resources, sorted(ids))
+        yield {"client": client, "resources": resources, "ids": ids, "server": moto_s3}
+
+
+def test_corpus_streams_from_s3_in_record_batches(moto_s3, s3_pipeline):
+    corpus = CorpusSource(location=f"s3://{BUCKET}/corpus", batch_size=16, s3=S3Settings(endpoint_url=moto_s3.endpoint_url))
+    shards = corpus.shards()
+    assert shards["notes"] == f"s3://{BUCKET}/corpus/notes.jsonl"
+    for shard, ids in s3_pipeline["ids"].items():
+        batches = list(corpus.read(shards[shard]))
+        assert len(batches) == -(-len(ids) // 16)
+        assert pa.Table.from_batches(batches)["id"].to_pylist() == ids
+
+
+def test_every_output_lands_in_the_bucket(s3_pipeline):
+    keys = set(snapshot(s3_pipeline["client"], "storage/"))
+    shards = s3_pipeline["ids"]
+    expected = {f"storage/{name}" for name in (
+        "training_sample.parquet", "features.safetensors", "teacher_embeddings.parquet",
+        "distilled_model.safetensors", "quality_classifier.json",
+    )}
+    expected |= {f"storage/{stage}/{shard}.parquet" for stage in ("raw_corpus", "scored_corpus") for shard in shards}
+    assert keys == expected
+
+
+def test_scored_shards_in_the_bucket_follow_the_contract(s3_pipeline):
+    for shard, ids in s3_pipeline["ids"].items():
+        table = read_parquet(s3_pipeline["client"], f"storage/scored_corpus/{shard}.parquet")
+        assert table["id"].to_pylist() == ids
+        embedding = table.schema.field("embedding").type
+        assert embedding.list_size == 384 and embedding.value_type == pa.uint8()
+        scores = table["score"].to_numpy()
+        assert scores.dtype == np.float32 and ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_s3_run_gives_the_local_run_values(s3_pipeline, pipeline):
+    client = s3_pipeline["client"]
+    local_model = (pipeline["storage"] / "distilled_model.safetensors").read_bytes()
+    assert client.get_object(Bucket=BUCKET, Key="storage/distilled_model.safetensors")["Body"].read() == local_model
+    for shard in s3_pipeline["ids"]:
+        remote = read_parquet(client, f"storage/scored_corpus/{shard}.parquet")
+        local = pq.read_table(pipeline["storage"] / "scored_corpus" / f"{shard}.parquet")
+        for column in ("id", "score", "embedding", "keep", "model_version", "classifier_version"):
+            assert remote[column].equals(local[column]), f"{shard}: {column} differs"
+
+
+def test_aws_endpoint_variable_is_enough(moto_s3, s3_pipeline, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint_url)
+    storage = Storage(base=f"s3://{BUCKET}/storage")
+    assert storage.exists("quality_classifier.json") and not storage.exists("nothing.json")
+    assert storage.read_bytes("quality_classifier.json").startswith(b"{")
+    with storage.open_parquet("scored_corpus", "lines.parquet") as parquet:
+        assert parquet.metadata.num_rows == len(s3_pipeline["ids"]["lines"])
+    assert sorted(CorpusSource(location=f"s3://{BUCKET}/corpus").shards()) == sorted(s3_pipeline["ids"])
+
+
+def test_missing_bucket_is_named_for_outputs_and_for_the_corpus(moto_s3, s3_pipeline):
+    settings = S3Settings(endpoint_url=moto_s3.endpoint_url, max_attempts=2)
+    corpus = s3_pipeline["resources"]["corpus"]
+    resources = {**s3_pipeline["resources"], "storage": Storage(base=f"s3://{MISSING}/out", s3=settings)}
+    message = failure_text(materialize_one(resources, "raw_corpus", "lines"))
+    assert f"s3://{MISSING}/out/raw_corpus/lines.parquet" in message
+    assert f"bucket '{MISSING}'" in message and "key 'out/raw_corpus/lines.parquet'" in message
+    assert "the bucket does not exist" in message
+
+    resources = {**s3_pipeline["resources"], "corpus": CorpusSource(location=f"s3://{MISSING}/corpus", s3=settings)}
+    message = failure_text(materialize_one(resources, "raw_corpus", "lines"))
+    assert f"s3://{MISSING}/corpus" in message and "does not exist" in message
+
+    storage = Storage(base=f"s3://{MISSING}/out", s3=settings)
+    with pytest.raises(StorageError, match=rf"bucket '{MISSING}', key 'out/quality_classifier.json'.*does not exist"):
+        storage.read_bytes("quality_classifier.json")
+    with pytest.raises(StorageError, match=rf"bucket '{MISSING}'.*does not exist"):
+        storage.exists("quality_classifier.json")
+    assert corpus.shards()  # the real corpus is still there
+
+
+def test_a_failed_write_leaves_the_previous_object(s3_pipeline):
+    client, storage = s3_pipeline["client"], s3_pipeline["resources"]["storage"]
+    before = snapshot(client, "storage/")
+    schema = pa.schema([pa.field("id", pa.string())])
+
+    def batches():
+        yield pa.record_batch({"id": ["replacement"]}, schema=schema)
+        raise RuntimeError("producer failed half-way")
+
+    with pytest.raises(RuntimeError, match="half-way"):
+        storage.write_parquet(batches(), schema, "scored_corpus", "lines.parquet")
+    assert snapshot(client, "storage/") == before
+
+
+def test_endpoint_going_away_is_named_and_loses_nothing(s3_pipeline):
+    client, server = s3_pipeline["client"], s3_pipeline["server"]
+    storage = s3_pipeline["resources"]["storage"]
+    before = snapshot(client, "storage/")
+    schema = pa.schema([pa.field("id", pa.string())])
+
+    def batches_then_outage():
+        yield pa.record_batch({"id": ["replacement"]}, schema=schema)
+        server.stop()  # the endpoint disappears while the new version is being produced
+
+    try:
+        with pytest.raises(StorageError) as raised:
+            storage.write_parquet(batches_then_outage(), schema, "scored_corpus", "lines.parquet")
+        message = str(raised.value)
+        assert f"bucket '{BUCKET}', key 'storage/scored_corpus/lines.parquet'" in message
+        assert "Could not connect to the endpoint" in message
+
+        # A whole Dagster run against the stopped endpoint fails on its first object, by name.
+        message = failure_text(materialize_one(s3_pipeline["resources"], "scored_corpus", "lines"))
+        assert f"bucket '{BUCKET}', key 'storage/distilled_model.safetensors'" in message
+        message = failure_text(materialize_one(s3_pipeline["resources"], "raw_corpus", "lines"))
+        assert f"s3://{BUCKET}/corpus" in message and "cannot be listed" in message
+    finally:
+        if not server.running:
+            server.start()
+    assert snapshot(client, "storage/") == before
