@@ -7,7 +7,7 @@ import dagster as dg
 from embedding_assets.assets.curation import quality_classifier, scored_corpus
 from embedding_assets.assets.features import features
 from embedding_assets.assets.ingest import raw_corpus, training_sample
-from embedding_assets.assets.teacher import teacher_embeddings
+from embedding_assets.assets.teacher import teacher_embeddings, teacher_model
 from embedding_assets.assets.training import distilled_model
 from embedding_assets.checks import curation as curation_checks
 from embedding_assets.checks import features as features_checks
@@ -48,7 +48,7 @@ def resources_from_env() -> dict:
     }
 
 
-ALL_ASSETS = [raw_corpus, training_sample, features, teacher_embeddings, distilled_model, quality_classifier, scored_corpus]
+ALL_ASSETS = [raw_corpus, training_sample, features, teacher_model, teacher_embeddings, distilled_model, quality_classifier, scored_corpus]
 ALL_CHECKS = dg.load_asset_checks_from_modules([ingest_checks, features_checks, teacher_checks, training_checks, curation_checks])
 
 defs = dg.Definitions(

@@ -5,7 +5,7 @@ import dagster as dg
 from embedding_assets.assets.curation import quality_classifier, scored_corpus
 from embedding_assets.assets.features import features
 from embedding_assets.assets.ingest import raw_corpus, training_sample
-from embedding_assets.assets.teacher import teacher_embeddings
+from embedding_assets.assets.teacher import teacher_embeddings, teacher_model
 from embedding_assets.assets.training import distilled_model
 
 ingest_corpus = dg.define_asset_job(
@@ -16,7 +16,7 @@ ingest_corpus = dg.define_asset_job(
 
 train_embedder = dg.define_asset_job(
     "train_embedder",
-    selection=dg.AssetSelection.assets(training_sample, features, teacher_embeddings, distilled_model, quality_classifier),
+    selection=dg.AssetSelection.assets(training_sample, features, teacher_model, teacher_embeddings, distilled_model, quality_classifier),
     description="From the corpus sample to the distilled model and the quality classifier.",
 )
 

@@ -85,7 +85,7 @@ def test_a_teacher_that_emits_nan_fails_its_gate_and_blocks_training(trained, tm
     weights[name][token_id] = np.nan
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
     trained["resources"]["teacher"] = Teacher(model=str(broken))
-    result = run(trained, ["teacher_embeddings", "distilled_model"], run_config={"ops": {"distilled_model": TEST_RUN_CONFIG["ops"]["distilled_model"]}})
+    result = run(trained, ["teacher_model", "teacher_embeddings", "distilled_model"], run_config={"ops": {"distilled_model": TEST_RUN_CONFIG["ops"]["distilled_model"]}})
     passed, meta = evaluation(result, "teacher_embeddings_valid")
     assert not passed
     assert "NaN or inf values" in meta["failed"]

@@ -9,10 +9,10 @@ from pathlib import Path
 import dagster as dg
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = {"raw_corpus", "training_sample", "features", "teacher_embeddings", "distilled_model", "quality_classifier", "scored_corpus"}
+ASSETS = {"raw_corpus", "training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "quality_classifier", "scored_corpus"}
 
 
-def test_definitions_hold_the_seven_assets_and_three_jobs():
+def test_definitions_hold_every_asset_and_the_three_jobs():
     from embedding_assets.definitions import defs
 
     keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
@@ -21,7 +21,7 @@ def test_definitions_hold_the_seven_assets_and_three_jobs():
         defs.resolve_job_def(job)
 
 
-def test_dagster_cli_lists_the_seven_assets(tmp_path):
+def test_dagster_cli_lists_every_asset(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     out = subprocess.run(
         [sys.executable, "-m", "dagster", "asset", "list", "-m", "embedding_assets.definitions"],

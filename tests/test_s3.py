@@ -81,8 +81,8 @@ def test_every_output_lands_in_the_bucket(s3_pipeline):
     keys = set(snapshot(s3_pipeline["client"], "storage/"))
     shards = s3_pipeline["ids"]
     expected = {f"storage/{name}" for name in (
-        "training_sample.parquet", "features.safetensors", "teacher_embeddings.parquet",
-        "distilled_model.safetensors", "quality_classifier.json",
+        "training_sample.parquet", "features.safetensors", "teacher_model.json", "teacher_embeddings.parquet",
+        "distilled_model.safetensors", "distilled_model.md", "quality_classifier.json",
     )}
     expected |= {f"storage/{stage}/{shard}.parquet" for stage in ("raw_corpus", "scored_corpus") for shard in shards}
     assert keys == expected

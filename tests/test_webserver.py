@@ -75,7 +75,7 @@ def test_webserver_shows_every_asset_group_kind_and_check(webserver):
             break
         time.sleep(1)
     by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
-    assert set(by_key) == {"raw_corpus", "training_sample", "features", "teacher_embeddings", "distilled_model", "quality_classifier", "scored_corpus"}
+    assert set(by_key) == {"raw_corpus", "training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "quality_classifier", "scored_corpus"}
     assert by_key["raw_corpus"]["groupName"] == "ingest"
     assert by_key["distilled_model"]["groupName"] == "training"
     assert by_key["scored_corpus"]["groupName"] == "curation"

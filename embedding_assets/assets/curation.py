@@ -1,5 +1,6 @@
 """Curation: the quality classifier on student embeddings, and the scored corpus, shard by shard."""
 
+import json
 import time
 from dataclasses import replace
 
@@ -17,6 +18,7 @@ from embedding_assets.engine.classifier import QualityClassifier, fit_classifier
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import Storage
 from embedding_assets.sample_corpus import NETWORKING_LABELS
+from embedding_assets.lineage import CODE_VERSIONS, BatchHasher, latest_data_version
 
 CLASSIFIER_FILE = "quality_classifier.json"
 
@@ -32,7 +34,7 @@ class ClassifierConfig(dg.Config):
     deps=[distilled_model],
     group_name="curation",
     kinds={"sklearn", "json"},
-    code_version="1",
+    code_version=CODE_VERSIONS["quality_classifier"],
     description="Logistic regression on student embeddings, trained from the label column, with a keep threshold calibrated once to a target keep fraction.",
 )
 def quality_classifier(context: dg.AssetExecutionContext, config: ClassifierConfig, storage: Storage) -> dg.MaterializeResult:
@@ -63,6 +65,7 @@ def quality_classifier(context: dg.AssetExecutionContext, config: ClassifierConf
     classifier = replace(classifier, evaluation=evaluation)
     uri = storage.write_bytes(classifier.to_json().encode(), CLASSIFIER_FILE)
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(classifier.version),
         metadata={
             "uri": dg.MetadataValue.path(uri),
             "classifier_version": classifier.version,
@@ -94,7 +97,7 @@ def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
     deps=[raw_corpus, quality_classifier],
     group_name="curation",
     kinds={"parquet"},
-    code_version="1",
+    code_version=CODE_VERSIONS["scored_corpus"],
     description="Every document of a shard with its uint8 student embedding, score, keep decision and the versions that produced them.",
 )
 def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.MaterializeResult:
@@ -105,13 +108,16 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
         raise dg.Failure(
             f"quality_classifier was trained on model {classifier.model_version}, but distilled_model is {embedder.version}; re-materialise quality_classifier"
         )
-    schema = scored_schema(embedder.dim, {
+    lineage = {
         "shard": shard,
+        "raw_shard_version": latest_data_version(context.instance, "raw_corpus", shard) or "unknown",
         "model_version": embedder.version,
         "classifier_version": classifier.version,
         "threshold": repr(classifier.threshold),
         "quantization_limit": repr(embedder.quantization_limit),
-    })
+        "code_versions": json.dumps(CODE_VERSIONS, sort_keys=True),
+    }
+    schema = scored_schema(embedder.dim, lineage)
     kept = 0
     score_hist = np.zeros(20, dtype=np.int64)
     started = time.perf_counter()
@@ -138,11 +144,15 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
                     schema=schema,
                 )
 
-    uri, rows = storage.write_parquet(scored_batches(), schema, "scored_corpus", f"{shard}.parquet")
+    hasher = BatchHasher()
+    uri, rows = storage.write_parquet(hasher.wrap(scored_batches()), schema, "scored_corpus", f"{shard}.parquet")
     seconds = time.perf_counter() - started
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(hasher.version),
         metadata={
             "dagster/row_count": rows,
+            "raw_shard_version": lineage["raw_shard_version"],
+            "code_versions": CODE_VERSIONS,
             "uri": dg.MetadataValue.path(uri),
             "kept": kept,
             "keep_fraction": round(kept / max(rows, 1), 4),

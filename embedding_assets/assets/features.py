@@ -9,6 +9,7 @@ from pydantic import Field
 from embedding_assets.assets.ingest import training_sample
 from embedding_assets.engine.features import build_features
 from embedding_assets.resources import Storage, Teacher
+from embedding_assets.lineage import CODE_VERSIONS, short_hash
 
 FEATURES_FILE = "features.safetensors"
 
@@ -29,7 +30,7 @@ def read_sample(storage: Storage, columns: list[str]):
     deps=[training_sample],
     group_name="training",
     kinds={"safetensors"},
-    code_version="1",
+    code_version=CODE_VERSIONS["features"],
     description="WordPiece n-grams (1..k) of the sample, a vocabulary picked by bounded-memory approximate counting, IDF, and the L2-normalised TF-IDF rows.",
 )
 def features(context: dg.AssetExecutionContext, config: FeaturesConfig, storage: Storage, teacher: Teacher) -> dg.MaterializeResult:
@@ -49,10 +50,12 @@ def features(context: dg.AssetExecutionContext, config: FeaturesConfig, storage:
         counter_capacity=config.counter_capacity,
     )
     seconds = time.perf_counter() - started
-    uri = storage.write_bytes(built.to_bytes(), FEATURES_FILE)
+    data = built.to_bytes()
+    uri = storage.write_bytes(data, FEATURES_FILE)
     nnz = np.diff(built.tfidf.indptr)
     lengths = np.bincount((built.vocabulary.ngrams != np.uint32(0xFFFFFFFF)).sum(axis=1), minlength=config.max_ngram_length + 1)
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(short_hash(data)),
         metadata={
             "uri": dg.MetadataValue.path(uri),
             "vocabulary_size": built.vocabulary.size,

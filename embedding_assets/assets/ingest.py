@@ -12,6 +12,7 @@ from pydantic import Field
 from embedding_assets.engine.errors import InputError
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import CorpusSource, Storage
+from embedding_assets.lineage import CODE_VERSIONS, BatchHasher, latest_data_version, short_hash
 
 SAMPLE_COLUMNS = ("id", "text", "label", "shard", "split")
 
@@ -33,7 +34,7 @@ def id_hash(ids: list[str], salt: str) -> np.ndarray:
     partitions_def=corpus_shards,
     group_name="ingest",
     kinds={"parquet"},
-    code_version="1",
+    code_version=CODE_VERSIONS["raw_corpus"],
     description="One corpus shard, read in record batches and checked against the corpus contract (id, text, extra columns kept).",
 )
 def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage: Storage) -> dg.MaterializeResult:
@@ -63,12 +64,14 @@ def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage:
                     raise InputError(f"shard {shard}: columns change part-way through the file: {batch.schema} vs {first.schema}") from exc
             yield batch
 
+    hasher = BatchHasher()
     try:
-        uri, rows = storage.write_parquet(all_batches(), first.schema, *raw_corpus_path(shard))
+        uri, rows = storage.write_parquet(hasher.wrap(all_batches()), first.schema, *raw_corpus_path(shard))
     except InputError as exc:
         raise dg.Failure(str(exc)) from exc
     seconds = time.perf_counter() - started
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(hasher.version),
         metadata={
             "dagster/row_count": rows,
             "source": dg.MetadataValue.path(shards[shard]),
@@ -89,7 +92,7 @@ class SampleConfig(dg.Config):
     deps=[raw_corpus],
     group_name="ingest",
     kinds={"parquet"},
-    code_version="1",
+    code_version=CODE_VERSIONS["training_sample"],
     description=(
         "A deterministic sample across all shards: the documents with the smallest seeded hash of their id "
         "(bottom-k), so adding shards only ever swaps documents in, and a train / held-out split by a second hash."
@@ -130,11 +133,15 @@ def training_sample(context: dg.AssetExecutionContext, config: SampleConfig, sto
     bucket = id_hash(kept["id"].to_pylist(), "split") % np.uint64(10_000)
     split = np.where(bucket < np.uint64(round(config.heldout_fraction * 10_000)), "heldout", "train")
     sample = kept.drop_columns(["sample_hash"]).append_column("split", pa.array(split, pa.string()))
-    uri, rows = storage.write_parquet(sample.to_batches(), sample.schema, "training_sample.parquet")
+    hasher = BatchHasher()
+    uri, rows = storage.write_parquet(hasher.wrap(sample.to_batches()), sample.schema, "training_sample.parquet")
     heldout = int((split == "heldout").sum())
     labels = pc.value_counts(sample["label"]).to_pylist()
+    shard_versions = {shard: latest_data_version(context.instance, "raw_corpus", shard) for shard in shards}
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(short_hash(hasher.version, str(config.size), str(config.seed))),
         metadata={
+            "raw_shard_versions": shard_versions,
             "dagster/row_count": rows,
             "uri": dg.MetadataValue.path(uri),
             "shards": len(shards),

@@ -1,5 +1,6 @@
 """Teacher embeddings of the training sample, on the compute device."""
 
+import json
 import time
 
 import dagster as dg
@@ -9,8 +10,10 @@ import pyarrow as pa
 from embedding_assets.assets.features import read_sample
 from embedding_assets.assets.ingest import training_sample
 from embedding_assets.resources import Compute, Storage, Teacher
+from embedding_assets.lineage import CODE_VERSIONS, short_hash
 
 TEACHER_FILE = "teacher_embeddings.parquet"
+TEACHER_MODEL_FILE = "teacher_model.json"
 CHUNK = 512
 
 
@@ -36,18 +39,42 @@ def read_embeddings(storage: Storage, *parts: str) -> tuple[list[str], np.ndarra
 
 
 @dg.asset(
-    deps=[training_sample],
+    group_name="training",
+    kinds={"pytorch", "json"},
+    code_version=CODE_VERSIONS["teacher_model"],
+    description=(
+        "The teacher's identity: model name, a hash of its weights and configs, and the settings it embeds with. "
+        "Its data version changes when any of them does, which marks everything trained from it stale."
+    ),
+)
+def teacher_model(teacher: Teacher, storage: Storage) -> dg.MaterializeResult:
+    identity = teacher.identity()
+    uri = storage.write_bytes(json.dumps(identity, indent=1, sort_keys=True).encode(), TEACHER_MODEL_FILE)
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(identity["sha256"]),
+        metadata={"uri": dg.MetadataValue.path(uri), **{k: str(v) for k, v in identity.items()}},
+    )
+
+
+@dg.asset(
+    deps=[training_sample, teacher_model],
     group_name="training",
     kinds={"parquet", "pytorch"},
-    code_version="1",
+    code_version=CODE_VERSIONS["teacher_embeddings"],
     description="The teacher's embeddings of every sample document (float32, L2-normalised by default), in sample order.",
 )
 def teacher_embeddings(context: dg.AssetExecutionContext, storage: Storage, teacher: Teacher, compute: Compute) -> dg.MaterializeResult:
     sample = read_sample(storage, ["id", "text"])
     texts = sample["text"].to_pylist()
     device = compute.torch_device()
-    model = teacher.load(device)
     identity = teacher.identity()
+    pinned = json.loads(storage.read_bytes(TEACHER_MODEL_FILE))
+    if pinned["sha256"] != identity["sha256"]:
+        raise dg.Failure(
+            f"the teacher configured now ({identity}) is not the one teacher_model recorded ({pinned}); "
+            "materialise teacher_model with it first, so lineage names the teacher that was used"
+        )
+    model = teacher.load(device)
     dim = model.get_embedding_dimension()
     if teacher.truncate_dim:
         dim = min(dim, teacher.truncate_dim)
@@ -77,6 +104,7 @@ def teacher_embeddings(context: dg.AssetExecutionContext, storage: Storage, teac
     table = pa.table([sample["id"], embedding_column(vectors)], schema=schema)
     uri, rows = storage.write_parquet(table.to_batches(), schema, TEACHER_FILE)
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(short_hash(identity["sha256"], "\n".join(sample["id"].to_pylist()), vectors.tobytes())),
         metadata={
             "dagster/row_count": rows,
             "uri": dg.MetadataValue.path(uri),

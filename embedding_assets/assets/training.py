@@ -21,8 +21,10 @@ from embedding_assets.engine.features import Features
 from embedding_assets.engine.network import forward, init_layers, l2_normalize
 from embedding_assets.engine.quantization import calibrate_limit
 from embedding_assets.resources import Compute, Storage
+from embedding_assets.lineage import CODE_VERSIONS, latest_data_version
 
 MODEL_FILE = "distilled_model.safetensors"
+MODEL_CARD_FILE = "distilled_model.md"
 
 
 class DistillationConfig(dg.Config):
@@ -36,6 +38,50 @@ class DistillationConfig(dg.Config):
     probe_labels: int = Field(default=20, description="Linear probes use this many most frequent labels.")
 
 
+def model_card(embedder: LexicalEmbedder, training_seconds: float) -> str:
+    """A markdown card for the model, built from the provenance stored inside it."""
+    p = embedder.provenance
+    ev, training, teacher = p["evaluation"], p["training"], p["teacher"]
+    probes = ev.get("probe_accuracy") or {}
+    lines = [
+        f"# Lexical-dense student `{embedder.version}`",
+        "",
+        "## Data",
+        f"- training sample version `{p['data_versions']['training_sample']}`: {training['train_documents']} training, {ev['heldout_documents']} held-out documents",
+        f"- features version `{p['data_versions']['features']}`: {embedder.vocabulary.size:,} n-grams of 1 to {embedder.vocabulary.max_n} WordPiece tokens",
+        f"- teacher embeddings version `{p['data_versions']['teacher_embeddings']}`",
+        "",
+        "## Teacher",
+        f"- `{teacher.get('model')}` (weights and config sha256 `{teacher.get('model_sha256')}`), dim {teacher.get('dim')}, max_seq_length {teacher.get('max_seq_length')}, normalisation {teacher.get('normalization')}",
+        "",
+        "## Architecture",
+        f"- {' -> '.join(map(str, embedder.dims))}: TF-IDF, sparse first layer, ReLU and L2 norm between layers, L2-normalised output",
+        f"- uint8 quantisation limit {embedder.quantization_limit:.5f}",
+        "",
+        "## Training",
+        f"- Gram-matrix KL distillation, temperature {training['temperature']}, batch {training['batch_size']}, {training['epochs']} epochs ({training['steps']} steps), "
+        f"peak learning rate {training['learning_rate']} (warmup-stable-decay), seed {training['seed']}, on {training['device']} in {training_seconds:.0f} s",
+        f"- loss {p['loss']['start']} at the start, {p['loss']['end']} at the end",
+        "",
+        "## Held-out fidelity to the teacher",
+        "| model | recall@10 | Spearman |",
+        "|---|---|---|",
+        f"| student | {ev['student']['recall_at_10']} | {ev['student']['spearman']} |",
+        f"| untrained, same shape | {ev['untrained_student']['recall_at_10']} | {ev['untrained_student']['spearman']} |",
+        "",
+        "## Linear-probe accuracy on labels",
+        "| teacher | student | TF-IDF |",
+        "|---|---|---|",
+        f"| {probes.get('teacher', 'n/a')} | {probes.get('student', 'n/a')} | {probes.get('tfidf', 'n/a')} |",
+        "",
+        "## Known limits",
+        "- Lexical: it sees WordPiece n-grams, not word order beyond 5 tokens; paraphrases with no shared n-gram look unrelated.",
+        "- Texts with no known n-gram get one fallback vector (the mean training embedding).",
+        "- Fidelity was measured on held-out documents of the same corpus; other domains need their own check.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def student_evaluation(student: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
     return {
         "recall_at_10": round(neighbour_recall(student, teacher, k=10), 4),
@@ -47,7 +93,7 @@ def student_evaluation(student: np.ndarray, teacher: np.ndarray) -> dict[str, fl
     deps=[features, teacher_embeddings],
     group_name="training",
     kinds={"pytorch", "safetensors"},
-    code_version="1",
+    code_version=CODE_VERSIONS["distilled_model"],
     description=(
         "The student: TF-IDF -> sparse first layer -> ReLU/L2 hidden layers -> L2-normalised embedding, trained with the "
         "Gram-matrix KL loss against the teacher, saved as one safetensors file, and evaluated on held-out documents."
@@ -103,11 +149,14 @@ def distilled_model(
 
     heldout_texts = list(texts[heldout])
     teacher_heldout = teacher_vectors[heldout]
+    upstream = ("training_sample", "features", "teacher_model", "teacher_embeddings")
     provenance = {
         "teacher": {k.decode(): v.decode() for k, v in teacher_meta.items()},
         "training": {**config.model_dump(), "steps": history.steps, "train_documents": int(train.sum()), "device": device},
+        "data_versions": {key: latest_data_version(context.instance, key) for key in upstream},
+        "code_version": CODE_VERSIONS["distilled_model"],
     }
-    embedder = LexicalEmbedder(feats.tokenizer_json, feats.vocabulary, layers, fallback, limit, provenance)
+    embedder = LexicalEmbedder(feats.tokenizer_json, feats.vocabulary, layers, fallback, limit)
     untrained = LexicalEmbedder(feats.tokenizer_json, feats.vocabulary, initial_layers, fallback, limit)
     student_heldout = embedder.encode(heldout_texts)
     evaluation = {
@@ -127,11 +176,17 @@ def distilled_model(
 
     loss_start = batch_loss(train_tfidf, train_teacher, initial_layers, distill_config)
     loss_end = batch_loss(train_tfidf, train_teacher, layers, distill_config)
-    embedder.provenance["evaluation"] = {**evaluation, "probe_accuracy": probes, "heldout_documents": int(heldout.sum())}
+    provenance["evaluation"] = {**evaluation, "probe_accuracy": probes, "heldout_documents": int(heldout.sum())}
+    provenance["loss"] = {"start": round(loss_start, 5), "end": round(loss_end, 5), "per_epoch": [round(x, 5) for x in history.epoch_loss]}
+    embedder = LexicalEmbedder(feats.tokenizer_json, feats.vocabulary, layers, fallback, limit, provenance)
     uri = storage.write_bytes(embedder.to_bytes(), MODEL_FILE)
+    card = model_card(embedder, history.seconds)
+    storage.write_bytes(card.encode(), MODEL_CARD_FILE)
 
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(embedder.version),
         metadata={
+            "model_card": dg.MetadataValue.md(card),
             "uri": dg.MetadataValue.path(uri),
             "model_version": embedder.version,
             "dims": "-".join(map(str, embedder.dims)),
