@@ -1,0 +1,194 @@
+"""Answer "which data, which teacher and which model decided this?" from the project's own records.
+
+    python -m embedding_assets.audit scored_corpus/<shard>   # the chain behind one scored shard
+    python -m embedding_assets.audit distilled_model         # the chain behind the current model
+    python -m embedding_assets.audit <document id>           # where a document is, its score, keep and why
+
+It reads the Dagster instance in DAGSTER_HOME (materialisations, data versions, check results)
+and the stored files, prints the chain and writes it as JSON (--json, default audit.json).
+Every link is found by its data version, so the chain is the one that really produced the output.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from embedding_assets.assets.training import MODEL_FILE
+from embedding_assets.engine import LexicalEmbedder
+from embedding_assets.partitions import corpus_shards
+from embedding_assets.resources import Storage
+
+CHECKS = {
+    "raw_corpus": ("raw_corpus_contract", "raw_corpus_ids_unique_across_shards"),
+    "features": ("features_vocabulary", "features_coverage"),
+    "teacher_embeddings": ("teacher_embeddings_valid",),
+    "distilled_model": ("distilled_model_fidelity", "distilled_model_artifact"),
+    "quality_classifier": ("quality_classifier_calibration",),
+    "scored_corpus": ("scored_corpus_contract", "scored_corpus_drift"),
+}
+
+
+class AuditError(LookupError):
+    pass
+
+
+def _plain(value):
+    value = getattr(value, "value", value)
+    if isinstance(value, (str, int, float, bool, type(None), list, dict)):
+        return value
+    return str(value)
+
+
+def materialization(instance: dg.DagsterInstance, key: str, partition: str | None = None, version: str | None = None) -> dict:
+    """The latest materialisation of `key` (with `version` as its data version, if given), as a plain dict."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=[partition] if partition else None), limit=200
+    ).records
+    for record in records:
+        event = record.asset_materialization
+        data_version = event.tags.get("dagster/data_version")
+        if version is None or data_version == version:
+            return {
+                "asset": key,
+                "partition": partition,
+                "data_version": data_version,
+                "code_version": event.tags.get("dagster/code_version"),
+                "run_id": record.run_id,
+                "timestamp": record.timestamp,
+                "metadata": {k: _plain(v) for k, v in event.metadata.items() if k != "model_card"},
+                "checks": checks(instance, key, record.run_id),
+            }
+    wanted = f" with data version {version}" if version else ""
+    raise AuditError(f"no materialisation of {key}{f'[{partition}]' if partition else ''}{wanted} in this instance")
+
+
+def checks(instance: dg.DagsterInstance, key: str, run_id: str) -> dict:
+    """Results of the asset's checks that ran with this materialisation."""
+    results = {}
+    for name in CHECKS.get(key, ()):
+        history = instance.event_log_storage.get_asset_check_execution_history(dg.AssetCheckKey(dg.AssetKey(key), name), limit=50)
+        for record in history:
+            if record.run_id == run_id and record.event and record.event.dagster_event:
+                evaluation = record.event.dagster_event.event_specific_data
+                results[name] = {"passed": evaluation.passed, "metadata": {k: _plain(v) for k, v in evaluation.metadata.items()}}
+                break
+    return results
+
+
+def model_chain(instance: dg.DagsterInstance, storage: Storage, model_version: str | None = None) -> dict:
+    model = materialization(instance, "distilled_model", version=model_version)
+    provenance = {}
+    current = LexicalEmbedder.from_bytes(storage.read_bytes(MODEL_FILE))
+    if current.version == model["data_version"]:
+        provenance = current.provenance
+    versions = provenance.get("data_versions", {})
+    chain = {"distilled_model": {**model, "training": provenance.get("training"), "evaluation": provenance.get("evaluation"), "teacher": provenance.get("teacher")}}
+    for key in ("teacher_embeddings", "teacher_model", "features", "training_sample"):
+        chain[key] = materialization(instance, key, version=versions.get(key))
+    sample_shards = chain["training_sample"]["metadata"].get("raw_shard_versions") or {}
+    chain["raw_corpus"] = {shard: materialization(instance, "raw_corpus", shard, version) for shard, version in sample_shards.items()}
+    return chain
+
+
+def shard_chain(instance: dg.DagsterInstance, storage: Storage, shard: str) -> dict:
+    scored = materialization(instance, "scored_corpus", shard)
+    meta = scored["metadata"]
+    with storage.open_parquet("scored_corpus", f"{shard}.parquet") as parquet:
+        file_lineage = {k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
+    classifier = materialization(instance, "quality_classifier", version=meta["classifier_version"])
+    return {
+        "scored_corpus": {**scored, "file_lineage": file_lineage},
+        "raw_shard": materialization(instance, "raw_corpus", shard, meta["raw_shard_version"]),
+        "quality_classifier": classifier,
+        **model_chain(instance, storage, meta["model_version"]),
+    }
+
+
+def find_document(instance: dg.DagsterInstance, storage: Storage, doc_id: str) -> dict:
+    import pyarrow.compute as pc
+
+    for shard in sorted(instance.get_dynamic_partitions(corpus_shards.name)):
+        if not storage.exists("scored_corpus", f"{shard}.parquet"):
+            continue
+        with storage.open_parquet("scored_corpus", f"{shard}.parquet") as parquet:
+            for batch in parquet.iter_batches(columns=["id", "score", "keep", "model_version", "classifier_version"], batch_size=65536):
+                hits = pc.index(batch.column("id"), doc_id).as_py()
+                if hits >= 0:
+                    row = {name: batch.column(name)[hits].as_py() for name in batch.schema.names}
+                    chain = shard_chain(instance, storage, shard)
+                    threshold = chain["quality_classifier"]["metadata"]["threshold"]
+                    decision = "kept" if row["keep"] else "dropped"
+                    sign = ">=" if row["keep"] else "<"
+                    return {
+                        "document": {**row, "shard": shard, "threshold": threshold, "decision": decision,
+                                     "why": f"score {row['score']:.4f} {sign} threshold {threshold:.4f}, so it was {decision}"},
+                        **chain,
+                    }
+    raise AuditError(f"document {doc_id!r} is in no scored shard")
+
+
+def audit(target: str, instance: dg.DagsterInstance, storage: Storage) -> dict:
+    if target.startswith("scored_corpus/") or (target.startswith("scored_corpus[") and target.endswith("]")):
+        shard = target[len("scored_corpus/") :] if "/" in target else target[len("scored_corpus[") : -1]
+        return {"target": target, **shard_chain(instance, storage, shard)}
+    if target == "distilled_model":
+        return {"target": target, **model_chain(instance, storage)}
+    if target == "quality_classifier":
+        classifier = materialization(instance, "quality_classifier")
+        return {"target": target, "quality_classifier": classifier, **model_chain(instance, storage, classifier["metadata"]["model_version"])}
+    return {"target": target, **find_document(instance, storage, target)}
+
+
+def summary(report: dict) -> str:
+    lines = [f"audit of {report['target']}"]
+    if "document" in report:
+        d = report["document"]
+        lines.append(f"  document {d['id']} in shard {d['shard']}: {d['why']}")
+    for key in ("scored_corpus", "raw_shard", "quality_classifier", "distilled_model", "teacher_embeddings", "teacher_model", "features", "training_sample"):
+        if key in report:
+            link = report[key]
+            checks_passed = all(c["passed"] for c in link["checks"].values()) if link["checks"] else None
+            part = f"[{link['partition']}]" if link.get("partition") else ""
+            lines.append(
+                f"  {key}{part}: version {link['data_version']} (code {link['code_version']}), run {link['run_id'][:8]}, "
+                f"checks {'passed' if checks_passed else 'none' if checks_passed is None else 'FAILED'}"
+            )
+    if "distilled_model" in report and report["distilled_model"].get("evaluation"):
+        ev = report["distilled_model"]["evaluation"]
+        lines.append(f"  held-out fidelity: recall@10 {ev['student']['recall_at_10']}, Spearman {ev['student']['spearman']}; probes {ev.get('probe_accuracy')}")
+    if "teacher_model" in report:
+        m = report["teacher_model"]["metadata"]
+        lines.append(f"  teacher: {m.get('model')} sha256 {m.get('sha256')}, max_seq_length {m.get('max_seq_length')}")
+    for shard, link in (report.get("raw_corpus") or {}).items():
+        lines.append(f"  sample drew on raw_corpus[{shard}] version {link['data_version']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Trace a scored shard, the model or a document back to its sources.")
+    parser.add_argument("target", help="scored_corpus/<shard>, distilled_model, quality_classifier, or a document id")
+    parser.add_argument("--json", type=Path, default=Path("audit.json"), help="where to write the full chain as JSON")
+    args = parser.parse_args(argv)
+    from embedding_assets.definitions import resources_from_env
+
+    if not os.environ.get("DAGSTER_HOME"):
+        print("set DAGSTER_HOME to the instance whose history to audit", file=sys.stderr)
+        return 2
+    instance = dg.DagsterInstance.get()
+    try:
+        report = audit(args.target, instance, resources_from_env()["storage"])
+    except AuditError as exc:
+        print(f"audit: {exc}", file=sys.stderr)
+        return 1
+    args.json.write_text(json.dumps(report, indent=1, sort_keys=True, default=str))
+    print(summary(report))
+    print(f"full chain written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
