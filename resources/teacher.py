@@ -89,6 +89,9 @@ class Teacher(dg.ConfigurableResource):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # a bar per load floods the run log
 
         model_dir = self.model_dir()
         model = SentenceTransformer(

@@ -24,7 +24,6 @@ CLASSIFIER_FILE = "quality_classifier.json"
 
 
 class ClassifierConfig(dg.Config):
-    label_column: str = Field(default="label", description="Column of the training sample holding the labels.")
     positive_labels: list[str] = Field(default=list(NETWORKING_LABELS), description="Labels that count as the documents to keep.")
     target_keep_fraction: float = Field(default=0.2, description="Share of documents the calibrated threshold keeps.")
     seed: int = 0
@@ -40,8 +39,6 @@ class ClassifierConfig(dg.Config):
 def quality_classifier(context: dg.AssetExecutionContext, config: ClassifierConfig, storage: Storage) -> dg.MaterializeResult:
     from sklearn.metrics import accuracy_score, roc_auc_score
 
-    if config.label_column != "label":
-        raise dg.Failure("the training sample carries its labels in the 'label' column; set label_column to 'label'")
     embedder = LexicalEmbedder.from_bytes(storage.read_bytes(MODEL_FILE))
     sample = read_sample(storage, ["id", "text", "label", "split"])
     embeddings = embedder.encode(sample["text"].to_pylist())

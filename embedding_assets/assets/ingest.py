@@ -86,6 +86,7 @@ class SampleConfig(dg.Config):
     size: int = Field(default=6000, description="Documents in the training sample (the teacher embeds every one).")
     heldout_fraction: float = Field(default=0.15, description="Share of documents held out for evaluation, decided by a hash of the id.")
     seed: int = Field(default=0, description="Salt of the sampling hash: a different seed draws a different sample.")
+    label_column: str = Field(default="label", description="Shard column whose values label the documents (for probes and the classifier).")
 
 
 @dg.asset(
@@ -111,7 +112,8 @@ def training_sample(context: dg.AssetExecutionContext, config: SampleConfig, sto
             for batch in parquet.iter_batches(batch_size=8192):
                 ids = batch.column("id").to_pylist()
                 total += len(ids)
-                labels = batch.column("label") if "label" in batch.schema.names else pa.nulls(len(ids), pa.string())
+                names = batch.schema.names
+                labels = batch.column(config.label_column) if config.label_column in names else pa.nulls(len(ids), pa.string())
                 candidates = pa.table({
                     "id": batch.column("id"),
                     "text": batch.column("text"),
