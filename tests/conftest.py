@@ -79,20 +79,25 @@ def materialize_pipeline(instance: dg.DagsterInstance, resources: dict, shards: 
     return results
 
 
-@pytest.fixture(scope="session")
-def pipeline(small_corpus, tmp_path_factory):
-    """The whole graph materialised once on the small corpus, into local storage."""
+def local_resources(corpus_dir: Path, storage_dir: Path) -> dict:
+    """The resources of a local run: corpus and outputs in directories, the default teacher, CPU."""
     from embedding_assets.resources import Compute, CorpusSource, QualityGates, Storage, Teacher
 
-    corpus_dir, ids = small_corpus
-    storage_dir = tmp_path_factory.mktemp("storage")
-    resources = {
+    return {
         "corpus": CorpusSource(location=str(corpus_dir)),
         "storage": Storage(base=str(storage_dir)),
         "teacher": Teacher(),
         "compute": Compute(device="cpu"),
         "gates": QualityGates(),
     }
+
+
+@pytest.fixture(scope="session")
+def pipeline(small_corpus, tmp_path_factory):
+    """The whole graph materialised once on the small corpus, into local storage."""
+    corpus_dir, ids = small_corpus
+    storage_dir = tmp_path_factory.mktemp("storage")
+    resources = local_resources(corpus_dir, storage_dir)
     with dg.instance_for_test() as instance:
         results = materialize_pipeline(instance, resources, sorted(ids))
         yield {"instance": instance, "resources": resources, "storage": storage_dir, "ids": ids, "results": results}

@@ -13,12 +13,12 @@ import pytest
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
-from conftest import TEST_RUN_CONFIG, materialize_pipeline, write_small_corpus
+from conftest import TEST_RUN_CONFIG, local_resources, materialize_pipeline, write_small_corpus
 from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS
 from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.engine.classifier import QualityClassifier
 from embedding_assets.lineage import CODE_VERSIONS, latest_data_version
-from embedding_assets.resources import Compute, CorpusSource, QualityGates, Storage, Teacher
+from embedding_assets.resources import Teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = ["training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "quality_classifier"]
@@ -30,13 +30,7 @@ def lineage(tmp_path_factory):
     corpus = tmp_path_factory.mktemp("lineage_corpus")
     ids = write_small_corpus(corpus)
     storage = tmp_path_factory.mktemp("lineage_storage")
-    resources = {
-        "corpus": CorpusSource(location=str(corpus)),
-        "storage": Storage(base=str(storage)),
-        "teacher": Teacher(),
-        "compute": Compute(device="cpu"),
-        "gates": QualityGates(),
-    }
+    resources = local_resources(corpus, storage)
     instance = dg.DagsterInstance.local_temp(str(home))
     materialize_pipeline(instance, resources, sorted(ids))
     yield {"instance": instance, "home": home, "corpus": corpus, "storage": storage, "resources": resources, "ids": ids}
