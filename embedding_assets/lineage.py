@@ -10,6 +10,8 @@ from collections.abc import Iterable, Iterator
 import dagster as dg
 import pyarrow as pa
 
+OWNERS = ["team:data-curation"]
+
 # Bump an asset's entry when its logic changes what it produces.
 CODE_VERSIONS = {
     "raw_corpus": "1",

@@ -16,9 +16,10 @@ from embedding_assets.assets.training import MODEL_FILE, distilled_model
 from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.engine.classifier import QualityClassifier, fit_classifier
 from embedding_assets.partitions import corpus_shards
+from embedding_assets.plots import score_histogram
 from embedding_assets.resources import Storage
 from embedding_assets.sample_corpus import NETWORKING_LABELS
-from embedding_assets.lineage import CODE_VERSIONS, BatchHasher, latest_data_version
+from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_data_version
 
 CLASSIFIER_FILE = "quality_classifier.json"
 
@@ -33,6 +34,7 @@ class ClassifierConfig(dg.Config):
     deps=[distilled_model],
     group_name="curation",
     kinds={"sklearn", "json"},
+    owners=OWNERS,
     code_version=CODE_VERSIONS["quality_classifier"],
     description="Logistic regression on student embeddings, trained from the label column, with a keep threshold calibrated once to a target keep fraction.",
 )
@@ -94,6 +96,8 @@ def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
     deps=[raw_corpus, quality_classifier],
     group_name="curation",
     kinds={"parquet"},
+    owners=OWNERS,
+    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id", "string"), dg.TableColumn("embedding", "fixed_size_list<uint8>[dim]", "quantised student embedding"), dg.TableColumn("score", "float32", "classifier probability in [0, 1]"), dg.TableColumn("keep", "bool", "score >= the calibrated threshold"), dg.TableColumn("model_version", "string"), dg.TableColumn("classifier_version", "string")])},
     code_version=CODE_VERSIONS["scored_corpus"],
     description="Every document of a shard with its uint8 student embedding, score, keep decision and the versions that produced them.",
 )
@@ -156,7 +160,7 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
             "threshold": round(classifier.threshold, 6),
             "model_version": embedder.version,
             "classifier_version": classifier.version,
-            "score_histogram": [int(c) for c in score_hist],
+            "score_histogram": dg.MetadataValue.md(score_histogram([int(c) for c in score_hist], classifier.threshold)),
             "docs_per_second": round(rows / max(seconds, 1e-9), 1),
         }
     )

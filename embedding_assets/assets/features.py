@@ -8,8 +8,10 @@ from pydantic import Field
 
 from embedding_assets.assets.ingest import training_sample
 from embedding_assets.engine.features import build_features
+from embedding_assets.engine.ngrams import PAD
+from embedding_assets.engine.tokenization import load_tokenizer
 from embedding_assets.resources import Storage, Teacher
-from embedding_assets.lineage import CODE_VERSIONS, short_hash
+from embedding_assets.lineage import CODE_VERSIONS, OWNERS, short_hash
 
 FEATURES_FILE = "features.safetensors"
 
@@ -26,10 +28,24 @@ def read_sample(storage: Storage, columns: list[str]):
         return parquet.read(columns=columns)
 
 
+def idf_bands(built, per_band: int = 8) -> str:
+    """A table of n-grams from the common, middle and rare ends of the IDF range."""
+    tokenizer = load_tokenizer(built.tokenizer_json)
+    order = np.argsort(built.vocabulary.idf, kind="stable")
+    middle = len(order) // 2 - per_band // 2
+    bands = {"common (low IDF)": order[:per_band], "middle": order[middle : middle + per_band], "rare (high IDF)": order[-per_band:]}
+    lines = ["| band | n-grams |", "|---|---|"]
+    for band, picked in bands.items():
+        grams = [tokenizer.decode([int(t) for t in built.vocabulary.ngrams[i] if t != PAD]) for i in picked]
+        lines.append(f"| {band} | {', '.join(f'`{g}`' for g in grams)} |")
+    return "\n".join(lines) + "\n"
+
+
 @dg.asset(
     deps=[training_sample],
     group_name="training",
     kinds={"safetensors"},
+    owners=OWNERS,
     code_version=CODE_VERSIONS["features"],
     description="WordPiece n-grams (1..k) of the sample, a vocabulary picked by bounded-memory approximate counting, IDF, and the L2-normalised TF-IDF rows.",
 )
@@ -67,5 +83,6 @@ def features(context: dg.AssetExecutionContext, config: FeaturesConfig, storage:
             "idf_min": float(built.vocabulary.idf.min()) if built.vocabulary.size else 0.0,
             "idf_max": float(built.vocabulary.idf.max()) if built.vocabulary.size else 0.0,
             "docs_per_second": round(len(texts) / seconds, 1),
+            "ngrams_by_idf_band": dg.MetadataValue.md(idf_bands(built)),
         }
     )

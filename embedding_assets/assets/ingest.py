@@ -12,7 +12,7 @@ from pydantic import Field
 from embedding_assets.engine.errors import InputError
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import CorpusSource, Storage
-from embedding_assets.lineage import CODE_VERSIONS, BatchHasher, latest_data_version, short_hash
+from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_data_version, short_hash
 
 SAMPLE_COLUMNS = ("id", "text", "label", "shard", "split")
 
@@ -34,6 +34,8 @@ def id_hash(ids: list[str], salt: str) -> np.ndarray:
     partitions_def=corpus_shards,
     group_name="ingest",
     kinds={"parquet"},
+    owners=OWNERS,
+    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id", "string", "unique document id"), dg.TableColumn("text", "string", "document text"), dg.TableColumn("...", "any", "every other column of the shard, kept as is")])},
     code_version=CODE_VERSIONS["raw_corpus"],
     description="One corpus shard, read in record batches and checked against the corpus contract (id, text, extra columns kept).",
 )
@@ -93,6 +95,8 @@ class SampleConfig(dg.Config):
     deps=[raw_corpus],
     group_name="ingest",
     kinds={"parquet"},
+    owners=OWNERS,
+    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id", "string"), dg.TableColumn("text", "string"), dg.TableColumn("label", "string", "the label column, null where absent"), dg.TableColumn("shard", "string"), dg.TableColumn("split", "string", "train or heldout, by a hash of the id")])},
     code_version=CODE_VERSIONS["training_sample"],
     description=(
         "A deterministic sample across all shards: the documents with the smallest seeded hash of their id "

@@ -10,7 +10,7 @@ import pyarrow as pa
 from embedding_assets.assets.features import read_sample
 from embedding_assets.assets.ingest import training_sample
 from embedding_assets.resources import Compute, Storage, Teacher
-from embedding_assets.lineage import CODE_VERSIONS, short_hash
+from embedding_assets.lineage import CODE_VERSIONS, OWNERS, short_hash
 
 TEACHER_FILE = "teacher_embeddings.parquet"
 TEACHER_MODEL_FILE = "teacher_model.json"
@@ -41,6 +41,7 @@ def read_embeddings(storage: Storage, *parts: str) -> tuple[list[str], np.ndarra
 @dg.asset(
     group_name="training",
     kinds={"pytorch", "json"},
+    owners=OWNERS,
     code_version=CODE_VERSIONS["teacher_model"],
     description=(
         "The teacher's identity: model name, a hash of its weights and configs, and the settings it embeds with. "
@@ -60,6 +61,8 @@ def teacher_model(teacher: Teacher, storage: Storage) -> dg.MaterializeResult:
     deps=[training_sample, teacher_model],
     group_name="training",
     kinds={"parquet", "pytorch"},
+    owners=OWNERS,
+    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id", "string"), dg.TableColumn("embedding", "fixed_size_list<float32>[dim]", "teacher vector, L2-normalised")])},
     code_version=CODE_VERSIONS["teacher_embeddings"],
     description="The teacher's embeddings of every sample document (float32, L2-normalised by default), in sample order.",
 )

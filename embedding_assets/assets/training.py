@@ -3,13 +3,14 @@
 import time
 
 import dagster as dg
+import torch
 import numpy as np
 from pydantic import Field
 
 from embedding_assets.assets.features import FEATURES_FILE, features, read_sample
 from embedding_assets.assets.teacher import TEACHER_FILE, read_embeddings, teacher_embeddings
 from embedding_assets.engine import LexicalEmbedder
-from embedding_assets.engine.distill import DistillConfig, batch_loss, distill
+from embedding_assets.engine.distill import DistillConfig, batch_loss, distill, embed
 from embedding_assets.engine.evaluation import (
     cosine_spearman,
     neighbour_recall,
@@ -21,7 +22,8 @@ from embedding_assets.engine.features import Features
 from embedding_assets.engine.network import forward, init_layers, l2_normalize
 from embedding_assets.engine.quantization import calibrate_limit
 from embedding_assets.resources import Compute, Storage
-from embedding_assets.lineage import CODE_VERSIONS, latest_data_version
+from embedding_assets.lineage import CODE_VERSIONS, OWNERS, latest_data_version
+from embedding_assets.plots import training_curves
 
 MODEL_FILE = "distilled_model.safetensors"
 MODEL_CARD_FILE = "distilled_model.md"
@@ -82,6 +84,19 @@ def model_card(embedder: LexicalEmbedder, training_seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def evaluation_table(evaluation: dict) -> str:
+    probes = evaluation.get("probe_accuracy") or {}
+    rows = [
+        ("teacher", "1.0 (reference)", "1.0 (reference)", probes.get("teacher", "n/a")),
+        ("student", evaluation["student"]["recall_at_10"], evaluation["student"]["spearman"], probes.get("student", "n/a")),
+        ("untrained student", evaluation["untrained_student"]["recall_at_10"], evaluation["untrained_student"]["spearman"], "n/a"),
+        ("plain TF-IDF", "n/a", "n/a", probes.get("tfidf", "n/a")),
+    ]
+    lines = ["| model | recall@10 vs teacher | Spearman vs teacher | probe accuracy |", "|---|---|---|---|"]
+    lines += [f"| {name} | {r} | {sp} | {p} |" for name, r, sp, p in rows]
+    return "\n".join(lines) + f"\n\nHeld-out documents: {evaluation['heldout_documents']}.\n"
+
+
 def student_evaluation(student: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
     return {
         "recall_at_10": round(neighbour_recall(student, teacher, k=10), 4),
@@ -93,6 +108,7 @@ def student_evaluation(student: np.ndarray, teacher: np.ndarray) -> dict[str, fl
     deps=[features, teacher_embeddings],
     group_name="training",
     kinds={"pytorch", "safetensors"},
+    owners=OWNERS,
     code_version=CODE_VERSIONS["distilled_model"],
     description=(
         "The student: TF-IDF -> sparse first layer -> ReLU/L2 hidden layers -> L2-normalised embedding, trained with the "
@@ -133,13 +149,17 @@ def distilled_model(
     initial_layers = init_layers(dims, distill_config.seed)
     started = time.perf_counter()
 
+    heldout_tfidf = feats.tfidf[heldout]
+
     def log_epoch(epoch, module, history):
+        fidelity = student_evaluation(embed(module, heldout_tfidf, torch.device(device)), teacher_vectors[heldout])
         elapsed = time.perf_counter() - started
         done = epoch + 1
         context.log.info(
-            f"training: epoch {done}/{distill_config.epochs}, loss {history.epoch_loss[-1]:.4f}, "
-            f"{history.steps / elapsed:.1f} steps/s, ETA {(distill_config.epochs - done) * elapsed / done:.0f} s"
+            f"training: epoch {done}/{distill_config.epochs}, loss {history.epoch_loss[-1]:.4f}, held-out recall@10 "
+            f"{fidelity['recall_at_10']:.3f}, {history.steps / elapsed:.1f} steps/s, ETA {(distill_config.epochs - done) * elapsed / done:.0f} s"
         )
+        return fidelity
 
     context.log.info(f"training a {'-'.join(map(str, dims))} student on {train.sum()} documents on {device}")
     layers, history = distill(train_tfidf, train_teacher, distill_config, device=device, on_epoch=log_epoch)
@@ -186,6 +206,8 @@ def distilled_model(
     return dg.MaterializeResult(
         data_version=dg.DataVersion(embedder.version),
         metadata={
+            "training_curves": dg.MetadataValue.md(training_curves(history.epoch_loss, history.epoch_eval)),
+            "evaluation": dg.MetadataValue.md(evaluation_table(provenance["evaluation"])),
             "model_card": dg.MetadataValue.md(card),
             "uri": dg.MetadataValue.path(uri),
             "model_version": embedder.version,
