@@ -11,6 +11,7 @@ import scipy.sparse as sp
 
 from embedding_assets.engine import artifact
 from embedding_assets.engine.errors import ArtifactError
+from embedding_assets.engine.luxical_format import read_luxical, write_luxical
 from embedding_assets.engine.network import forward
 from embedding_assets.engine.quantization import quantize_uint8
 from embedding_assets.engine.storage import read_bytes, write_bytes_atomic
@@ -145,3 +146,27 @@ class LexicalEmbedder:
             return cls.from_bytes(data)
         except ArtifactError as exc:
             raise ArtifactError(f"{path}: {exc}") from exc
+
+    @classmethod
+    def from_luxical(cls, path: str | os.PathLike, quantization_limit: float = 0.5) -> LexicalEmbedder:
+        """A luxical v1 `.npz` embedder, giving the same embeddings as luxical does.
+
+        The tokenizer's baked-in truncation and padding are switched off, as for every model
+        here; a luxical file built with them on differs only on texts longer than the limit.
+        Texts with no known n-gram get the zero vector, as in luxical. The uint8 clip limit
+        is not part of luxical's file, hence the argument.
+        """
+        parts = read_luxical(path)
+        layers = parts["layers"]
+        return cls(
+            parts["tokenizer_json"],
+            Vocabulary(parts["ngrams"], parts["idf"]),
+            layers,
+            np.zeros(layers[-1].shape[1], dtype=np.float32),
+            quantization_limit,
+            provenance={"imported_from": "luxical", "source": os.fspath(path)},
+        )
+
+    def to_luxical(self, path: str | os.PathLike) -> None:
+        """Write this model as a luxical v1 `.npz` (needs two or more layers; the fallback vector is not kept)."""
+        write_luxical(path, self.tokenizer.to_str(), self.vocabulary.ngrams, self.vocabulary.idf, self.layers)
