@@ -7,12 +7,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 
+import fsspec
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from embedding_assets.engine import artifact
-from embedding_assets.engine.errors import ArtifactError
+from embedding_assets.engine.errors import ArtifactError, InputError
 from embedding_assets.engine.luxical_format import read_luxical, write_luxical
 from embedding_assets.engine.hashtable import KeyTable
 from embedding_assets.engine.network import bag_sum, finish
@@ -89,9 +90,21 @@ class LexicalEmbedder:
             if batch:
                 yield self._encode_parallel(pool, batch, threads)
 
+    def encode_parquet(
+        self, path: str | os.PathLike, column: str = "text", batch_size: int = 4096, threads: int | None = None
+    ) -> Iterator[np.ndarray]:
+        """Embeddings of one string column of a parquet file, streamed a record batch at a time."""
+        import pyarrow.parquet as pq
+
+        with fsspec.open(os.fspath(path), "rb") as f:
+            parquet = pq.ParquetFile(f)
+            if column not in parquet.schema_arrow.names:
+                raise InputError(f"{path}: no column {column!r} (columns: {parquet.schema_arrow.names})")
+            yield from self.encode_batches(_column_texts(parquet, column, batch_size, path), batch_size, threads)
+
     def _encode_parallel(self, pool: ThreadPoolExecutor, texts: list[str], threads: int) -> np.ndarray:
         step = -(-len(texts) // threads)
-        if threads == 1 or len(texts) < 64:
+        if threads == 1 or len(texts) < 2 * threads:
             return self._encode_batch(texts)
         parts = pool.map(self._encode_batch, [texts[i : i + step] for i in range(0, len(texts), step)])
         return np.concatenate(list(parts))
@@ -201,3 +214,13 @@ class LexicalEmbedder:
     def to_luxical(self, path: str | os.PathLike) -> None:
         """Write this model as a luxical v1 `.npz` (needs two or more layers; the fallback vector is not kept)."""
         write_luxical(path, self.tokenizer.to_str(), self.vocabulary.ngrams, self.vocabulary.idf, self.layers)
+
+
+def _column_texts(parquet, column: str, batch_size: int, path) -> Iterator[str]:
+    row = 0
+    for batch in parquet.iter_batches(batch_size=batch_size, columns=[column]):
+        for text in batch.column(0).to_pylist():
+            if not isinstance(text, str):
+                raise InputError(f"{path}: row {row}, column {column!r} is {type(text).__name__}, expected a string")
+            yield text
+            row += 1
