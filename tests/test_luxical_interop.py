@@ -96,3 +96,10 @@ def test_from_luxical_rejects_pickles_and_broken_files(luxical_model, tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ArtifactError):
         LexicalEmbedder.from_luxical(tmp_path / "junk.npz")
+
+
+def test_to_luxical_refuses_a_network_luxical_cannot_run(our_model, tmp_path):
+    single = LexicalEmbedder(our_model.tokenizer_json, our_model.vocabulary, [our_model.layers[0]], np.ones(32, np.float32) / np.sqrt(32), 0.4)
+    with pytest.raises(ArtifactError, match="at least two layers"):
+        single.to_luxical(tmp_path / "single.npz")
+    assert not (tmp_path / "single.npz").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -76,10 +77,11 @@ class LexicalEmbedder:
     def encode_batches(self, texts: Iterable[str], batch_size: int = 4096, threads: int | None = None) -> Iterator[np.ndarray]:
         """Embeddings of an iterable of texts, a batch at a time, in bounded memory.
 
-        Each batch is split across `threads` threads (default: the usable cores); tokenizers,
-        numpy and torch release the GIL, so the parts run on separate cores.
+        Each batch is split across `threads` threads (default: the usable cores). numpy and
+        torch release the GIL, so one part's n-gram and network work runs while another part
+        is tokenised (`tokenizers` holds the GIL but parallelises inside its own call).
         """
-        threads = threads or len(os.sched_getaffinity(0))
+        threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         with ThreadPoolExecutor(threads) as pool:
             batch: list[str] = []
             for text in texts:
@@ -106,6 +108,7 @@ class LexicalEmbedder:
         step = -(-len(texts) // threads)
         if threads == 1 or len(texts) < 2 * threads:
             return self._encode_batch(texts)
+        self._key_table, self._first_layer  # build once, before the threads race to
         parts = pool.map(self._encode_batch, [texts[i : i + step] for i in range(0, len(texts), step)])
         return np.concatenate(list(parts))
 
@@ -213,7 +216,9 @@ class LexicalEmbedder:
 
     def to_luxical(self, path: str | os.PathLike) -> None:
         """Write this model as a luxical v1 `.npz` (needs two or more layers; the fallback vector is not kept)."""
-        write_luxical(path, self.tokenizer.to_str(), self.vocabulary.ngrams, self.vocabulary.idf, self.layers)
+        buffer = io.BytesIO()
+        write_luxical(buffer, self.tokenizer.to_str(), self.vocabulary.ngrams, self.vocabulary.idf, self.layers)
+        write_bytes_atomic(path, buffer.getvalue())
 
 
 def _column_texts(parquet, column: str, batch_size: int, path) -> Iterator[str]:
