@@ -11,7 +11,8 @@ from embedding_assets.engine import ArtifactError, LexicalEmbedder
 from embedding_assets.engine.distill import DistillConfig, StudentModule, csr_batch, distill, gram_kl_loss
 from embedding_assets.engine.features import build_features
 from embedding_assets.engine.network import forward, init_layers
-from embedding_assets.engine.ngrams import PAD, NgramCounter, ngram_keys, ngram_windows
+from embedding_assets.engine.hashtable import KeyTable
+from embedding_assets.engine.ngrams import PAD, NgramCounter, known_windows, lookup, ngram_keys, ngram_windows
 from embedding_assets.engine.quantization import dequantize_uint8, quantize_uint8
 from embedding_assets.engine.tokenization import load_tokenizer, tokenize
 
@@ -46,6 +47,30 @@ def test_ngram_keys_of_padded_rows_equal_window_keys():
     for i, g in enumerate(grams):
         rows[i, : len(g)] = g
     assert ngram_keys(rows).tolist() == [reference_key(g) for g in grams]
+
+
+def test_key_table_agrees_with_binary_search():
+    rng = np.random.default_rng(1)
+    keys = np.unique(rng.integers(0, 2**63, size=5000, dtype=np.uint64))
+    # Keys that all aim at one slot force long probe chains.
+    crowded = np.arange(1, 65, dtype=np.uint64) << np.uint64(60)
+    keys = np.unique(np.concatenate([keys, crowded, [np.uint64(0)]]))
+    table = KeyTable(keys)
+    queries = np.concatenate([keys, rng.integers(0, 2**63, size=5000, dtype=np.uint64), crowded + np.uint64(1)])
+    pos, found = lookup(keys, queries)
+    assert np.array_equal(table.lookup(queries), np.where(found, pos, -1))
+
+
+def test_known_windows_count_every_occurrence_of_known_ngrams():
+    docs = [[5, 6, 7, 8], [], [9], [5, 6, 5, 6, 5, 6, 1, 2, 3], [6, 5]]
+    known = [(5,), (6,), (5, 6), (6, 5, 6), (1, 2, 3), (9,)]
+    keys = np.array([reference_key(g) for g in known], dtype=np.uint64)
+    table = KeyTable(keys)
+    indptr, columns = known_windows(*flat(docs), max_n=3, lookup_columns=table.lookup)
+    for d, doc in enumerate(docs):
+        got = sorted(known[c] for c in columns[indptr[d] : indptr[d + 1]])
+        expected = sorted(g for dd, g in reference_ngrams(docs, 3) if dd == d and g in known)
+        assert got == expected
 
 
 def test_counter_is_exact_with_room_and_bounded_without():
@@ -161,6 +186,15 @@ def test_inference_path_equals_training_module(small_model):
         trained_path = module(*csr_batch(model.tfidf(texts), torch.device("cpu"))).numpy()
     fast_path = forward(model.tfidf(texts), model.layers)
     assert np.abs(trained_path - fast_path).max() < 1e-5
+
+
+def test_fast_encode_equals_the_tfidf_network_on_any_threads(small_model, sample_texts):
+    model, _, _ = small_model
+    texts = sample_texts[400:1400] + [" ".join(sample_texts[:300]), "", "zzzz"]
+    reference = forward(model.tfidf(texts), model.layers)
+    reference[~np.any(reference, axis=1)] = model.fallback
+    for threads, batch in [(1, 4096), (2, 4096), (2, 100), (3, 37)]:
+        assert np.abs(model.encode(texts, batch_size=batch, threads=threads) - reference).max() < 1e-5
 
 
 def test_artifact_round_trip_encodes_identically(small_model, tmp_path):

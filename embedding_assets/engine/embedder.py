@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 
+import fsspec
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from embedding_assets.engine import artifact
-from embedding_assets.engine.errors import ArtifactError
-from embedding_assets.engine.network import forward
+from embedding_assets.engine.errors import ArtifactError, InputError
+from embedding_assets.engine.luxical_format import read_luxical, write_luxical
+from embedding_assets.engine.hashtable import KeyTable
+from embedding_assets.engine.network import bag_sum, finish
+from embedding_assets.engine.ngrams import count_per_document, known_windows
 from embedding_assets.engine.quantization import quantize_uint8
 from embedding_assets.engine.storage import read_bytes, write_bytes_atomic
 from embedding_assets.engine.tfidf import Vocabulary, count_matrix, tfidf_rows
-from embedding_assets.engine.tokenization import load_tokenizer
+from embedding_assets.engine.tokenization import load_tokenizer, tokenize
 
 
 class LexicalEmbedder:
@@ -62,24 +69,65 @@ class LexicalEmbedder:
     def tfidf(self, texts: Sequence[str]) -> sp.csr_matrix:
         return tfidf_rows(count_matrix(self.tokenizer, self.vocabulary, texts), self.vocabulary.idf)
 
-    def encode(self, texts: Sequence[str] | Iterable[str], batch_size: int = 4096) -> np.ndarray:
+    def encode(self, texts: Sequence[str] | Iterable[str], batch_size: int = 4096, threads: int | None = None) -> np.ndarray:
         """Unit-norm float32 embeddings, shape (len(texts), dim)."""
-        chunks = list(self.encode_batches(texts, batch_size))
+        chunks = list(self.encode_batches(texts, batch_size, threads))
         return np.concatenate(chunks) if chunks else np.empty((0, self.dim), dtype=np.float32)
 
-    def encode_batches(self, texts: Iterable[str], batch_size: int = 4096) -> Iterator[np.ndarray]:
-        """Embeddings of an iterable of texts, a batch at a time, in bounded memory."""
-        batch: list[str] = []
-        for text in texts:
-            batch.append(text)
-            if len(batch) == batch_size:
-                yield self._encode_batch(batch)
-                batch = []
-        if batch:
-            yield self._encode_batch(batch)
+    def encode_batches(self, texts: Iterable[str], batch_size: int = 4096, threads: int | None = None) -> Iterator[np.ndarray]:
+        """Embeddings of an iterable of texts, a batch at a time, in bounded memory.
+
+        Each batch is split across `threads` threads (default: the usable cores). numpy and
+        torch release the GIL, so one part's n-gram and network work runs while another part
+        is tokenised (`tokenizers` holds the GIL but parallelises inside its own call).
+        """
+        threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        with ThreadPoolExecutor(threads) as pool:
+            batch: list[str] = []
+            for text in texts:
+                batch.append(text)
+                if len(batch) == batch_size:
+                    yield self._encode_parallel(pool, batch, threads)
+                    batch = []
+            if batch:
+                yield self._encode_parallel(pool, batch, threads)
+
+    def encode_parquet(
+        self, path: str | os.PathLike, column: str = "text", batch_size: int = 4096, threads: int | None = None
+    ) -> Iterator[np.ndarray]:
+        """Embeddings of one string column of a parquet file, streamed a record batch at a time."""
+        import pyarrow.parquet as pq
+
+        with fsspec.open(os.fspath(path), "rb") as f:
+            parquet = pq.ParquetFile(f)
+            if column not in parquet.schema_arrow.names:
+                raise InputError(f"{path}: no column {column!r} (columns: {parquet.schema_arrow.names})")
+            yield from self.encode_batches(_column_texts(parquet, column, batch_size, path), batch_size, threads)
+
+    def _encode_parallel(self, pool: ThreadPoolExecutor, texts: list[str], threads: int) -> np.ndarray:
+        step = -(-len(texts) // threads)
+        if threads == 1 or len(texts) < 2 * threads:
+            return self._encode_batch(texts)
+        self._key_table, self._first_layer  # build once, before the threads race to
+        parts = pool.map(self._encode_batch, [texts[i : i + step] for i in range(0, len(texts), step)])
+        return np.concatenate(list(parts))
+
+    @cached_property
+    def _key_table(self) -> KeyTable:
+        return KeyTable(self.vocabulary.keys)
+
+    @cached_property
+    def _first_layer(self) -> torch.Tensor:
+        return torch.from_numpy(self.layers[0])
 
     def _encode_batch(self, texts: Sequence[str]) -> np.ndarray:
-        out = forward(self.tfidf(texts), self.layers)
+        # TF-IDF's L2 norm is a positive per-row factor: it commutes with ReLU and the next L2
+        # normalisation removes it, so raw counts times IDF give the same embedding.
+        ids, offsets = tokenize(self.tokenizer, texts)
+        indptr, columns = known_windows(ids, offsets, self.vocabulary.max_n, self._key_table.lookup)
+        indptr, columns, counts = count_per_document(indptr, columns)
+        hidden = bag_sum(indptr, columns, counts * self.vocabulary.idf[columns], self._first_layer)
+        out = finish(hidden, self.layers[1:])
         empty = ~np.any(out, axis=1)
         out[empty] = self.fallback
         return out
@@ -145,3 +193,39 @@ class LexicalEmbedder:
             return cls.from_bytes(data)
         except ArtifactError as exc:
             raise ArtifactError(f"{path}: {exc}") from exc
+
+    @classmethod
+    def from_luxical(cls, path: str | os.PathLike, quantization_limit: float = 0.5) -> LexicalEmbedder:
+        """A luxical v1 `.npz` embedder, giving the same embeddings as luxical does.
+
+        The tokenizer's baked-in truncation and padding are switched off, as for every model
+        here; a luxical file built with them on differs only on texts longer than the limit.
+        Texts with no known n-gram get the zero vector, as in luxical. The uint8 clip limit
+        is not part of luxical's file, hence the argument.
+        """
+        parts = read_luxical(path)
+        layers = parts["layers"]
+        return cls(
+            parts["tokenizer_json"],
+            Vocabulary(parts["ngrams"], parts["idf"]),
+            layers,
+            np.zeros(layers[-1].shape[1], dtype=np.float32),
+            quantization_limit,
+            provenance={"imported_from": "luxical", "source": os.fspath(path)},
+        )
+
+    def to_luxical(self, path: str | os.PathLike) -> None:
+        """Write this model as a luxical v1 `.npz` (needs two or more layers; the fallback vector is not kept)."""
+        buffer = io.BytesIO()
+        write_luxical(buffer, self.tokenizer.to_str(), self.vocabulary.ngrams, self.vocabulary.idf, self.layers)
+        write_bytes_atomic(path, buffer.getvalue())
+
+
+def _column_texts(parquet, column: str, batch_size: int, path) -> Iterator[str]:
+    row = 0
+    for batch in parquet.iter_batches(batch_size=batch_size, columns=[column]):
+        for text in batch.column(0).to_pylist():
+            if not isinstance(text, str):
+                raise InputError(f"{path}: row {row}, column {column!r} is {type(text).__name__}, expected a string")
+            yield text
+            row += 1

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -22,8 +23,27 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 def forward(tfidf: sp.csr_matrix, layers: Sequence[np.ndarray]) -> np.ndarray:
     """Embeddings of TF-IDF rows; rows the network maps to zero stay zero."""
-    hidden = np.asarray(tfidf @ layers[0], dtype=np.float32)
-    for layer in layers[1:]:
+    return finish(np.asarray(tfidf @ layers[0], dtype=np.float32), layers[1:])
+
+
+def bag_sum(indptr: np.ndarray, columns: np.ndarray, weights: np.ndarray, first_layer: torch.Tensor) -> np.ndarray:
+    """Rows of `first_layer` summed per document, each scaled by its weight: CSR @ dense.
+
+    torch's EmbeddingBag kernel is multi-threaded and vectorised; scipy's CSR product runs on
+    one core and measured about 4x slower here.
+    """
+    return torch.nn.functional.embedding_bag(
+        torch.from_numpy(columns.astype(np.int64, copy=False)),
+        first_layer,
+        torch.from_numpy(indptr[:-1].astype(np.int64, copy=False)),
+        mode="sum",
+        per_sample_weights=torch.from_numpy(weights.astype(np.float32, copy=False)),
+    ).numpy()
+
+
+def finish(hidden: np.ndarray, layers: Sequence[np.ndarray]) -> np.ndarray:
+    """The network after its first layer, given that layer's output (modified in place)."""
+    for layer in layers:
         np.maximum(hidden, 0, out=hidden)
         l2_normalize(hidden)
         hidden = hidden @ layer

@@ -1,0 +1,5 @@
+"""`python -m bench` runs the encode benchmark."""
+
+from bench.encode import main
+
+main()

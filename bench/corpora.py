@@ -1,0 +1,76 @@
+"""Benchmark documents of fixed token lengths, cut from two real corpora that need no download.
+
+- `sample`: the docstrings of the built-in sample corpus.
+- `python-docs`: the reStructuredText sources of the Python manual from Debian's `python3-doc`
+  package (`apt-get install python3-doc`, under /usr/share/doc/python3*/html/_sources/).
+  When the package is absent, this corpus is skipped with a message.
+
+Texts are joined into one stream and cut at WordPiece token boundaries, so that every
+document has the same number of tokens (newlines become spaces: fastText reads one line).
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterator
+
+import pyarrow.parquet as pq
+from tokenizers import Tokenizer
+
+from embedding_assets.sample_corpus import SAMPLE_CORPUS_DIR
+
+LENGTHS = {"short": 15, "medium": 500, "long": 2000}
+PYTHON_DOCS_GLOB = "/usr/share/doc/python3*/html/_sources/**/*.rst.txt"
+
+
+def sample_texts() -> list[str]:
+    return [t for path in sorted(SAMPLE_CORPUS_DIR.glob("*.parquet")) for t in pq.read_table(path, columns=["text"])["text"].to_pylist()]
+
+
+def sample_labels() -> tuple[list[str], list[str]]:
+    texts, labels = [], []
+    for path in sorted(SAMPLE_CORPUS_DIR.glob("*.parquet")):
+        table = pq.read_table(path, columns=["text", "label"])
+        texts += table["text"].to_pylist()
+        labels += table["label"].to_pylist()
+    return texts, labels
+
+
+def python_docs_texts() -> list[str] | None:
+    files = sorted(set(glob.glob(PYTHON_DOCS_GLOB, recursive=True)))
+    if not files:
+        return None
+    paragraphs = []
+    for path in files:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            paragraphs += [p.strip() for p in f.read().split("\n\n") if p.strip()]
+    return paragraphs
+
+
+def cut(tokenizer: Tokenizer, texts: list[str], tokens_per_doc: int, count: int) -> list[str]:
+    """`count` documents of `tokens_per_doc` tokens, cut from the texts taken in order (cycled if short)."""
+    docs: list[str] = []
+    for piece in _pieces(texts):
+        enc = tokenizer.encode(piece, add_special_tokens=False)
+        offsets = enc.offsets
+        for start in range(0, len(offsets) - tokens_per_doc + 1, tokens_per_doc):
+            docs.append(piece[offsets[start][0] : offsets[start + tokens_per_doc - 1][1]])
+            if len(docs) == count:
+                return docs
+    raise ValueError("the corpus is empty")
+
+
+def _pieces(texts: list[str], chars: int = 200_000) -> Iterator[str]:
+    """The texts joined into chunks of about `chars` characters, newlines as spaces, forever."""
+    while True:
+        buffer, size = [], 0
+        for text in texts:
+            buffer.append(" ".join(text.split()))
+            size += len(buffer[-1])
+            if size >= chars:
+                yield " ".join(buffer)
+                buffer, size = [], 0
+        if buffer:
+            yield " ".join(buffer)
+        if not texts:
+            return

