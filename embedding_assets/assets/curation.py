@@ -19,6 +19,7 @@ from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import Storage
 from embedding_assets.sample_corpus import NETWORKING_LABELS
 from embedding_assets.lineage import CODE_VERSIONS, BatchHasher, latest_data_version
+from embedding_assets.placement import SHARD_POD_TAGS
 
 CLASSIFIER_FILE = "quality_classifier.json"
 
@@ -98,6 +99,9 @@ def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
     group_name="curation",
     kinds={"parquet"},
     code_version=CODE_VERSIONS["scored_corpus"],
+    op_tags=SHARD_POD_TAGS,
+    # Missing partitions, and partitions whose shard, model or classifier was re-materialised.
+    automation_condition=dg.AutomationCondition.eager(),
     description="Every document of a shard with its uint8 student embedding, score, keep decision and the versions that produced them.",
 )
 def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.MaterializeResult:

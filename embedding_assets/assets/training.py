@@ -22,6 +22,7 @@ from embedding_assets.engine.network import forward, init_layers, l2_normalize
 from embedding_assets.engine.quantization import calibrate_limit
 from embedding_assets.resources import Compute, Storage
 from embedding_assets.lineage import CODE_VERSIONS, latest_data_version
+from embedding_assets.placement import GPU_POD_TAGS, GPU_POOL
 
 MODEL_FILE = "distilled_model.safetensors"
 MODEL_CARD_FILE = "distilled_model.md"
@@ -94,6 +95,8 @@ def student_evaluation(student: np.ndarray, teacher: np.ndarray) -> dict[str, fl
     group_name="training",
     kinds={"pytorch", "safetensors"},
     code_version=CODE_VERSIONS["distilled_model"],
+    pool=GPU_POOL,
+    op_tags=GPU_POD_TAGS,
     description=(
         "The student: TF-IDF -> sparse first layer -> ReLU/L2 hidden layers -> L2-normalised embedding, trained with the "
         "Gram-matrix KL loss against the teacher, saved as one safetensors file, and evaluated on held-out documents."
