@@ -19,6 +19,7 @@ from embedding_assets.jobs.launch import run_partitions
 from embedding_assets.jobs.sensors import corpus_shard_sensor
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import CorpusSource, Storage
+from embedding_assets.sample_corpus import SAMPLE_CORPUS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORED = dg.AssetKey("scored_corpus")
@@ -71,24 +72,41 @@ def test_sensor_skips_when_the_corpus_location_is_missing(tmp_path):
         assert isinstance(corpus_shard_sensor(context), dg.SkipReason)
 
 
-@pytest.fixture
-def trained(pipeline, tmp_path, monkeypatch):
-    """A copy of the trained storage, a persistent instance in tmp, and every shard ingested into it."""
+def ingested(pipeline, tmp_path, monkeypatch, corpus_dir: Path) -> dict:
+    """A copy of the trained storage, a persistent instance in tmp, and every shard of `corpus_dir` ingested into it."""
     storage = tmp_path / "storage"
     shutil.copytree(pipeline["storage"], storage)
-    corpus_dir = Path(pipeline["resources"]["corpus"].location)
-    resources = {**pipeline["resources"], "storage": Storage(base=str(storage))}
+    resources = {**pipeline["resources"], "storage": Storage(base=str(storage)), "corpus": CorpusSource(location=str(corpus_dir))}
     # Runs in other processes load the definitions from the environment.
     monkeypatch.setenv("EMBEDDING_ASSETS_STORAGE", str(storage))
     monkeypatch.setenv("EMBEDDING_ASSETS_CORPUS", str(corpus_dir))
     monkeypatch.setenv("EMBEDDING_ASSETS_MAX_CONCURRENT", "2")
-    shards = sorted(pipeline["ids"])
-    instance = dg.DagsterInstance.local_temp(str(tmp_path / "dagster_home"))
+    shards = sorted(resources["corpus"].shards())
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    instance = dg.DagsterInstance.local_temp(str(home))
     instance.add_dynamic_partitions(corpus_shards.name, shards)
     for shard in shards:
         assert dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["raw_corpus"], partition_key=shard, instance=instance, resources=resources).success
-    yield {"instance": instance, "resources": resources, "storage": storage, "shards": shards, "ids": pipeline["ids"]}
-    instance.dispose()
+    return {"instance": instance, "resources": resources, "storage": storage, "corpus": corpus_dir, "shards": shards}
+
+
+@pytest.fixture
+def sample_shards(pipeline, tmp_path, monkeypatch):
+    """The four built-in sample shards (about 3,000 documents each, so scoring one takes seconds)."""
+    state = ingested(pipeline, tmp_path, monkeypatch, SAMPLE_CORPUS_DIR)
+    yield state
+    state["instance"].dispose()
+
+
+@pytest.fixture
+def small_shards(pipeline, tmp_path, monkeypatch):
+    """A writable copy of the small test corpus the model was trained on."""
+    corpus_dir = tmp_path / "corpus"
+    shutil.copytree(pipeline["resources"]["corpus"].location, corpus_dir)
+    state = ingested(pipeline, tmp_path, monkeypatch, corpus_dir)
+    yield state
+    state["instance"].dispose()
 
 
 def step_window(instance, run_id: str, step_key: str) -> tuple[float, float]:
@@ -97,8 +115,9 @@ def step_window(instance, run_id: str, step_key: str) -> tuple[float, float]:
     return times[dg.DagsterEventType.STEP_START], times[dg.DagsterEventType.STEP_SUCCESS]
 
 
-def test_four_shards_score_two_at_a_time_with_the_multiprocess_executor(trained):
-    instance, shards = trained["instance"], trained["shards"][:4]
+def test_four_shards_score_two_at_a_time_with_the_multiprocess_executor(sample_shards):
+    instance, shards, storage = sample_shards["instance"], sample_shards["shards"], sample_shards["storage"]
+    assert len(shards) == 4
     runs = run_partitions(instance, "score_corpus", shards, workers=2)
     assert all(run.success for run in runs)
     for run in runs:
@@ -110,8 +129,9 @@ def test_four_shards_score_two_at_a_time_with_the_multiprocess_executor(trained)
     for i, (start, _) in enumerate(windows):
         assert sum(1 for s, e in windows if s <= start < e) <= 2
     for shard in shards:
-        scored = pq.read_table(trained["storage"] / "scored_corpus" / f"{shard}.parquet")
-        assert scored["id"].to_pylist() == trained["ids"][shard]
+        scored = pq.read_table(storage / "scored_corpus" / f"{shard}.parquet")
+        raw = pq.read_table(storage / "raw_corpus" / f"{shard}.parquet")
+        assert scored.num_rows > 2000 and scored["id"].to_pylist() == raw["id"].to_pylist()
         assert shard in instance.get_materialized_partitions(SCORED)
 
 
@@ -120,8 +140,8 @@ def requested(instance, cursor=None):
     return result, {key.to_user_string(): result.get_requested_partitions(key) for key in defs.resolve_all_asset_keys() if result.get_num_requested(key)}
 
 
-def test_refresh_requests_every_scored_shard_after_retraining_and_nothing_when_unchanged(trained):
-    instance, resources, shards = trained["instance"], trained["resources"], trained["shards"]
+def test_refresh_requests_every_scored_shard_after_retraining_and_nothing_when_unchanged(small_shards):
+    instance, resources, shards = small_shards["instance"], small_shards["resources"], small_shards["shards"]
 
     def materialize(selection, partition=None, run_config=None):
         result = dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=selection, partition_key=partition, instance=instance, resources=resources, run_config=run_config or {})
@@ -133,7 +153,7 @@ def test_refresh_requests_every_scored_shard_after_retraining_and_nothing_when_u
     result, asked = requested(instance)
     assert asked == {}
 
-    retrain = {"ops": {"distilled_model": {"config": {**TEST_RUN_CONFIG["ops"]["distilled_model"]["config"], "seed": 1, "epochs": 3}}}}
+    retrain = {"ops": {"distilled_model": {"config": {**TEST_RUN_CONFIG["ops"]["distilled_model"]["config"], "seed": 1}}}}
     materialize(["distilled_model", "quality_classifier"], run_config=retrain)
     result, asked = requested(instance, result.cursor)
     assert asked == {"scored_corpus": set(shards)}
@@ -143,15 +163,11 @@ def test_refresh_requests_every_scored_shard_after_retraining_and_nothing_when_u
     assert asked == {}
 
     # A new shard, once ingested, is missing from scored_corpus and is the only one requested.
-    corpus_dir = Path(resources["corpus"].location)
-    write_shard(corpus_dir, "zz-late", ["late-1", "late-2"])
-    try:
-        instance.add_dynamic_partitions(corpus_shards.name, ["zz-late"])
-        materialize(["raw_corpus"], "zz-late")
-        result, asked = requested(instance, result.cursor)
-        assert asked == {"scored_corpus": {"zz-late"}}
-    finally:
-        (corpus_dir / "zz-late.parquet").unlink()
+    write_shard(small_shards["corpus"], "zz-late", ["late-1", "late-2"])
+    instance.add_dynamic_partitions(corpus_shards.name, ["zz-late"])
+    materialize(["raw_corpus"], "zz-late")
+    result, asked = requested(instance, result.cursor)
+    assert asked == {"scored_corpus": {"zz-late"}}
 
 
 K8S_PROBE = """
@@ -173,7 +189,7 @@ print(json.dumps(out))
 def test_kubernetes_executor_and_the_pod_each_asset_asks_for():
     env = {**os.environ, "EMBEDDING_ASSETS_EXECUTOR": "k8s"}
     out = json.loads(subprocess.run([sys.executable, "-c", K8S_PROBE], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout)
-    assert set(out["executors"].values()) == {"k8s_job_executor"}
+    assert set(out["executors"].values()) == {"k8s"}
     for gpu_asset in ("teacher_embeddings", "distilled_model"):
         resources = out["k8s"][gpu_asset]["container_config"]["resources"]
         assert resources["limits"]["nvidia.com/gpu"] == "1" and resources["requests"]["nvidia.com/gpu"] == "1"
