@@ -6,7 +6,6 @@ that a script or a test can do it on one machine without a daemon.
 """
 
 import multiprocessing
-import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ class PartitionRun:
     run_id: str
     success: bool
     seconds: float
-    step_peak_rss_mb: float  # the largest step process this run started
 
 
 def _execute(instance_ref, job_name: str, partition: str) -> PartitionRun:
@@ -31,14 +29,12 @@ def _execute(instance_ref, job_name: str, partition: str) -> PartitionRun:
     job = ReconstructableRepository.for_module(DEFINITIONS_MODULE, "defs").get_reconstructable_job(job_name)
     with dg.DagsterInstance.from_ref(instance_ref) as instance:
         result = dg.execute_job(job, instance=instance, tags={"dagster/partition": partition}, raise_on_error=False)
-    # ru_maxrss of the children this process waited for, in KiB on Linux.
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return PartitionRun(partition, result.run_id, result.success, time.perf_counter() - started, round(peak, 1))
+    return PartitionRun(partition, result.run_id, result.success, time.perf_counter() - started)
 
 
 def run_partitions(instance: dg.DagsterInstance, job_name: str, partitions: list[str], workers: int) -> list[PartitionRun]:
     """One run per partition, `workers` at a time; results in the order of `partitions`."""
-    # A fresh process per run (max_tasks_per_child=1) so each run's child RSS is its own.
+    # A fresh process per run (max_tasks_per_child=1), as the run launcher starts one per run.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, max_tasks_per_child=1) as pool:
         futures = [pool.submit(_execute, instance.get_ref(), job_name, partition) for partition in partitions]

@@ -1,6 +1,7 @@
 """Curation: the quality classifier on student embeddings, and the scored corpus, shard by shard."""
 
 import json
+import resource
 import time
 from dataclasses import replace
 
@@ -165,5 +166,7 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
             "classifier_version": classifier.version,
             "score_histogram": [int(c) for c in score_hist],
             "docs_per_second": round(rows / max(seconds, 1e-9), 1),
+            # Of this step's process (Linux reports KiB): stays flat as shards grow, since batches stream.
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
     )
