@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -93,8 +94,19 @@ def ingested(pipeline, tmp_path, monkeypatch, corpus_dir: Path) -> dict:
 
 @pytest.fixture
 def sample_shards(pipeline, tmp_path, monkeypatch):
-    """The four built-in sample shards (about 3,000 documents each, so scoring one takes seconds)."""
-    state = ingested(pipeline, tmp_path, monkeypatch, SAMPLE_CORPUS_DIR)
+    """Four shards of about 9,000 documents (each sample shard three times over, ids made unique),
+    so that scoring one takes seconds, longer than the jitter in starting two runs."""
+    corpus_dir = tmp_path / "large"
+    corpus_dir.mkdir()
+    for path in sorted(SAMPLE_CORPUS_DIR.glob("*.parquet")):
+        table = pq.read_table(path)
+        copies = [
+            table.set_column(0, "id", pc.binary_join_element_wise(table["id"], pa.scalar(f"copy{i}"), ":"))
+            .set_column(1, "text", pc.binary_join_element_wise(table["text"], pa.scalar(f"copy {i}"), " "))
+            for i in range(3)
+        ]
+        pq.write_table(pa.concat_tables(copies), corpus_dir / path.name)
+    state = ingested(pipeline, tmp_path, monkeypatch, corpus_dir)
     yield state
     state["instance"].dispose()
 
@@ -126,12 +138,12 @@ def test_four_shards_score_two_at_a_time_with_the_multiprocess_executor(sample_s
     overlaps = [(a, b) for i, a in enumerate(windows) for b in windows[i + 1 :] if b[0] < a[1]]
     assert overlaps, f"no two scoring steps ran at the same time: {windows}"
     # Never more than two at once: the third starts only after one of the first two finished.
-    for i, (start, _) in enumerate(windows):
+    for start, _ in windows:
         assert sum(1 for s, e in windows if s <= start < e) <= 2
     for shard in shards:
         scored = pq.read_table(storage / "scored_corpus" / f"{shard}.parquet")
         raw = pq.read_table(storage / "raw_corpus" / f"{shard}.parquet")
-        assert scored.num_rows > 2000 and scored["id"].to_pylist() == raw["id"].to_pylist()
+        assert scored.num_rows > 8000 and scored["id"].to_pylist() == raw["id"].to_pylist()
         assert shard in instance.get_materialized_partitions(SCORED)
 
 
