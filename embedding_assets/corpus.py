@@ -63,6 +63,22 @@ def list_shards(location: str, fs: fsspec.AbstractFileSystem | None = None) -> d
     return shards
 
 
+def shard_fingerprints(location: str, fs: fsspec.AbstractFileSystem | None = None) -> dict[str, str]:
+    """Shard key -> a fingerprint of the file (size and ETag, or size and mtime) that changes when it is rewritten."""
+    shards = list_shards(location, fs)
+    fs, _ = _resolve(location, fs)
+    fingerprints = {}
+    for key, url in shards.items():
+        try:
+            info = fs.info(fs._strip_protocol(url))
+        except FILESYSTEM_ERRORS as exc:
+            raise InputError(f"shard {key} ({url}) cannot be read: {type(exc).__name__}: {exc}") from exc
+        # S3 gives an ETag (a content hash for single-part puts); local files give mtime only.
+        stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+        fingerprints[key] = f"{info.get('size')}-{str(stamp).strip(chr(34))}"
+    return fingerprints
+
+
 def read_shard(url: str, batch_size: int = 8192, fs: fsspec.AbstractFileSystem | None = None) -> Iterator[pa.RecordBatch]:
     """Stream a shard's documents, checked against the corpus contract."""
     shard = PurePosixPath(url).name

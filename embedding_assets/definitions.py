@@ -14,7 +14,8 @@ from embedding_assets.checks import features as features_checks
 from embedding_assets.checks import ingest as ingest_checks
 from embedding_assets.checks import teacher as teacher_checks
 from embedding_assets.checks import training as training_checks
-from embedding_assets.jobs import ingest_corpus, score_corpus, train_embedder
+from embedding_assets.jobs import ingest_corpus, refresh_shard, score_corpus, train_embedder
+from embedding_assets.jobs.sensors import corpus_shard_sensor, scored_corpus_refresh
 from embedding_assets.resources import Compute, CorpusSource, QualityGates, Storage, Teacher
 from embedding_assets.resources.s3 import S3Settings
 from embedding_assets.resources.teacher import DEFAULT_TEACHER
@@ -54,6 +55,7 @@ ALL_CHECKS = dg.load_asset_checks_from_modules([ingest_checks, features_checks, 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
     asset_checks=ALL_CHECKS,
-    jobs=[ingest_corpus, train_embedder, score_corpus],
+    jobs=[ingest_corpus, train_embedder, score_corpus, refresh_shard],
+    sensors=[corpus_shard_sensor, scored_corpus_refresh],
     resources=resources_from_env(),
 )

@@ -1,4 +1,11 @@
-"""Jobs: ingest shards, train the embedder and classifier, score shards."""
+"""Jobs: ingest shards, train the embedder and classifier, score shards, refresh a shard end to end.
+
+The executor comes from EMBEDDING_ASSETS_EXECUTOR: `multiprocess` (default; each step in its own
+process, at most EMBEDDING_ASSETS_MAX_CONCURRENT at a time, default 2) or `k8s` (each step in its
+own pod through dagster-k8s, which must then be installed: the `k8s` extra).
+"""
+
+import os
 
 import dagster as dg
 
@@ -8,22 +15,56 @@ from embedding_assets.assets.ingest import raw_corpus, training_sample
 from embedding_assets.assets.teacher import teacher_embeddings, teacher_model
 from embedding_assets.assets.training import distilled_model
 
+EXECUTORS = ("multiprocess", "k8s")
+
+
+def max_concurrent_from_env() -> int:
+    return int(os.environ.get("EMBEDDING_ASSETS_MAX_CONCURRENT") or 2)
+
+
+def executor_from_env() -> dg.ExecutorDefinition:
+    name = os.environ.get("EMBEDDING_ASSETS_EXECUTOR") or "multiprocess"
+    if name not in EXECUTORS:
+        raise ValueError(f"EMBEDDING_ASSETS_EXECUTOR must be one of {EXECUTORS}, got {name!r}")
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        # Its config (namespace, per-run pod limit) is run config: deploy/run_config.yaml.
+        return k8s_job_executor
+    # forkserver starts each step process faster than spawn.
+    return dg.multiprocess_executor.configured(
+        {"max_concurrent": max_concurrent_from_env(), "start_method": {"forkserver": {}}}, name="multiprocess"
+    )
+
+
+EXECUTOR = executor_from_env()
+
 ingest_corpus = dg.define_asset_job(
     "ingest_corpus",
     selection=dg.AssetSelection.assets(raw_corpus),
+    executor_def=EXECUTOR,
     description="Read one corpus shard into the corpus contract.",
 )
 
 train_embedder = dg.define_asset_job(
     "train_embedder",
     selection=dg.AssetSelection.assets(training_sample, features, teacher_model, teacher_embeddings, distilled_model, quality_classifier),
+    executor_def=EXECUTOR,
     description="From the corpus sample to the distilled model and the quality classifier.",
 )
 
 score_corpus = dg.define_asset_job(
     "score_corpus",
     selection=dg.AssetSelection.assets(scored_corpus),
+    executor_def=EXECUTOR,
     description="Score one shard with the current model and classifier.",
+)
+
+refresh_shard = dg.define_asset_job(
+    "refresh_shard",
+    selection=dg.AssetSelection.assets(raw_corpus, scored_corpus),
+    executor_def=EXECUTOR,
+    description="Ingest one new or rewritten shard and score it; what the corpus sensor requests.",
 )
 
 # In this order they materialise the whole graph: every shard, then training, then every shard.

@@ -8,7 +8,7 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from embedding_assets.corpus import list_shards, read_shard
+from embedding_assets.corpus import list_shards, read_shard, shard_fingerprints
 from embedding_assets.resources.s3 import S3Settings, is_s3
 from embedding_assets.sample_corpus import SAMPLE_CORPUS_DIR
 
@@ -31,6 +31,10 @@ class CorpusSource(dg.ConfigurableResource):
 
     def shards(self) -> dict[str, str]:
         return list_shards(self.location, self.filesystem())
+
+    def fingerprints(self) -> dict[str, str]:
+        """Shard key -> size and ETag or mtime of its file, to tell a rewritten shard from an unchanged one."""
+        return shard_fingerprints(self.location, self.filesystem())
 
     def read(self, url: str) -> Iterator[pa.RecordBatch]:
         """Stream one shard (a URL from `shards`) in record batches under the corpus contract."""

@@ -12,12 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSETS = {"raw_corpus", "training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "quality_classifier", "scored_corpus"}
 
 
-def test_definitions_hold_every_asset_and_the_three_jobs():
+def test_definitions_hold_every_asset_and_job():
     from embedding_assets.definitions import defs
 
     keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
     assert keys == ASSETS
-    for job in ("ingest_corpus", "train_embedder", "score_corpus"):
+    for job in ("ingest_corpus", "train_embedder", "score_corpus", "refresh_shard"):
         defs.resolve_job_def(job)
 
 

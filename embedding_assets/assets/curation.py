@@ -1,6 +1,7 @@
 """Curation: the quality classifier on student embeddings, and the scored corpus, shard by shard."""
 
 import json
+import resource
 import time
 from dataclasses import replace
 
@@ -20,6 +21,7 @@ from embedding_assets.plots import score_histogram
 from embedding_assets.resources import Storage
 from embedding_assets.sample_corpus import NETWORKING_LABELS
 from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_data_version
+from embedding_assets.placement import SHARD_POD_TAGS
 
 CLASSIFIER_FILE = "quality_classifier.json"
 
@@ -99,6 +101,9 @@ def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
     owners=OWNERS,
     metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id", "string"), dg.TableColumn("embedding", "fixed_size_list<uint8>[dim]", "quantised student embedding"), dg.TableColumn("score", "float32", "classifier probability in [0, 1]"), dg.TableColumn("keep", "bool", "score >= the calibrated threshold"), dg.TableColumn("model_version", "string"), dg.TableColumn("classifier_version", "string")])},
     code_version=CODE_VERSIONS["scored_corpus"],
+    op_tags=SHARD_POD_TAGS,
+    # Missing partitions, and partitions whose shard, model or classifier was re-materialised.
+    automation_condition=dg.AutomationCondition.eager(),
     description="Every document of a shard with its uint8 student embedding, score, keep decision and the versions that produced them.",
 )
 def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.MaterializeResult:
@@ -162,5 +167,7 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
             "classifier_version": classifier.version,
             "score_histogram": dg.MetadataValue.md(score_histogram([int(c) for c in score_hist], classifier.threshold)),
             "docs_per_second": round(rows / max(seconds, 1e-9), 1),
+            # Of this step's process (Linux reports KiB): stays flat as shards grow, since batches stream.
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
     )

@@ -11,6 +11,7 @@ from embedding_assets.assets.features import read_sample
 from embedding_assets.assets.ingest import training_sample
 from embedding_assets.resources import Compute, Storage, Teacher
 from embedding_assets.lineage import CODE_VERSIONS, OWNERS, short_hash
+from embedding_assets.placement import GPU_POD_TAGS, GPU_POOL
 
 TEACHER_FILE = "teacher_embeddings.parquet"
 TEACHER_MODEL_FILE = "teacher_model.json"
@@ -64,6 +65,8 @@ def teacher_model(teacher: Teacher, storage: Storage) -> dg.MaterializeResult:
     owners=OWNERS,
     metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id", "string"), dg.TableColumn("embedding", "fixed_size_list<float32>[dim]", "teacher vector, L2-normalised")])},
     code_version=CODE_VERSIONS["teacher_embeddings"],
+    pool=GPU_POOL,
+    op_tags=GPU_POD_TAGS,
     description="The teacher's embeddings of every sample document (float32, L2-normalised by default), in sample order.",
 )
 def teacher_embeddings(context: dg.AssetExecutionContext, storage: Storage, teacher: Teacher, compute: Compute) -> dg.MaterializeResult:

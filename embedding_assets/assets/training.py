@@ -23,6 +23,7 @@ from embedding_assets.engine.network import forward, init_layers, l2_normalize
 from embedding_assets.engine.quantization import calibrate_limit
 from embedding_assets.resources import Compute, Storage
 from embedding_assets.lineage import CODE_VERSIONS, OWNERS, latest_data_version
+from embedding_assets.placement import GPU_POD_TAGS, GPU_POOL
 from embedding_assets.plots import training_curves
 
 MODEL_FILE = "distilled_model.safetensors"
@@ -110,6 +111,8 @@ def student_evaluation(student: np.ndarray, teacher: np.ndarray) -> dict[str, fl
     kinds={"pytorch", "safetensors"},
     owners=OWNERS,
     code_version=CODE_VERSIONS["distilled_model"],
+    pool=GPU_POOL,
+    op_tags=GPU_POD_TAGS,
     description=(
         "The student: TF-IDF -> sparse first layer -> ReLU/L2 hidden layers -> L2-normalised embedding, trained with the "
         "Gram-matrix KL loss against the teacher, saved as one safetensors file, and evaluated on held-out documents."
