@@ -55,13 +55,14 @@ def quality_classifier(context: dg.AssetExecutionContext, config: ClassifierConf
         )
     except ValueError as exc:
         raise dg.Failure(str(exc)) from exc
-    heldout_scores = classifier.score(embeddings[~train])
+    sample_scores = classifier.score(embeddings)
+    heldout_scores = sample_scores[~train]
     evaluation = {
         "heldout_auc": round(float(roc_auc_score(y[~train], heldout_scores)), 4) if len(set(y[~train])) == 2 else None,
         "heldout_accuracy": round(float(accuracy_score(y[~train], heldout_scores >= 0.5)), 4),
         "positive_share": round(float(y.mean()), 4),
-        "sample_keep_fraction": round(float(classifier.keep(classifier.score(embeddings)).mean()), 4),
-        "sample_score_deciles": [float(q) for q in np.quantile(classifier.score(embeddings), np.linspace(0.1, 0.9, 9))],
+        "sample_keep_fraction": round(float(classifier.keep(sample_scores).mean()), 4),
+        "sample_score_deciles": [float(q) for q in np.quantile(sample_scores, np.linspace(0.1, 0.9, 9))],
     }
     classifier = replace(classifier, evaluation=evaluation)
     uri = storage.write_bytes(classifier.to_json().encode(), CLASSIFIER_FILE)

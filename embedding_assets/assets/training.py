@@ -152,10 +152,10 @@ def distilled_model(
     initial_layers = init_layers(dims, distill_config.seed)
     started = time.perf_counter()
 
-    heldout_tfidf = feats.tfidf[heldout]
+    heldout_tfidf, teacher_heldout = feats.tfidf[heldout], teacher_vectors[heldout]
 
     def log_epoch(epoch, module, history):
-        fidelity = student_evaluation(embed(module, heldout_tfidf, torch.device(device)), teacher_vectors[heldout])
+        fidelity = student_evaluation(embed(module, heldout_tfidf, torch.device(device)), teacher_heldout)
         elapsed = time.perf_counter() - started
         done = epoch + 1
         context.log.info(
@@ -171,7 +171,6 @@ def distilled_model(
     limit = calibrate_limit(train_student)
 
     heldout_texts = list(texts[heldout])
-    teacher_heldout = teacher_vectors[heldout]
     upstream = ("training_sample", "features", "teacher_model", "teacher_embeddings")
     provenance = {
         "teacher": {k.decode(): v.decode() for k, v in teacher_meta.items()},
