@@ -12,7 +12,9 @@ document has the same number of tokens (newlines become spaces: fastText reads o
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer
@@ -36,8 +38,16 @@ def sample_labels() -> tuple[list[str], list[str]]:
     return texts, labels
 
 
+def python_docs_files() -> list[Path]:
+    """The manual's sources, once each: Debian links the same tree under several package names."""
+    by_target = {}
+    for path in sorted(glob.glob(PYTHON_DOCS_GLOB, recursive=True)):
+        by_target.setdefault(os.path.realpath(path), Path(path))
+    return sorted(by_target.values())
+
+
 def python_docs_texts() -> list[str] | None:
-    files = sorted(set(glob.glob(PYTHON_DOCS_GLOB, recursive=True)))
+    files = python_docs_files()
     if not files:
         return None
     paragraphs = []

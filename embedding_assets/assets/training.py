@@ -37,6 +37,9 @@ class DistillationConfig(dg.Config):
     batch_size: int = Field(default=512, description="Documents per step; the loss compares every pair in a batch.")
     learning_rate: float = Field(default=3e-3, description="Peak AdamW learning rate of the warmup-stable-decay schedule.")
     temperature: float = Field(default=3.0, description="Softmax temperature of the Gram-matrix KL loss.")
+    cosine_weight: float = Field(default=1.0, description="Weight of the direct cosine term to each document's teacher vector, beside the Gram-KL term; 0 turns it off.")
+    init: str = Field(default="ridge", description="'ridge' starts from the closed-form reduced-rank ridge map from TF-IDF to the teacher; 'random' from Kaiming-uniform noise.")
+    ridge_alpha: float = Field(default=1.0, description="L2 penalty of the ridge start.")
     seed: int = Field(default=0, description="Seed of the initial weights and the batch order.")
     probe_labels: int = Field(default=20, description="Linear probes use this many most frequent labels.")
 
@@ -141,6 +144,9 @@ def distilled_model(
             batch_size=config.batch_size,
             learning_rate=config.learning_rate,
             temperature=config.temperature,
+            cosine_weight=config.cosine_weight,
+            init=config.init,
+            ridge_alpha=config.ridge_alpha,
             seed=config.seed,
         )
     except ValueError as exc:
@@ -149,7 +155,7 @@ def distilled_model(
     device = compute.torch_device()
     train_tfidf, train_teacher = feats.tfidf[train], teacher_vectors[train]
     dims = [feats.vocabulary.size, *distill_config.hidden_dims, distill_config.output_dim or teacher_vectors.shape[1]]
-    initial_layers = init_layers(dims, distill_config.seed)
+    random_layers = init_layers(dims, distill_config.seed)
     started = time.perf_counter()
 
     heldout_tfidf, teacher_heldout = feats.tfidf[heldout], teacher_vectors[heldout]
@@ -179,7 +185,7 @@ def distilled_model(
         "code_version": CODE_VERSIONS["distilled_model"],
     }
     embedder = LexicalEmbedder(feats.tokenizer_json, feats.vocabulary, layers, fallback, limit)
-    untrained = LexicalEmbedder(feats.tokenizer_json, feats.vocabulary, initial_layers, fallback, limit)
+    untrained = LexicalEmbedder(feats.tokenizer_json, feats.vocabulary, random_layers, fallback, limit)
     student_heldout = embedder.encode(heldout_texts)
     evaluation = {
         "student": student_evaluation(student_heldout, teacher_heldout),
@@ -196,7 +202,7 @@ def distilled_model(
         }
         probes = {k: round(v, 4) for k, v in probes.items()}
 
-    loss_start = batch_loss(train_tfidf, train_teacher, initial_layers, distill_config)
+    loss_start = history.start_loss
     loss_end = batch_loss(train_tfidf, train_teacher, layers, distill_config)
     provenance["evaluation"] = {**evaluation, "probe_accuracy": probes, "heldout_documents": int(heldout.sum())}
     provenance["loss"] = {"start": round(loss_start, 5), "end": round(loss_end, 5), "per_epoch": [round(x, 5) for x in history.epoch_loss]}

@@ -3,7 +3,11 @@
 For each mini-batch, the student's and the teacher's Gram matrices of cosine similarities,
 with the trivial diagonal removed, become temperature-scaled softmax rows; the loss is the
 KL divergence from the teacher rows to the student rows (times tau^2, which keeps gradient
-size independent of tau).
+size independent of tau). A direct cosine term to each document's own teacher vector sits
+beside it: the Gram term only sees similarities inside a batch, while the cosine term pins
+every document to one place, which is what held-out neighbours and cosines are measured by.
+
+Training starts from the closed-form ridge map (`ridge.py`) unless told to start at random.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedding_assets.engine.network import init_layers
+from embedding_assets.engine.ridge import ridge_layers
+
+INITS = ("ridge", "random")
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,9 @@ class DistillConfig:
     decay_fraction: float = 0.3
     temperature: float = 3.0
     weight_decay: float = 0.0
+    cosine_weight: float = 1.0
+    init: str = "ridge"
+    ridge_alpha: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -44,11 +54,16 @@ class DistillConfig:
             raise ValueError(f"layer sizes must be >= 1, got hidden {self.hidden_dims}, output {self.output_dim}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if not self.ridge_alpha > 0 or self.cosine_weight < 0:
+            raise ValueError(f"ridge_alpha must be > 0 and cosine_weight >= 0, got {self.ridge_alpha}, {self.cosine_weight}")
 
 
 @dataclass
 class TrainingHistory:
     steps: int = 0
+    start_loss: float = float("nan")  # of the initial weights, over the training batches
     epoch_loss: list[float] = field(default_factory=list)
     epoch_eval: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
@@ -69,6 +84,20 @@ def gram_kl_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
         log_target=True,
         reduction="batchmean",
     )
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, config: DistillConfig) -> torch.Tensor:
+    loss = gram_kl_loss(student, teacher, config.temperature)
+    if config.cosine_weight:
+        loss = loss + config.cosine_weight * (1.0 - (student * teacher).sum(dim=1)).mean()
+    return loss
+
+
+def initial_layers(tfidf: sp.csr_matrix, teacher: np.ndarray, config: DistillConfig) -> list[np.ndarray]:
+    dims = [tfidf.shape[1], *config.hidden_dims, config.output_dim or teacher.shape[1]]
+    if config.init == "ridge":
+        return ridge_layers(tfidf, teacher, dims, config.ridge_alpha, config.seed)
+    return init_layers(dims, config.seed)
 
 
 class StudentModule(nn.Module):
@@ -129,10 +158,14 @@ def distill(
     n = tfidf.shape[0]
     if n < config.batch_size:
         raise ValueError(f"{n} training documents are fewer than one batch of {config.batch_size}")
+    if config.cosine_weight and (config.output_dim or teacher.shape[1]) != teacher.shape[1]:
+        raise ValueError(f"the cosine term needs the output dim to equal the teacher's ({teacher.shape[1]}); truncate the teacher instead")
     torch.manual_seed(config.seed)
     dev = torch.device(device)
-    dims = [tfidf.shape[1], *config.hidden_dims, config.output_dim or teacher.shape[1]]
-    module = StudentModule(init_layers(dims, config.seed)).to(dev)
+    start = initial_layers(tfidf, teacher, config)
+    history = TrainingHistory(start_loss=batch_loss(tfidf, teacher, start, config))
+    module = StudentModule(start).to(dev)
+    del start
     teacher_t = torch.from_numpy(np.ascontiguousarray(teacher, dtype=np.float32)).to(dev)
     optimizer = torch.optim.AdamW(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
 
@@ -142,7 +175,6 @@ def distill(
     decay = math.ceil(total * config.decay_fraction)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: wsd_multiplier(s, total, warmup, decay))
     rng = np.random.default_rng(config.seed)
-    history = TrainingHistory()
     started = time.perf_counter()
     for epoch in range(config.epochs):
         order = rng.permutation(n)
@@ -150,7 +182,7 @@ def distill(
         for b in range(steps_per_epoch):
             idx = np.sort(order[b * config.batch_size : (b + 1) * config.batch_size])
             student = module(*csr_batch(tfidf[idx], dev))
-            loss = gram_kl_loss(student, teacher_t[torch.from_numpy(idx).to(dev)], config.temperature)
+            loss = distillation_loss(student, teacher_t[torch.from_numpy(idx).to(dev)], config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -172,5 +204,5 @@ def batch_loss(tfidf: sp.csr_matrix, teacher: np.ndarray, layers: Sequence[np.nd
     with torch.no_grad():
         for start in range(0, tfidf.shape[0] - config.batch_size + 1, config.batch_size):
             student = module(*csr_batch(tfidf[start : start + config.batch_size], torch.device("cpu")))
-            losses.append(gram_kl_loss(student, teacher_t[start : start + config.batch_size], config.temperature).item())
+            losses.append(distillation_loss(student, teacher_t[start : start + config.batch_size], config).item())
     return float(np.mean(losses)) if losses else float("nan")

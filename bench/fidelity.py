@@ -1,0 +1,326 @@
+"""Distillation fidelity: our student against luxical's own recipe, the teacher and plain TF-IDF.
+
+    python -m bench.fidelity [--corpus sample python-docs] [--ablations]
+
+Two real corpora, no download: the built-in sample (stdlib docstrings, labelled by package)
+and the prose paragraphs of the Python manual from Debian's `python3-doc` (labelled by the
+manual's part: library, reference, c-api, howto, ...). Each is split once, by a seed, into
+training documents and 2,000 held-out documents. The teacher embeds both once; its vectors
+are cached on disk, keyed by the teacher's identity and the texts.
+
+On the held-out documents, every system is compared with the teacher: neighbour recall@10,
+Spearman of cosines over 20k random pairs, and linear-probe accuracy on the labels. Our
+student is trained by `engine.distill.train_student`, the function `distilled_model` runs.
+luxical 1.1.2 is trained by its own recipe (its vocabulary builder, initialisation, AdamW
+with one beta, warmup-stable-decay schedule and Gram-KL loss at tau 3) on the same
+documents, teacher vectors and step budget.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "RAYON_NUM_THREADS"):
+    os.environ.setdefault(_var, "2")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from bench.corpora import python_docs_files, sample_labels  # noqa: E402
+from embedding_assets.engine import LexicalEmbedder  # noqa: E402
+from embedding_assets.engine.distill import DistillConfig, distill, embed  # noqa: E402
+from embedding_assets.engine.evaluation import cosine_spearman, neighbour_recall, probe_accuracy, probe_labels, tfidf_probe_accuracy  # noqa: E402
+from embedding_assets.engine.features import build_features  # noqa: E402
+from embedding_assets.engine.network import forward, init_layers, l2_normalize  # noqa: E402
+from embedding_assets.engine.quantization import calibrate_limit  # noqa: E402
+from embedding_assets.resources.teacher import Teacher  # noqa: E402
+
+HELD_OUT = 2_000
+PYTHON_DOCS_LIMIT = 24_000
+CACHE_DIR = Path(os.environ.get("EMBEDDING_ASSETS_BENCH_CACHE", Path(__file__).resolve().parent.parent / ".bench_cache"))
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Corpus:
+    name: str
+    texts: list[str]
+    labels: list[str]
+    heldout: np.ndarray  # bool mask
+
+    @property
+    def train(self) -> np.ndarray:
+        return ~self.heldout
+
+
+def split(n: int, seed: int = 0) -> np.ndarray:
+    heldout = np.zeros(n, dtype=bool)
+    heldout[np.random.default_rng(seed).permutation(n)[: min(HELD_OUT, n // 5)]] = True
+    return heldout
+
+
+def sample_corpus() -> Corpus:
+    texts, labels = sample_labels()
+    return Corpus("sample", texts, labels, split(len(texts)))
+
+
+def python_docs_corpus(limit: int = PYTHON_DOCS_LIMIT, min_words: int = 20) -> Corpus | None:
+    """Prose paragraphs (not code, not directives) of the Python manual, labelled by its part."""
+    files = python_docs_files()
+    if not files:
+        return None
+    seen, texts, labels = set(), [], []
+    for path in files:
+        rel = path.as_posix().split("/_sources/", 1)[1]
+        part = rel.split("/", 1)[0] if "/" in rel else "top"
+        for paragraph in path.read_text(encoding="utf-8", errors="replace").split("\n\n"):
+            text = " ".join(paragraph.split())
+            if len(text.split()) < min_words or text.startswith(("..", ">>>", "$ ")) or paragraph.startswith("    ") or text in seen:
+                continue
+            seen.add(text)
+            texts.append(text)
+            labels.append(part)
+    order = np.sort(np.random.default_rng(0).permutation(len(texts))[:limit])
+    texts, labels = [texts[i] for i in order], [labels[i] for i in order]
+    return Corpus("python-docs", texts, labels, split(len(texts)))
+
+
+def teacher_vectors(corpus: Corpus, teacher: Teacher) -> np.ndarray:
+    """The teacher's L2-normalised vectors of every document, cached by teacher identity and texts."""
+    digest = hashlib.sha256(json.dumps(teacher.identity(), sort_keys=True).encode())
+    for text in corpus.texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    path = CACHE_DIR / f"teacher-{corpus.name}-{digest.hexdigest()[:16]}.npy"
+    if path.exists():
+        return np.load(path, allow_pickle=False)
+    log(f"{corpus.name}: embedding {len(corpus.texts)} documents with the teacher (cached at {path})")
+    model = teacher.load("cpu")
+    started, vectors = time.perf_counter(), []
+    for start in range(0, len(corpus.texts), 1024):
+        vectors.append(teacher.embed(model, corpus.texts[start : start + 1024], "cpu", "fp32"))
+        done = start + len(vectors[-1])
+        log(f"  teacher {done}/{len(corpus.texts)}, {done / (time.perf_counter() - started):.1f} docs/s")
+    vectors = np.concatenate(vectors)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, vectors)
+    os.replace(tmp, path)
+    return vectors
+
+
+PROBE_LABELS = 20
+PROBE_TRAIN = 6_000
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way of building a student: the lexical features and the training config."""
+
+    vocabulary_size: int = 200_000
+    max_ngram_length: int = 5
+    min_document_frequency: int = 2
+    distill: DistillConfig = DistillConfig()
+
+
+def fidelity(student: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
+    return {"recall_at_10": neighbour_recall(student, teacher, k=10), "spearman": cosine_spearman(student, teacher)}
+
+
+class Probe:
+    """Logistic-regression probes on the top labels, fitted on a fixed slice of the training documents."""
+
+    def __init__(self, corpus: Corpus):
+        labels = probe_labels(corpus.labels, PROBE_LABELS)
+        self.train_rows = np.flatnonzero(corpus.train)[:PROBE_TRAIN]
+        self.train_y, self.test_y = labels[self.train_rows], labels[corpus.heldout]
+
+    def __call__(self, train_x: np.ndarray, test_x: np.ndarray) -> float:
+        return probe_accuracy(train_x, self.train_y, test_x, self.test_y)
+
+
+def train_ours(corpus: Corpus, teacher: np.ndarray, recipe: Recipe, tokenizer_json: str) -> tuple[LexicalEmbedder, dict]:
+    texts = [corpus.texts[i] for i in np.flatnonzero(corpus.train)]
+    heldout_texts = [corpus.texts[i] for i in np.flatnonzero(corpus.heldout)]
+    started = time.perf_counter()
+    feats = build_features(
+        tokenizer_json, [str(i) for i in range(len(texts))], [texts[i : i + 4096] for i in range(0, len(texts), 4096)],
+        vocabulary_size=recipe.vocabulary_size, max_ngram_length=recipe.max_ngram_length,
+        min_document_frequency=recipe.min_document_frequency, counter_capacity=2_000_000,
+    )
+    features_seconds = time.perf_counter() - started
+    draft = LexicalEmbedder(tokenizer_json, feats.vocabulary, init_layers([feats.vocabulary.size, 1], 0), np.ones(1, np.float32), 1.0)
+    heldout_tfidf = draft.tfidf(heldout_texts)
+    teacher_heldout = teacher[corpus.heldout]
+    curve = []
+
+    def on_epoch(epoch, module, history):
+        import torch
+
+        curve.append(fidelity(embed(module, heldout_tfidf, torch.device("cpu")), teacher_heldout)["recall_at_10"])
+
+    layers, history = distill(feats.tfidf, teacher[corpus.train], recipe.distill, on_epoch=on_epoch)
+    train_student = forward(feats.tfidf, layers)
+    fallback = l2_normalize(train_student.mean(axis=0, keepdims=True))[0]
+    embedder = LexicalEmbedder(tokenizer_json, feats.vocabulary, layers, fallback, calibrate_limit(train_student))
+    return embedder, {
+        "vocabulary": feats.vocabulary.size,
+        "steps": history.steps,
+        "batch_size": recipe.distill.batch_size,
+        "features_seconds": round(features_seconds, 1),
+        "training_seconds": round(history.seconds, 1),
+        "recall_per_epoch": [round(x, 4) for x in curve],
+    }
+
+
+def train_luxical(corpus: Corpus, teacher: np.ndarray, tokenizer_json: str, steps: int = 290, batch_size: int = 2048,
+                  vocabulary_size: int = 520_000, dims: tuple[int, ...] = (256, 256, 384), temperature: float = 3.0,
+                  learning_rate: float = 1e-3, seed: int = 0):
+    """luxical 1.1.2 trained by its own parts: space-saving n-gram summary, its initialisation,
+    equal-beta AdamW, its warmup-stable-decay schedule and its Gram-KL loss."""
+    import pyarrow as pa
+    import torch
+    from luxical.embedder import initialize_embedder_from_ngram_summary
+    from luxical.ngrams import space_saving_ngram_summary
+    from luxical.sparse_to_dense_neural_nets import SparseToDenseEmbedder
+    from luxical.tokenization import ArrowTokenizer
+    from luxical.training import batch_index_generator, contrastive_distillation_loss, equal_beta_adamw, wsd_lr_schedule
+
+    spec = json.loads(tokenizer_json)
+    spec["truncation"], spec["padding"] = None, None
+    tokenizer = ArrowTokenizer(json.dumps(spec))
+    texts = [corpus.texts[i] for i in np.flatnonzero(corpus.train)]
+    started = time.perf_counter()
+    tokens = tokenizer.tokenize(pa.array(texts), add_special_tokens=False).to_numpy(zero_copy_only=False)
+    summary = space_saving_ngram_summary(tokens, max_ngram_length=5, num_top_items=4 * vocabulary_size)
+    model = initialize_embedder_from_ngram_summary(summary, tokenizer, list(dims), min_ngram_count_multiple=1.0,
+                                                   max_vocabulary_size=vocabulary_size, embedder_init_seed=seed)
+    tfidf = model.tfidf_from_bow(model.bow_from_texts(texts)).astype(np.float32)
+    module = model.bow_to_dense_embedder.to_torch()
+    optimizer = equal_beta_adamw(module.parameters(), lr=learning_rate)
+    warmup, decay = max(1, steps // 20), steps // 5
+    target = torch.from_numpy(np.ascontiguousarray(teacher[corpus.train], dtype=np.float32))
+    trained = time.perf_counter()
+    for step, rows in enumerate(batch_index_generator(len(texts), steps, batch_size, seed=seed)):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate * wsd_lr_schedule(step, steps, warmup, decay)
+        batch = tfidf[np.sort(rows)]
+        x = torch.sparse_csr_tensor(torch.from_numpy(batch.indptr.astype(np.int64)), torch.from_numpy(batch.indices.astype(np.int64)),
+                                    torch.from_numpy(batch.data), size=batch.shape)
+        loss = contrastive_distillation_loss(module(x), target[np.sort(rows)], temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model = model.replace_sparse_to_dense_embedder(SparseToDenseEmbedder.from_torch(module))
+    return model, {"vocabulary": int(model.recognized_ngrams.shape[0]), "steps": steps, "batch_size": batch_size,
+                   "features_seconds": round(trained - started, 1), "training_seconds": round(time.perf_counter() - trained, 1)}
+
+
+def evaluate(corpus: Corpus, teacher: np.ndarray, recipe: Recipe, tokenizer_json: str, luxical: bool = True) -> list[dict]:
+    """One row per system: fidelity to the teacher and probe accuracy on held-out documents."""
+    probe = Probe(corpus)
+    heldout_texts = [corpus.texts[i] for i in np.flatnonzero(corpus.heldout)]
+    probe_texts = [corpus.texts[i] for i in probe.train_rows]
+    teacher_heldout = teacher[corpus.heldout]
+    rows = [{"system": "teacher", "recall_at_10": 1.0, "spearman": 1.0, "probe": probe(teacher[probe.train_rows], teacher_heldout)}]
+
+    ours, info = train_ours(corpus, teacher, recipe, tokenizer_json)
+    rows.append({"system": "ours", **fidelity(ours.encode(heldout_texts), teacher_heldout),
+                 "probe": probe(ours.encode(probe_texts), ours.encode(heldout_texts)), **info})
+    random = LexicalEmbedder(tokenizer_json, ours.vocabulary, init_layers(ours.dims, recipe.distill.seed), ours.fallback, ours.quantization_limit)
+    rows.append({"system": "ours, random init, untrained", **fidelity(random.encode(heldout_texts), teacher_heldout),
+                 "probe": probe(random.encode(probe_texts), random.encode(heldout_texts))})
+    if luxical:
+        model, info = train_luxical(corpus, teacher, tokenizer_json)
+        rows.append({"system": "luxical 1.1.2, own recipe", **fidelity(model(heldout_texts), teacher_heldout),
+                     "probe": probe(model(probe_texts), model(heldout_texts)), **info})
+    rows.append({"system": "scikit-learn TF-IDF", "recall_at_10": None, "spearman": None,
+                 "probe": tfidf_probe_accuracy(probe_texts, probe.train_y, heldout_texts, probe.test_y)})
+    return rows
+
+
+def ablations(base: Recipe) -> dict[str, Recipe]:
+    """Each idea switched off (or changed) alone, from the default recipe."""
+    from dataclasses import replace
+
+    d = base.distill
+    return {
+        "default": base,
+        "random init (no ridge start)": replace(base, distill=replace(d, init="random")),
+        "no cosine term (Gram-KL only)": replace(base, distill=replace(d, cosine_weight=0.0)),
+        "random init, Gram-KL only (the previous recipe)": replace(base, distill=replace(d, init="random", cosine_weight=0.0)),
+        "ridge start only, no training": replace(base, distill=replace(d, epochs=0)),
+        "constant learning rate (no warmup-stable-decay)": replace(base, distill=replace(d, warmup_fraction=0.0, decay_fraction=0.0)),
+        "vocabulary 520k": replace(base, vocabulary_size=520_000, min_document_frequency=1),
+        "vocabulary 50k": replace(base, vocabulary_size=50_000),
+        "n-grams up to 3": replace(base, max_ngram_length=3),
+        "batch 2048": replace(base, distill=replace(d, batch_size=2048)),
+        "temperature 1": replace(base, distill=replace(d, temperature=1.0)),
+        "hidden 512-512": replace(base, distill=replace(d, hidden_dims=(512, 512))),
+        "one hidden layer": replace(base, distill=replace(d, hidden_dims=(256,))),
+    }
+
+
+def run_ablations(corpus: Corpus, teacher: np.ndarray, tokenizer_json: str, only: list[str] | None) -> list[dict]:
+    probe = Probe(corpus)
+    heldout_texts = [corpus.texts[i] for i in np.flatnonzero(corpus.heldout)]
+    probe_texts = [corpus.texts[i] for i in probe.train_rows]
+    rows = []
+    for name, recipe in ablations(Recipe()).items():
+        if only and name not in only:
+            continue
+        embedder, info = train_ours(corpus, teacher, recipe, tokenizer_json)
+        heldout = embedder.encode(heldout_texts)
+        row = {"corpus": corpus.name, "variant": name, **fidelity(heldout, teacher[corpus.heldout]),
+               "probe": probe(embedder.encode(probe_texts), heldout), **info}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def corpora(names: list[str]) -> list[Corpus]:
+    found = []
+    for name in names:
+        corpus = sample_corpus() if name == "sample" else python_docs_corpus()
+        if corpus is None:
+            log(f"{name}: skipped, Debian's python3-doc is not installed (apt-get install python3-doc)")
+            continue
+        found.append(corpus)
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", nargs="+", default=["sample", "python-docs"], choices=["sample", "python-docs"])
+    parser.add_argument("--ablations", nargs="*", help="train the ablation variants (all, or those named) instead of the comparison")
+    parser.add_argument("--no-luxical", action="store_true", help="leave out luxical's recipe (it needs the bench extra)")
+    parser.add_argument("--teacher-only", action="store_true", help="only embed (and cache) the corpora with the teacher")
+    args = parser.parse_args(argv)
+    teacher = Teacher()
+    for corpus in corpora(args.corpus):
+        vectors = teacher_vectors(corpus, teacher)
+        log(f"{corpus.name}: {len(corpus.texts)} documents, {corpus.train.sum()} training, {corpus.heldout.sum()} held-out, {len(set(corpus.labels))} labels, teacher dim {vectors.shape[1]}")
+        if args.teacher_only:
+            continue
+        if args.ablations is not None:
+            run_ablations(corpus, vectors, teacher.tokenizer_json(), args.ablations)
+            continue
+        rows = evaluate(corpus, vectors, Recipe(), teacher.tokenizer_json(), luxical=not args.no_luxical)
+        for row in rows:
+            print(json.dumps({"corpus": corpus.name, **row}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
