@@ -38,7 +38,14 @@ import numpy as np  # noqa: E402
 from bench.corpora import python_docs_files, sample_labels  # noqa: E402
 from embedding_assets.engine import LexicalEmbedder  # noqa: E402
 from embedding_assets.engine.distill import DistillConfig, distill, embed  # noqa: E402
-from embedding_assets.engine.evaluation import cosine_spearman, neighbour_recall, probe_accuracy, probe_labels, tfidf_probe_accuracy  # noqa: E402
+from embedding_assets.engine.evaluation import (  # noqa: E402
+    cosine_spearman,
+    hybrid_probe_accuracy,
+    neighbour_recall,
+    probe_accuracy,
+    probe_labels,
+    tfidf_probe_accuracy,
+)
 from embedding_assets.engine.features import build_features  # noqa: E402
 from embedding_assets.engine.network import forward, init_layers, l2_normalize  # noqa: E402
 from embedding_assets.engine.quantization import calibrate_limit  # noqa: E402
@@ -237,8 +244,8 @@ def evaluate(corpus: Corpus, teacher: np.ndarray, recipe: Recipe, tokenizer_json
     rows = [{"system": "teacher", "recall_at_10": 1.0, "spearman": 1.0, "probe": probe(teacher[probe.train_rows], teacher_heldout)}]
 
     ours, info = train_ours(corpus, teacher, recipe, tokenizer_json)
-    rows.append({"system": "ours", **fidelity(ours.encode(heldout_texts), teacher_heldout),
-                 "probe": probe(ours.encode(probe_texts), ours.encode(heldout_texts)), **info})
+    ours_train, ours_heldout = ours.encode(probe_texts), ours.encode(heldout_texts)
+    rows.append({"system": "ours", **fidelity(ours_heldout, teacher_heldout), "probe": probe(ours_train, ours_heldout), **info})
     random = LexicalEmbedder(tokenizer_json, ours.vocabulary, init_layers(ours.dims, recipe.distill.seed), ours.fallback, ours.quantization_limit)
     rows.append({"system": "ours, random init, untrained", **fidelity(random.encode(heldout_texts), teacher_heldout),
                  "probe": probe(random.encode(probe_texts), random.encode(heldout_texts))})
@@ -248,6 +255,8 @@ def evaluate(corpus: Corpus, teacher: np.ndarray, recipe: Recipe, tokenizer_json
                      "probe": probe(model(probe_texts), model(heldout_texts)), **info})
     rows.append({"system": "scikit-learn TF-IDF", "recall_at_10": None, "spearman": None,
                  "probe": tfidf_probe_accuracy(probe_texts, probe.train_y, heldout_texts, probe.test_y)})
+    rows.append({"system": "ours + TF-IDF (hybrid probe)", "recall_at_10": None, "spearman": None,
+                 "probe": hybrid_probe_accuracy(ours_train, probe_texts, probe.train_y, ours_heldout, heldout_texts, probe.test_y)})
     return rows
 
 
@@ -258,10 +267,15 @@ def ablations(base: Recipe) -> dict[str, Recipe]:
     d = base.distill
     return {
         "default": base,
-        "random init (no ridge start)": replace(base, distill=replace(d, init="random")),
         "no cosine term (Gram-KL only)": replace(base, distill=replace(d, cosine_weight=0.0)),
         "random init, Gram-KL only (the previous recipe)": replace(base, distill=replace(d, init="random", cosine_weight=0.0)),
         "ridge start only, no training": replace(base, distill=replace(d, epochs=0)),
+        "random init, cosine term": replace(base, distill=replace(d, init="random")),
+        "ridge alpha 0.3, no training": replace(base, distill=replace(d, epochs=0, ridge_alpha=0.3)),
+        "ridge alpha 3, no training": replace(base, distill=replace(d, epochs=0, ridge_alpha=3.0)),
+        "learning rate 3e-4": replace(base, distill=replace(d, learning_rate=3e-4)),
+        "learning rate 3e-3": replace(base, distill=replace(d, learning_rate=3e-3)),
+        "15 epochs": replace(base, distill=replace(d, epochs=15)),
         "constant learning rate (no warmup-stable-decay)": replace(base, distill=replace(d, warmup_fraction=0.0, decay_fraction=0.0)),
         "vocabulary 520k": replace(base, vocabulary_size=520_000, min_document_frequency=1),
         "vocabulary 50k": replace(base, vocabulary_size=50_000),
@@ -288,6 +302,23 @@ def run_ablations(corpus: Corpus, teacher: np.ndarray, tokenizer_json: str, only
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
+
+
+def markdown(corpus: str, rows: list[dict]) -> str:
+    """The comparison as a table, with recall as a ratio to luxical's and probes as a ratio to the teacher's."""
+    luxical = next((r["recall_at_10"] for r in rows if r["system"].startswith("luxical")), None)
+    teacher = rows[0]["probe"]
+
+    def num(value, digits=3):
+        return "" if value is None else f"{value:.{digits}f}"
+
+    lines = [f"**{corpus}**", "", "| system | recall@10 | x luxical | Spearman | probe | x teacher | steps x batch | training s |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['recall_at_10'] / luxical:.2f}" if luxical and r["recall_at_10"] is not None and r["system"] != "teacher" else ""
+        budget = f"{r['steps']} x {r['batch_size']}" if "steps" in r else ""
+        lines.append(f"| {r['system']} | {num(r['recall_at_10'])} | {ratio} | {num(r['spearman'])} | {num(r['probe'])} | "
+                     f"{r['probe'] / teacher:.2f} | {budget} | {r.get('training_seconds', '')} |")
+    return "\n".join(lines) + "\n"
 
 
 def corpora(names: list[str]) -> list[Corpus]:
@@ -319,7 +350,8 @@ def main(argv: list[str] | None = None) -> None:
             continue
         rows = evaluate(corpus, vectors, Recipe(), teacher.tokenizer_json(), luxical=not args.no_luxical)
         for row in rows:
-            print(json.dumps({"corpus": corpus.name, **row}), flush=True)
+            log(json.dumps({"corpus": corpus.name, **row}))
+        print(markdown(f"{corpus.name}: {corpus.train.sum()} training, {corpus.heldout.sum()} held-out documents", rows), flush=True)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ TEST_RUN_CONFIG = {
     "ops": {
         "training_sample": {"config": {"size": 560, "heldout_fraction": 0.25}},
         "features": {"config": {"vocabulary_size": 50_000}},
-        "distilled_model": {"config": {"epochs": 25, "batch_size": 128, "hidden_dims": [128]}},
+        "distilled_model": {"config": {"epochs": 8, "batch_size": 128, "hidden_dims": [128]}},
         "quality_classifier": {"config": {"target_keep_fraction": 0.2}},
     }
 }

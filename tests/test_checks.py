@@ -94,7 +94,8 @@ def test_a_teacher_that_emits_nan_fails_its_gate_and_blocks_training(trained, tm
 
 
 def test_a_student_trained_for_zero_steps_fails_the_fidelity_gate(trained):
-    config = {"ops": {"distilled_model": {"config": {**TEST_RUN_CONFIG["ops"]["distilled_model"]["config"], "epochs": 0}}}}
+    untrained = {"epochs": 0, "init": "random"}
+    config = {"ops": {"distilled_model": {"config": {**TEST_RUN_CONFIG["ops"]["distilled_model"]["config"], **untrained}}}}
     result = run(trained, ["distilled_model", "quality_classifier"], run_config=config)
     passed, meta = evaluation(result, "distilled_model_fidelity")
     assert not passed

@@ -33,9 +33,9 @@ INITS = ("ridge", "random")
 class DistillConfig:
     hidden_dims: tuple[int, ...] = (256, 256)
     output_dim: int | None = None  # None: the teacher's dimension
-    epochs: int = 30
+    epochs: int = 5
     batch_size: int = 512
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-3
     warmup_fraction: float = 0.05
     decay_fraction: float = 0.3
     temperature: float = 3.0

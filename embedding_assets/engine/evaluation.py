@@ -61,3 +61,14 @@ def tfidf_probe_accuracy(train_texts, train_y, test_texts, test_y, seed: int = 0
 
     vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=2)
     return probe_accuracy(vectorizer.fit_transform(train_texts), train_y, vectorizer.transform(test_texts), test_y, seed)
+
+
+def hybrid_probe_accuracy(train_x: np.ndarray, train_texts, train_y, test_x: np.ndarray, test_texts, test_y, seed: int = 0) -> float:
+    """The probe on embeddings and plain word TF-IDF side by side: dense semantics plus exact rare terms."""
+    import scipy.sparse as sp
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=2)
+    train = sp.hstack([sp.csr_matrix(train_x), vectorizer.fit_transform(train_texts)]).tocsr()
+    test = sp.hstack([sp.csr_matrix(test_x), vectorizer.transform(test_texts)]).tocsr()
+    return probe_accuracy(train, train_y, test, test_y, seed)
