@@ -5,13 +5,10 @@ import json
 import re
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from conftest import running_webserver, write_small_corpus
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, running_webserver, write_small_corpus
 
 ASSET_GRAPH_QUERY = """
 {
