@@ -21,6 +21,7 @@ test: $(VENV)/.installed
 
 ui: $(VENV)/.installed
 	mkdir -p .dagster_home
+	touch .dagster_home/dagster.yaml
 	DAGSTER_HOME=$(CURDIR)/.dagster_home $(VENV)/bin/dagster dev -w workspace.yaml
 
 .PHONY: setup run test ui

@@ -48,11 +48,22 @@ class BatchHasher:
         return self._digest.hexdigest()[:16]
 
 
-def latest_data_version(instance: dg.DagsterInstance, key: str, partition: str | None = None) -> str | None:
-    """The data version of the latest materialisation of `key` (and `partition`), from the event log."""
+def _latest_materialization(instance: dg.DagsterInstance, key: str, partition: str | None) -> dg.AssetMaterialization | None:
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=[partition] if partition else None), limit=1
     ).records
-    if not records:
+    return records[0].asset_materialization if records else None
+
+
+def latest_data_version(instance: dg.DagsterInstance, key: str, partition: str | None = None) -> str | None:
+    """The data version of the latest materialisation of `key` (and `partition`), from the event log."""
+    materialization = _latest_materialization(instance, key, partition)
+    return materialization.tags.get("dagster/data_version") if materialization else None
+
+
+def latest_metadata_value(instance: dg.DagsterInstance, key: str, entry: str, partition: str | None = None):
+    """One metadata entry of the latest materialisation of `key` (and `partition`), or None."""
+    materialization = _latest_materialization(instance, key, partition)
+    if materialization is None or entry not in materialization.metadata:
         return None
-    return records[0].asset_materialization.tags.get("dagster/data_version")
+    return materialization.metadata[entry].value

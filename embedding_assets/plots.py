@@ -29,13 +29,16 @@ def training_curves(loss: list[float], fidelity: list[dict[str, float]]) -> str:
     ax.plot(epochs, loss, color="tab:blue", label="distillation loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss", color="tab:blue")
+    lines = ax.get_lines()
     if fidelity and all(fidelity):
         other = ax.twinx()
         other.plot(epochs, [f["recall_at_10"] for f in fidelity], color="tab:orange", label="held-out recall@10")
         other.plot(epochs, [f["spearman"] for f in fidelity], color="tab:green", label="held-out Spearman")
         other.set_ylabel("held-out fidelity")
         other.set_ylim(0, 1)
-        other.legend(loc="center right", fontsize=8)
+        lines = lines + other.get_lines()
+    # One legend for both axes.
+    ax.legend(lines, [line.get_label() for line in lines], loc="center right", fontsize=8)
     ax.set_title("Training")
     return _markdown_png(fig, "loss and held-out fidelity per epoch")
 

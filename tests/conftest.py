@@ -1,6 +1,12 @@
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -12,6 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from embedding_assets.resources.teacher import default_teacher_dir
 from embedding_assets.sample_corpus import SAMPLE_CORPUS_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -107,6 +115,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def running_webserver(dagster_home: Path, log_path: Path, env: dict[str, str] | None = None):
+    """`dagster-webserver -w workspace.yaml` on 127.0.0.1 and a free port, ready when it yields the port."""
+    port = free_port()
+    full_env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "DAGSTER_DISABLE_TELEMETRY": "yes", **(env or {})}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dagster_webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert process.poll() is None, f"the webserver exited:\n{log_path.read_text()}"
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("the webserver did not start in 120 s")
+        yield port
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
 
 
 class MotoS3:

@@ -1,18 +1,14 @@
-"""`workspace.yaml` loads the code location into a real Dagster webserver, which shows the graph."""
+"""`workspace.yaml` loads the code location into a real Dagster webserver, which shows the graph
+and launches runs through its GraphQL API."""
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
+import re
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, running_webserver, write_small_corpus
 
 ASSET_GRAPH_QUERY = """
 {
@@ -22,63 +18,146 @@ ASSET_GRAPH_QUERY = """
     kinds
     assetChecksOrError { ... on AssetChecks { checks { name blocking } } }
   }
+  repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } }
 }
 """
 
+ADD_PARTITION_MUTATION = """
+mutation AddShard($repositorySelector: RepositorySelector!, $partitionsDefName: String!, $partitionKey: String!) {
+  addDynamicPartition(repositorySelector: $repositorySelector, partitionsDefName: $partitionsDefName, partitionKey: $partitionKey) {
+    __typename
+    ... on AddDynamicPartitionSuccess { partitionKey }
+    ... on PythonError { message }
+  }
+}
+"""
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+LAUNCH_RUN_MUTATION = """
+mutation LaunchAssets($executionParams: ExecutionParams!) {
+  launchRun(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}
+"""
+
+RUN_STATUS_QUERY = """
+query RunStatus($runId: ID!) {
+  runOrError(runId: $runId) { __typename ... on Run { status } }
+}
+"""
+
+MATERIALIZATION_QUERY = """
+query Materialization($partition: String!) {
+  assetNodes(assetKeys: [{path: ["raw_corpus"]}]) {
+    assetMaterializations(partitions: [$partition]) {
+      partition
+      metadataEntries {
+        label
+        ... on IntMetadataEntry { intValue }
+        ... on FloatMetadataEntry { floatValue }
+      }
+    }
+  }
+}
+"""
+
+# Keeps runs out of the queue: with no daemon running, a queued run would never start.
+INSTANCE_YAML = """\
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: DefaultRunCoordinator
+telemetry:
+  enabled: false
+"""
 
 
-def graphql(port: int, query: str) -> dict:
+def graphql(port: int, query: str, variables: dict | None = None) -> dict:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": query}).encode(),
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+        data = json.loads(response.read())
+    assert not data.get("errors"), data["errors"]
+    return data["data"]
+
+
+def wait_for_asset_graph(port: int, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        data = graphql(port, ASSET_GRAPH_QUERY)
+        if data["assetNodes"] or time.monotonic() > deadline:
+            return data
+        time.sleep(1)
+
+
+def warnings_about_project_code(log: str) -> list[str]:
+    """Python warnings whose location is a file of this project."""
+    return [line for line in log.splitlines() if re.search(r"Warning\b.*:", line) and str(ROOT) in line]
 
 
 @pytest.fixture
 def webserver(tmp_path):
-    port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "EMBEDDING_ASSETS_STORAGE": str(tmp_path / "storage")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dagster_webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise AssertionError("the webserver did not start in 120 s")
-        yield port
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+    corpus = tmp_path / "corpus"
+    ids = write_small_corpus(corpus, docs_per_shard=20)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(INSTANCE_YAML)
+    log_path = tmp_path / "webserver.log"
+    env = {"EMBEDDING_ASSETS_CORPUS": str(corpus), "EMBEDDING_ASSETS_STORAGE": str(tmp_path / "storage"), "EMBEDDING_ASSETS_DEVICE": "cpu"}
+    with running_webserver(home, log_path, env) as port:
+        yield {"port": port, "ids": ids, "storage": tmp_path / "storage", "log": log_path}
 
 
-def test_webserver_shows_every_asset_group_kind_and_check(webserver):
-    deadline = time.monotonic() + 60
-    while True:
-        data = graphql(webserver, ASSET_GRAPH_QUERY)
-        nodes = data.get("data", {}).get("assetNodes") or []
-        if nodes or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+def test_webserver_shows_the_graph_and_materialises_a_shard_through_graphql(webserver):
+    from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS
+
+    port = webserver["port"]
+    data = wait_for_asset_graph(port)
+    nodes = data["assetNodes"]
     by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
     assert set(by_key) == {"raw_corpus", "training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "quality_classifier", "scored_corpus"}
-    assert by_key["raw_corpus"]["groupName"] == "ingest"
-    assert by_key["distilled_model"]["groupName"] == "training"
-    assert by_key["scored_corpus"]["groupName"] == "curation"
+    for spec in (spec for asset in ALL_ASSETS for spec in asset.specs):
+        node = by_key[spec.key.to_user_string()]
+        assert node["groupName"] == spec.group_name and set(node["kinds"]) == set(spec.kinds), spec.key
+    assert {n["groupName"] for n in nodes} == {"ingest", "training", "curation"}
     assert "pytorch" in by_key["distilled_model"]["kinds"]
-    checks = {c["name"]: c["blocking"] for n in nodes for c in n["assetChecksOrError"]["checks"]}
+    checks = {(key, c["name"]): c["blocking"] for key, n in by_key.items() for c in n["assetChecksOrError"]["checks"]}
+    assert set(checks) == {(k.asset_key.to_user_string(), k.name) for c in ALL_CHECKS for k in c.check_keys}
     assert len(checks) == 10 and all(checks.values())
+
+    # Launch what the UI's "Materialize" button launches: raw_corpus and its checks for one new shard.
+    (repository,) = data["repositoriesOrError"]["nodes"]
+    selector = {"repositoryLocationName": repository["location"]["name"], "repositoryName": repository["name"]}
+    shard = "lines"
+    added = graphql(port, ADD_PARTITION_MUTATION, {"repositorySelector": selector, "partitionsDefName": "corpus_shards", "partitionKey": shard})
+    assert added["addDynamicPartition"] == {"__typename": "AddDynamicPartitionSuccess", "partitionKey": shard}
+    launched = graphql(port, LAUNCH_RUN_MUTATION, {"executionParams": {
+        "selector": {**selector, "pipelineName": "__ASSET_JOB", "assetSelection": [{"path": ["raw_corpus"]}]},
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": shard}]},
+        # One process for the three small steps, rather than one each.
+        "runConfigData": {"execution": {"config": {"in_process": {}}}},
+    }})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    deadline = time.monotonic() + 240
+    status = None
+    while time.monotonic() < deadline:
+        status = graphql(port, RUN_STATUS_QUERY, {"runId": run_id})["runOrError"]["status"]
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(1)
+    assert status == "SUCCESS", webserver["log"].read_text()[-5000:]
+
+    (node,) = graphql(port, MATERIALIZATION_QUERY, {"partition": shard})["assetNodes"]
+    (materialization,) = node["assetMaterializations"]
+    metadata = {e["label"]: e.get("intValue", e.get("floatValue")) for e in materialization["metadataEntries"]}
+    assert materialization["partition"] == shard
+    assert metadata["dagster/row_count"] == len(webserver["ids"][shard])
+    assert metadata["tokens"] > 0 and metadata["wall_seconds"] > 0
+    assert (webserver["storage"] / "raw_corpus" / f"{shard}.parquet").is_file()
+    assert warnings_about_project_code(webserver["log"].read_text()) == []

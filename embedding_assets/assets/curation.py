@@ -18,9 +18,10 @@ from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.engine.classifier import QualityClassifier, fit_classifier
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.plots import score_histogram
+from embedding_assets.progress import ProgressLog, throughput
 from embedding_assets.resources import Storage
 from embedding_assets.sample_corpus import NETWORKING_LABELS
-from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_data_version
+from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_data_version, latest_metadata_value
 from embedding_assets.placement import SHARD_POD_TAGS
 
 CLASSIFIER_FILE = "quality_classifier.json"
@@ -43,6 +44,7 @@ class ClassifierConfig(dg.Config):
 def quality_classifier(context: dg.AssetExecutionContext, config: ClassifierConfig, storage: Storage) -> dg.MaterializeResult:
     from sklearn.metrics import accuracy_score, roc_auc_score
 
+    started = time.perf_counter()
     embedder = LexicalEmbedder.from_bytes(storage.read_bytes(MODEL_FILE))
     sample = read_sample(storage, ["id", "text", "label", "split"])
     embeddings = embedder.encode(sample["text"].to_pylist())
@@ -76,6 +78,7 @@ def quality_classifier(context: dg.AssetExecutionContext, config: ClassifierConf
             "target_keep_fraction": config.target_keep_fraction,
             "positive_labels": classifier.positive_labels,
             **{k: v for k, v in evaluation.items() if k != "sample_score_deciles"},
+            **throughput(time.perf_counter() - started, len(y), latest_metadata_value(context.instance, "training_sample", "tokens")),
         }
     )
 
@@ -132,6 +135,8 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
     def scored_batches():
         nonlocal kept
         with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
+            progress = ProgressLog(context.log.info, f"scoring {shard}", parquet.metadata.num_rows)
+            done = 0
             for batch in parquet.iter_batches(batch_size=8192, columns=["id", "text"]):
                 vectors = embedder.encode(batch.column("text").to_pylist())
                 scores = classifier.score(vectors)
@@ -139,6 +144,8 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
                 kept += int(keep.sum())
                 score_hist[:] += np.histogram(scores, bins=20, range=(0.0, 1.0))[0]
                 n = batch.num_rows
+                done += n
+                progress.update(done, f"{kept:,} kept")
                 yield pa.record_batch(
                     [
                         batch.column("id"),
@@ -167,7 +174,7 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
             "model_version": embedder.version,
             "classifier_version": classifier.version,
             "score_histogram": dg.MetadataValue.md(score_histogram([int(c) for c in score_hist], classifier.threshold)),
-            "docs_per_second": round(rows / max(seconds, 1e-9), 1),
+            **throughput(seconds, rows, latest_metadata_value(context.instance, "raw_corpus", "tokens", shard)),
             # Of this step's process (Linux reports KiB): stays flat as shards grow, since batches stream.
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }

@@ -10,8 +10,9 @@ from embedding_assets.assets.ingest import training_sample
 from embedding_assets.engine.features import build_features
 from embedding_assets.engine.ngrams import PAD
 from embedding_assets.engine.tokenization import load_tokenizer
+from embedding_assets.progress import throughput
 from embedding_assets.resources import Storage, Teacher
-from embedding_assets.lineage import CODE_VERSIONS, OWNERS, short_hash
+from embedding_assets.lineage import CODE_VERSIONS, OWNERS, latest_metadata_value, short_hash
 
 FEATURES_FILE = "features.safetensors"
 
@@ -82,7 +83,7 @@ def features(context: dg.AssetExecutionContext, config: FeaturesConfig, storage:
             "ngrams_by_length": {str(n): int(lengths[n]) for n in range(1, config.max_ngram_length + 1)},
             "idf_min": float(built.vocabulary.idf.min()) if built.vocabulary.size else 0.0,
             "idf_max": float(built.vocabulary.idf.max()) if built.vocabulary.size else 0.0,
-            "docs_per_second": round(len(texts) / seconds, 1),
+            **throughput(seconds, len(texts), latest_metadata_value(context.instance, "training_sample", "tokens")),
             "ngrams_by_idf_band": dg.MetadataValue.md(idf_bands(built)),
         }
     )

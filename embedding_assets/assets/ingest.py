@@ -10,9 +10,11 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from embedding_assets.engine.errors import InputError
+from embedding_assets.engine.tokenization import load_tokenizer
 from embedding_assets.partitions import corpus_shards
-from embedding_assets.resources import CorpusSource, Storage
-from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_data_version, short_hash
+from embedding_assets.progress import throughput, token_counts
+from embedding_assets.resources import CorpusSource, Storage, Teacher
+from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_data_version, latest_metadata_value, short_hash
 
 SAMPLE_COLUMNS = ("id", "text", "label", "shard", "split")
 
@@ -39,7 +41,7 @@ def id_hash(ids: list[str], salt: str) -> np.ndarray:
     code_version=CODE_VERSIONS["raw_corpus"],
     description="One corpus shard, read in record batches and checked against the corpus contract (id, text, extra columns kept).",
 )
-def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage: Storage) -> dg.MaterializeResult:
+def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage: Storage, teacher: Teacher) -> dg.MaterializeResult:
     shard = context.partition_key
     try:
         shards = corpus.shards()
@@ -47,6 +49,8 @@ def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage:
         raise dg.Failure(str(exc)) from exc
     if shard not in shards:
         raise dg.Failure(f"shard {shard!r} is a partition but no such file is under {corpus.location}")
+    tokenizer = load_tokenizer(teacher.tokenizer_json())
+    tokens = 0
     started = time.perf_counter()
     batches = corpus.read(shards[shard])
     try:
@@ -57,6 +61,8 @@ def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage:
         raise dg.Failure(str(exc)) from exc
 
     def all_batches():
+        nonlocal tokens
+        tokens += int(token_counts(tokenizer, first.column("text").to_pylist()).sum())
         yield first
         for batch in batches:
             if batch.schema != first.schema:
@@ -64,6 +70,7 @@ def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage:
                     batch = pa.Table.from_batches([batch]).cast(first.schema).to_batches()[0]
                 except (pa.ArrowInvalid, ValueError, KeyError) as exc:
                     raise InputError(f"shard {shard}: columns change part-way through the file: {batch.schema} vs {first.schema}") from exc
+            tokens += int(token_counts(tokenizer, batch.column("text").to_pylist()).sum())
             yield batch
 
     hasher = BatchHasher()
@@ -79,7 +86,8 @@ def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage:
             "source": dg.MetadataValue.path(shards[shard]),
             "uri": dg.MetadataValue.path(uri),
             "columns": list(first.schema.names),
-            "docs_per_second": round(rows / max(seconds, 1e-9), 1),
+            "tokens": tokens,
+            **throughput(seconds, rows, tokens),
         }
     )
 
@@ -103,9 +111,10 @@ class SampleConfig(dg.Config):
         "(bottom-k), so adding shards only ever swaps documents in, and a train / held-out split by a second hash."
     ),
 )
-def training_sample(context: dg.AssetExecutionContext, config: SampleConfig, storage: Storage) -> dg.MaterializeResult:
+def training_sample(context: dg.AssetExecutionContext, config: SampleConfig, storage: Storage, teacher: Teacher) -> dg.MaterializeResult:
     if config.size < 2 or not 0 < config.heldout_fraction < 1:
         raise dg.Failure(f"sample size must be >= 2 and heldout_fraction in (0, 1); got {config.size}, {config.heldout_fraction}")
+    started = time.perf_counter()
     shards = sorted(context.instance.get_dynamic_partitions(corpus_shards.name))
     kept: pa.Table | None = None
     total = 0
@@ -144,6 +153,9 @@ def training_sample(context: dg.AssetExecutionContext, config: SampleConfig, sto
     heldout = int((split == "heldout").sum())
     labels = pc.value_counts(sample["label"]).to_pylist()
     shard_versions = {shard: latest_data_version(context.instance, "raw_corpus", shard) for shard in shards}
+    tokens = token_counts(load_tokenizer(teacher.tokenizer_json()), sample["text"].to_pylist())
+    shard_tokens = [latest_metadata_value(context.instance, "raw_corpus", "tokens", shard) for shard in shards]
+    corpus_tokens = sum(shard_tokens) if None not in shard_tokens else None
     return dg.MaterializeResult(
         data_version=dg.DataVersion(short_hash(hasher.version, str(config.size), str(config.seed))),
         metadata={
@@ -156,5 +168,8 @@ def training_sample(context: dg.AssetExecutionContext, config: SampleConfig, sto
             "heldout_documents": heldout,
             "labels": len([v for v in labels if v["values"] is not None]),
             "seed": config.seed,
+            "tokens": int(tokens.sum()),
+            "train_tokens": int(tokens[split == "train"].sum()),
+            **throughput(time.perf_counter() - started, total, corpus_tokens),
         }
     )

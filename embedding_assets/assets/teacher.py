@@ -9,8 +9,9 @@ import pyarrow as pa
 
 from embedding_assets.assets.features import read_sample
 from embedding_assets.assets.ingest import training_sample
+from embedding_assets.progress import ProgressLog, throughput
 from embedding_assets.resources import Compute, Storage, Teacher
-from embedding_assets.lineage import CODE_VERSIONS, OWNERS, short_hash
+from embedding_assets.lineage import CODE_VERSIONS, OWNERS, latest_metadata_value, short_hash
 from embedding_assets.placement import GPU_POD_TAGS, GPU_POOL
 
 TEACHER_FILE = "teacher_embeddings.parquet"
@@ -87,16 +88,11 @@ def teacher_embeddings(context: dg.AssetExecutionContext, storage: Storage, teac
     context.log.info(f"teacher {identity['model']} on {device}: {len(texts)} documents, dim {dim}")
 
     started = time.perf_counter()
-    last_log = started
+    progress = ProgressLog(context.log.info, "teacher", len(texts))
     chunks = []
     for start in range(0, len(texts), CHUNK):
         chunks.append(teacher.embed(model, texts[start : start + CHUNK], device, compute.precision))
-        now = time.perf_counter()
-        done = min(start + CHUNK, len(texts))
-        if now - last_log > 10 or done == len(texts):
-            rate = done / (now - started)
-            context.log.info(f"teacher: {done}/{len(texts)} documents, {rate:.1f} docs/s, ETA {(len(texts) - done) / rate:.0f} s")
-            last_log = now
+        progress.update(min(start + CHUNK, len(texts)))
     seconds = time.perf_counter() - started
     vectors = np.concatenate(chunks)
     schema = embeddings_schema(dim, pa.float32(), {
@@ -118,7 +114,6 @@ def teacher_embeddings(context: dg.AssetExecutionContext, storage: Storage, teac
             "teacher_sha256": identity["sha256"],
             "device": device,
             "dim": dim,
-            "docs_per_second": round(len(texts) / seconds, 1),
-            "seconds": round(seconds, 1),
+            **throughput(seconds, len(texts), latest_metadata_value(context.instance, "training_sample", "tokens")),
         }
     )

@@ -21,8 +21,9 @@ from embedding_assets.engine.evaluation import (
 from embedding_assets.engine.features import Features
 from embedding_assets.engine.network import forward, init_layers, l2_normalize
 from embedding_assets.engine.quantization import calibrate_limit
+from embedding_assets.progress import ProgressLog, throughput
 from embedding_assets.resources import Compute, Storage
-from embedding_assets.lineage import CODE_VERSIONS, OWNERS, latest_data_version
+from embedding_assets.lineage import CODE_VERSIONS, OWNERS, latest_data_version, latest_metadata_value
 from embedding_assets.placement import GPU_POD_TAGS, GPU_POOL
 from embedding_assets.plots import training_curves
 
@@ -161,14 +162,14 @@ def distilled_model(
     started = time.perf_counter()
 
     heldout_tfidf, teacher_heldout = feats.tfidf[heldout], teacher_vectors[heldout]
+    progress = ProgressLog(context.log.info, "training", distill_config.epochs, unit="epochs")
 
     def log_epoch(epoch, module, history):
         fidelity = student_evaluation(embed(module, heldout_tfidf, torch.device(device)), teacher_heldout)
-        elapsed = time.perf_counter() - started
-        done = epoch + 1
-        context.log.info(
-            f"training: epoch {done}/{distill_config.epochs}, loss {history.epoch_loss[-1]:.4f}, held-out recall@10 "
-            f"{fidelity['recall_at_10']:.3f}, {history.steps / elapsed:.1f} steps/s, ETA {(distill_config.epochs - done) * elapsed / done:.0f} s"
+        progress.update(
+            epoch + 1,
+            f"loss {history.epoch_loss[-1]:.4f}, held-out recall@10 {fidelity['recall_at_10']:.3f}, "
+            f"{history.steps / (time.perf_counter() - started):.1f} steps/s",
         )
         return fidelity
 
@@ -212,6 +213,7 @@ def distilled_model(
     uri = storage.write_bytes(embedder.to_bytes(), MODEL_FILE)
     card = model_card(embedder, history.seconds)
     storage.write_bytes(card.encode(), MODEL_CARD_FILE)
+    train_tokens = latest_metadata_value(context.instance, "training_sample", "train_tokens")
 
     return dg.MaterializeResult(
         data_version=dg.DataVersion(embedder.version),
@@ -235,5 +237,11 @@ def distilled_model(
             "untrained_spearman": evaluation["untrained_student"]["spearman"],
             "probe_accuracy": probes,
             "quantization_limit": round(limit, 5),
+            # Rates count every document and token once per epoch.
+            **throughput(
+                time.perf_counter() - started,
+                int(train.sum()) * distill_config.epochs,
+                None if train_tokens is None else train_tokens * distill_config.epochs,
+            ),
         }
     )
