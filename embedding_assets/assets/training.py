@@ -68,7 +68,7 @@ def model_card(embedder: LexicalEmbedder, training_seconds: float) -> str:
         f"- uint8 quantisation limit {embedder.quantization_limit:.5f}",
         "",
         "## Training",
-        f"- Gram-matrix KL distillation, temperature {training['temperature']}, batch {training['batch_size']}, {training['epochs']} epochs ({training['steps']} steps), "
+        f"- {training.get('init', 'random')} start, then Gram-matrix KL distillation (temperature {training['temperature']}) plus a cosine term (weight {training.get('cosine_weight', 0)}), batch {training['batch_size']}, {training['epochs']} epochs ({training['steps']} steps), "
         f"peak learning rate {training['learning_rate']} (warmup-stable-decay), seed {training['seed']}, on {training['device']} in {training_seconds:.0f} s",
         f"- loss {p['loss']['start']} at the start, {p['loss']['end']} at the end",
         "",
@@ -76,7 +76,7 @@ def model_card(embedder: LexicalEmbedder, training_seconds: float) -> str:
         "| model | recall@10 | Spearman |",
         "|---|---|---|",
         f"| student | {ev['student']['recall_at_10']} | {ev['student']['spearman']} |",
-        f"| untrained, same shape | {ev['untrained_student']['recall_at_10']} | {ev['untrained_student']['spearman']} |",
+        f"| random init, untrained, same shape | {ev['untrained_student']['recall_at_10']} | {ev['untrained_student']['spearman']} |",
         "",
         "## Linear-probe accuracy on labels",
         "| teacher | student | TF-IDF |",
@@ -96,7 +96,7 @@ def evaluation_table(evaluation: dict) -> str:
     rows = [
         ("teacher", "1.0 (reference)", "1.0 (reference)", probes.get("teacher", "n/a")),
         ("student", evaluation["student"]["recall_at_10"], evaluation["student"]["spearman"], probes.get("student", "n/a")),
-        ("untrained student", evaluation["untrained_student"]["recall_at_10"], evaluation["untrained_student"]["spearman"], "n/a"),
+        ("random-init student, untrained", evaluation["untrained_student"]["recall_at_10"], evaluation["untrained_student"]["spearman"], "n/a"),
         ("plain TF-IDF", "n/a", "n/a", probes.get("tfidf", "n/a")),
     ]
     lines = ["| model | recall@10 vs teacher | Spearman vs teacher | probe accuracy |", "|---|---|---|---|"]
@@ -121,7 +121,7 @@ def student_evaluation(student: np.ndarray, teacher: np.ndarray) -> dict[str, fl
     op_tags=GPU_POD_TAGS,
     description=(
         "The student: TF-IDF -> sparse first layer -> ReLU/L2 hidden layers -> L2-normalised embedding, trained with the "
-        "Gram-matrix KL loss against the teacher, saved as one safetensors file, and evaluated on held-out documents."
+        "Gram-matrix KL loss plus a cosine term against the teacher, starting from the closed-form ridge map; saved as one safetensors file, and evaluated on held-out documents."
     ),
 )
 def distilled_model(
