@@ -33,14 +33,16 @@ from embedding_assets.engine import LexicalEmbedder  # noqa: E402
 from embedding_assets.engine.classifier import QualityClassifier  # noqa: E402
 from embedding_assets.engine.features import build_features  # noqa: E402
 from embedding_assets.engine.network import init_layers  # noqa: E402
-from embedding_assets.engine.tokenization import load_tokenizer, tokenize  # noqa: E402
+from embedding_assets.engine.tokenization import WordFrontEnd, load_tokenizer, tokenize  # noqa: E402
 from embedding_assets.resources.teacher import default_teacher_dir  # noqa: E402
 from embedding_assets.sample_corpus import NETWORKING_LABELS  # noqa: E402
 
 THREADS = 2
 HIDDEN = [256, 256, 384]
-VOCABULARY = 200_000
+VOCABULARY = 520_000
+MIN_DOCUMENT_FREQUENCY = 1  # the sample has 242k n-grams seen twice or more; once fills 520k
 MAX_N = 5
+WORD_MAX_N = 5
 DOCS = {"short": 20_000, "medium": 1_000, "long": 250}
 TEACHER_DOCS = {"short": 200, "medium": 16, "long": 8}
 
@@ -73,8 +75,12 @@ def build_systems(train_texts: list[str], train_labels: list[str]) -> tuple[dict
 
     log("our vocabulary and model ...")
     batches = [train_texts[i : i + 2048] for i in range(0, len(train_texts), 2048)]
-    feats = build_features(tokenizer_json, [str(i) for i in range(len(train_texts))], batches, VOCABULARY, MAX_N, 2, 2_000_000)
-    ours = LexicalEmbedder(tokenizer_json, feats.vocabulary, init_layers([feats.vocabulary.size, *HIDDEN], 0), np.full(HIDDEN[-1], HIDDEN[-1] ** -0.5, np.float32), 0.3)
+    ids = [str(i) for i in range(len(train_texts))]
+    fallback = np.full(HIDDEN[-1], HIDDEN[-1] ** -0.5, np.float32)
+    feats = build_features(tokenizer_json, ids, batches, VOCABULARY, MAX_N, MIN_DOCUMENT_FREQUENCY, 2_000_000)
+    ours = LexicalEmbedder(tokenizer_json, feats.vocabulary, init_layers([feats.vocabulary.size, *HIDDEN], 0), fallback, 0.3)
+    word_feats = build_features(tokenizer_json, ids, batches, VOCABULARY, WORD_MAX_N, MIN_DOCUMENT_FREQUENCY, 2_000_000, front_end="words")
+    words = LexicalEmbedder(tokenizer_json, word_feats.vocabulary, init_layers([word_feats.vocabulary.size, *HIDDEN], 0), fallback, 0.3)
     classifier = QualityClassifier(list(np.random.default_rng(0).normal(size=HIDDEN[-1])), 0.0, 0.5, ["x"], 0.2, ours.version)
 
     log("luxical vocabulary and model ...")
@@ -89,7 +95,7 @@ def build_systems(train_texts: list[str], train_labels: list[str]) -> tuple[dict
     luxical = initialize_embedder_from_ngram_summary(
         summary, arrow_tok, HIDDEN, min_ngram_count_multiple=1.0, max_vocabulary_size=feats.vocabulary.size
     )
-    notes["vocabulary"] = (feats.vocabulary.size, luxical.recognized_ngrams.shape[0])
+    notes["vocabulary"] = (feats.vocabulary.size, luxical.recognized_ngrams.shape[0], word_feats.vocabulary.size)
     started = time.perf_counter()
     luxical(["warm up the numba kernels"] * 8)
     notes["luxical_compile_s"] = time.perf_counter() - started
@@ -120,14 +126,22 @@ def build_systems(train_texts: list[str], train_labels: list[str]) -> tuple[dict
     logistic = LogisticRegression(max_iter=200).fit(x, [label in positives for label in train_labels])
 
     tokenizer = ours.tokenizer
+    word_front_end = WordFrontEnd()
+
+    def batched(fn):
+        return lambda docs: [fn(docs[i : i + 4096]) for i in range(0, len(docs), 4096)]
+
     systems = {
         "ours: LexicalEmbedder.encode": lambda docs: ours.encode(docs, threads=THREADS),
         "ours: encode + score": lambda docs: classifier.score(ours.encode(docs, threads=THREADS)),
+        "ours, word front end: encode": lambda docs: words.encode(docs, threads=THREADS),
         "luxical Embedder": lambda docs: luxical(docs),
         "teacher all-MiniLM-L6-v2 (CPU)": lambda docs: teacher.encode(docs, batch_size=32),
         "fastText predict": lambda docs: fasttext_model.predict(docs),
         "sklearn TfidfVectorizer + LR": lambda docs: logistic.predict_proba(vectorizer.transform(docs)),
-        "tokenisation alone": lambda docs: [tokenize(tokenizer, docs[i : i + 4096]) for i in range(0, len(docs), 4096)],
+        "tokenisation alone: tokenizers WordPiece": batched(lambda batch: tokenize(tokenizer, batch)),
+        "tokenisation alone: our WordPiece": batched(ours.front_end.tokenize),
+        "tokenisation alone: our words": batched(word_front_end.tokenize),
     }
     return systems, notes
 
@@ -166,7 +180,8 @@ def main() -> None:
                 rows.append((corpus, length, name, count, count / wall, count / max(cpu, 1e-9), tokens_per_doc))
                 log(f"{corpus:12s} {length:7s} {name:32s} {count / wall:10.0f} docs/s")
 
-    print(f"Vocabulary: ours {notes['vocabulary'][0]:,} n-grams, luxical {notes['vocabulary'][1]:,}; layers {'-'.join(map(str, HIDDEN))}; "
+    print(f"Vocabulary: ours {notes['vocabulary'][0]:,} n-grams (word front end {notes['vocabulary'][2]:,}, 1..{WORD_MAX_N} words), "
+          f"luxical {notes['vocabulary'][1]:,}; layers {'-'.join(map(str, HIDDEN))}; "
           f"{THREADS} threads; best of 3. luxical's numba compilation (excluded): {notes['luxical_compile_s']:.1f} s.")
     print()
     print("| corpus | length | system | docs | docs/s | tokens/s | docs/s vs luxical | tokens/s vs luxical | docs per CPU-s | vs luxical |")

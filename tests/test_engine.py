@@ -9,12 +9,13 @@ import torch
 
 from embedding_assets.engine import ArtifactError, LexicalEmbedder
 from embedding_assets.engine.distill import DistillConfig, StudentModule, csr_batch, distill, gram_kl_loss
-from embedding_assets.engine.features import build_features
+from embedding_assets.engine.features import Features, build_features
 from embedding_assets.engine.network import forward, init_layers
 from embedding_assets.engine.hashtable import KeyTable
 from embedding_assets.engine.ngrams import PAD, NgramCounter, known_windows, lookup, ngram_keys, ngram_windows
 from embedding_assets.engine.quantization import dequantize_uint8, quantize_uint8
-from embedding_assets.engine.tokenization import load_tokenizer, tokenize
+from embedding_assets.engine.tfidf import Vocabulary
+from embedding_assets.engine.tokenization import WordFrontEnd, WordPieceFrontEnd, load_tokenizer, tokenize
 
 
 def reference_ngrams(docs: list[list[int]], max_n: int) -> list[tuple[int, tuple[int, ...]]]:
@@ -249,3 +250,69 @@ def test_distillation_learns_and_is_deterministic(small_model):
     assert all(np.array_equal(a, b) for a, b in zip(layers_a, layers_b))
     assert history.epoch_loss[-1] < 0.5 * history.epoch_loss[0]
     del rng
+
+
+TRICKY_TEXTS = [
+    "", " ", "see [MASK] and [mask] here", "ab\x01cd x\x0by \x7fz", "café naïve Ünïcödé ΣΑΣ İstanbul",
+    "中文字符 mixed日本語text", "a\u00a0b\u2009c\u200bd", "x" * 150 + " ok", "tab\there\r\nnew line",
+    "émoji 🎉🎉 done", "\x00zero", "don't-stop.now(1, 2)", "—dash— e\u0301 combining",
+]
+
+
+def test_wordpiece_front_end_gives_the_tokenizers_ids(tokenizer_json, sample_texts):
+    front_end = WordPieceFrontEnd(tokenizer_json)
+    assert front_end.cached
+    tokenizer = load_tokenizer(tokenizer_json)
+    # Three batches: the piece cache is filled by the first and reused, and grown, by the others.
+    for batch in (sample_texts[:700], TRICKY_TEXTS + sample_texts[700:1400], sample_texts[:50] + TRICKY_TEXTS[::-1]):
+        ids, offsets = front_end.tokenize(batch)
+        expected_ids, expected_offsets = tokenize(tokenizer, batch)
+        assert np.array_equal(offsets, expected_offsets)
+        assert np.array_equal(ids, expected_ids)
+
+
+def test_word_front_end_splits_lowercased_words_and_punctuation():
+    ids, offsets = WordFrontEnd().tokenize(["Socket.recv(SOCKET)", "", "  socket  ÉTÉ été\n"])
+    docs = [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+    assert [len(d) for d in docs] == [6, 0, 3]
+    socket, dot, recv, open_, socket_again, close = docs[0]
+    assert socket == socket_again == docs[2][0]
+    assert len({socket, dot, recv, open_, close}) == 5
+    assert docs[2][1] == docs[2][2]  # Unicode lowercasing
+    assert ids.dtype == np.uint32 and np.all(ids != PAD)
+
+
+@pytest.fixture(scope="module")
+def word_model(tokenizer_json, sample_texts):
+    texts = sample_texts[:400]
+    feats = build_features(tokenizer_json, [str(i) for i in range(len(texts))], [texts], 20_000, 2, 2, 100_000, front_end="words")
+    layers = init_layers([feats.vocabulary.size, 32, 16], seed=3)
+    return LexicalEmbedder(tokenizer_json, feats.vocabulary, layers, np.ones(16, np.float32) / 4.0, 0.4), feats, texts
+
+
+def test_word_mode_round_trips_and_its_fast_path_equals_the_training_module(word_model, tmp_path, sample_texts):
+    model, feats, texts = word_model
+    assert feats.vocabulary.front_end == "words"
+    assert Features.from_bytes(feats.to_bytes()).vocabulary.front_end == "words"
+    model.save(tmp_path / "words.safetensors")
+    loaded = LexicalEmbedder.load(tmp_path / "words.safetensors")
+    assert loaded.vocabulary.front_end == "words" and loaded.version == model.version
+    probe = sample_texts[400:900] + TRICKY_TEXTS
+    assert np.array_equal(loaded.encode(probe), model.encode(probe))
+
+    module = StudentModule(model.layers)
+    with torch.no_grad():
+        trained_path = module(*csr_batch(model.tfidf(probe), torch.device("cpu"))).numpy()
+    reference = forward(model.tfidf(probe), model.layers)
+    assert np.abs(trained_path - reference).max() < 1e-5
+    reference[~np.any(reference, axis=1)] = model.fallback
+    assert np.abs(model.encode(probe, batch_size=128, threads=2) - reference).max() < 1e-5
+    # A word-mode model and a WordPiece one over the same texts see different n-grams.
+    assert model.version != LexicalEmbedder(model.tokenizer_json, Vocabulary(feats.vocabulary.ngrams, feats.vocabulary.idf), model.layers, model.fallback, 0.4).version
+
+
+def test_luxical_export_refuses_the_word_mode(word_model, tmp_path):
+    model, _, _ = word_model
+    with pytest.raises(ArtifactError, match="WordPiece"):
+        model.to_luxical(tmp_path / "words.npz")
+    assert not (tmp_path / "words.npz").exists()

@@ -1,6 +1,7 @@
 """Features: the n-gram vocabulary with its IDF, and the TF-IDF matrix of the training sample."""
 
 import time
+from typing import Literal
 
 import dagster as dg
 import numpy as np
@@ -22,6 +23,10 @@ class FeaturesConfig(dg.Config):
     max_ngram_length: int = Field(default=5, description="Longest n-gram, in WordPiece tokens.")
     min_document_frequency: int = Field(default=2, description="An n-gram must occur in at least this many sample documents.")
     counter_capacity: int = Field(default=2_000_000, description="N-grams the approximate counter tracks at once (bounds its memory).")
+    front_end: Literal["wordpiece", "words"] = Field(
+        default="wordpiece",
+        description="Tokens the n-grams are made of: the teacher's WordPiece (luxical-compatible) or lowercased words hashed to ids (faster; not exportable to luxical).",
+    )
 
 
 def read_sample(storage: Storage, columns: list[str]):
@@ -32,12 +37,14 @@ def read_sample(storage: Storage, columns: list[str]):
 def idf_bands(built, per_band: int = 8) -> str:
     """A table of n-grams from the common, middle and rare ends of the IDF range."""
     tokenizer = load_tokenizer(built.tokenizer_json)
+    hashed = built.vocabulary.front_end == "words"  # word ids are hashes: shown in hex, not decoded
     order = np.argsort(built.vocabulary.idf, kind="stable")
     middle = len(order) // 2 - per_band // 2
     bands = {"common (low IDF)": order[:per_band], "middle": order[middle : middle + per_band], "rare (high IDF)": order[-per_band:]}
     lines = ["| band | n-grams |", "|---|---|"]
     for band, picked in bands.items():
-        grams = [tokenizer.decode([int(t) for t in built.vocabulary.ngrams[i] if t != PAD]) for i in picked]
+        rows = ([int(t) for t in built.vocabulary.ngrams[i] if t != PAD] for i in picked)
+        grams = [" ".join(f"{t:08x}" for t in ids) if hashed else tokenizer.decode(ids) for ids in rows]
         lines.append(f"| {band} | {', '.join(f'`{g}`' for g in grams)} |")
     return "\n".join(lines) + "\n"
 
@@ -65,6 +72,7 @@ def features(context: dg.AssetExecutionContext, config: FeaturesConfig, storage:
         max_ngram_length=config.max_ngram_length,
         min_document_frequency=config.min_document_frequency,
         counter_capacity=config.counter_capacity,
+        front_end=config.front_end,
     )
     seconds = time.perf_counter() - started
     data = built.to_bytes()

@@ -22,11 +22,13 @@ from embedding_assets.engine.ngrams import count_per_document, known_windows
 from embedding_assets.engine.quantization import quantize_uint8
 from embedding_assets.engine.storage import read_bytes, write_bytes_atomic
 from embedding_assets.engine.tfidf import Vocabulary, count_matrix, tfidf_rows
-from embedding_assets.engine.tokenization import load_tokenizer, tokenize
+from embedding_assets.engine.tokenization import WORDPIECE, load_tokenizer, make_front_end
 
 
 class LexicalEmbedder:
-    """Text -> WordPiece n-grams -> TF-IDF -> sparse-to-dense ReLU network -> unit vector.
+    """Text -> token n-grams -> TF-IDF -> sparse-to-dense ReLU network -> unit vector.
+
+    The tokens are WordPiece (the tokenizer's) or hashed words, as the vocabulary's `front_end` says.
 
     `fallback` is the vector given to texts with no known n-gram (an empty string, say): the
     normalised mean of the training embeddings, so every row of `encode` has norm 1.
@@ -52,6 +54,7 @@ class LexicalEmbedder:
             raise ArtifactError(f"fallback vector has shape {fallback.shape}, expected ({layers[-1].shape[1]},)")
         self.tokenizer_json = tokenizer_json
         self.tokenizer = load_tokenizer(tokenizer_json)
+        self.front_end = make_front_end(vocabulary.front_end, tokenizer_json)
         self.vocabulary = vocabulary
         self.layers = [np.ascontiguousarray(w, dtype=np.float32) for w in layers]
         self.fallback = np.asarray(fallback, dtype=np.float32)
@@ -67,7 +70,7 @@ class LexicalEmbedder:
         return [self.vocabulary.size] + [w.shape[1] for w in self.layers]
 
     def tfidf(self, texts: Sequence[str]) -> sp.csr_matrix:
-        return tfidf_rows(count_matrix(self.tokenizer, self.vocabulary, texts), self.vocabulary.idf)
+        return tfidf_rows(count_matrix(self.front_end, self.vocabulary, texts), self.vocabulary.idf)
 
     def encode(self, texts: Sequence[str] | Iterable[str], batch_size: int = 4096, threads: int | None = None) -> np.ndarray:
         """Unit-norm float32 embeddings, shape (len(texts), dim)."""
@@ -123,7 +126,7 @@ class LexicalEmbedder:
     def _encode_batch(self, texts: Sequence[str]) -> np.ndarray:
         # TF-IDF's L2 norm is a positive per-row factor: it commutes with ReLU and the next L2
         # normalisation removes it, so raw counts times IDF give the same embedding.
-        ids, offsets = tokenize(self.tokenizer, texts)
+        ids, offsets = self.front_end.tokenize(texts)
         indptr, columns = known_windows(ids, offsets, self.vocabulary.max_n, self._key_table.lookup)
         indptr, columns, counts = count_per_document(indptr, columns)
         hidden = bag_sum(indptr, columns, counts * self.vocabulary.idf[columns], self._first_layer)
@@ -138,6 +141,7 @@ class LexicalEmbedder:
     def _config(self) -> dict:
         return {
             "tokenizer": self.tokenizer_json,
+            "front_end": self.vocabulary.front_end,
             "max_ngram_length": self.vocabulary.max_n,
             "dims": self.dims,
             "quantization_limit": self.quantization_limit,
@@ -175,6 +179,7 @@ class LexicalEmbedder:
         vocabulary = Vocabulary(
             artifact.require(tensors, "vocabulary.ngrams", (dims[0], max_n), np.uint32),
             artifact.require(tensors, "vocabulary.idf", (dims[0],), np.float32),
+            config.get("front_end", WORDPIECE),
         )
         layers = [
             artifact.require(tensors, f"layers.{i}", (dims[i], dims[i + 1]), np.float32)
@@ -216,6 +221,11 @@ class LexicalEmbedder:
 
     def to_luxical(self, path: str | os.PathLike) -> None:
         """Write this model as a luxical v1 `.npz` (needs two or more layers; the fallback vector is not kept)."""
+        if self.vocabulary.front_end != WORDPIECE:
+            raise ArtifactError(
+                f"luxical models read WordPiece n-grams; this model's front end is {self.vocabulary.front_end!r}, "
+                "which luxical cannot reproduce. Train with front_end='wordpiece' to export."
+            )
         buffer = io.BytesIO()
         write_luxical(buffer, self.tokenizer.to_str(), self.vocabulary.ngrams, self.vocabulary.idf, self.layers)
         write_bytes_atomic(path, buffer.getvalue())

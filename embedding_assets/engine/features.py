@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from embedding_assets.engine import artifact
 from embedding_assets.engine.ngrams import NgramCounter
 from embedding_assets.engine.tfidf import Vocabulary, count_matrix, tfidf_rows
-from embedding_assets.engine.tokenization import load_tokenizer, tokenize
+from embedding_assets.engine.tokenization import WORDPIECE, make_front_end
 
 FEATURES_FORMAT = "embedding_assets.features"
 
@@ -34,7 +34,12 @@ class Features:
             "tfidf.indices": self.tfidf.indices.astype(np.int32),
             "tfidf.data": self.tfidf.data.astype(np.float32),
         }
-        config = {"tokenizer": self.tokenizer_json, "ids": self.ids, "counted_ngrams": self.counted_ngrams}
+        config = {
+            "tokenizer": self.tokenizer_json,
+            "front_end": self.vocabulary.front_end,
+            "ids": self.ids,
+            "counted_ngrams": self.counted_ngrams,
+        }
         return artifact.dump(config, tensors, FEATURES_FORMAT)
 
     @classmethod
@@ -42,7 +47,9 @@ class Features:
         config, tensors = artifact.parse(data, FEATURES_FORMAT)
         ngrams = artifact.require(tensors, "vocabulary.ngrams", (None, None), np.uint32)
         size, n_docs = len(ngrams), len(config["ids"])
-        vocabulary = Vocabulary(ngrams, artifact.require(tensors, "vocabulary.idf", (size,), np.float32))
+        vocabulary = Vocabulary(
+            ngrams, artifact.require(tensors, "vocabulary.idf", (size,), np.float32), config.get("front_end", WORDPIECE)
+        )
         indptr = artifact.require(tensors, "tfidf.indptr", (n_docs + 1,), np.int64)
         indices = artifact.require(tensors, "tfidf.indices", (indptr[-1],), np.int32)
         values = artifact.require(tensors, "tfidf.data", (indptr[-1],), np.float32)
@@ -64,18 +71,20 @@ def build_features(
     max_ngram_length: int,
     min_document_frequency: int,
     counter_capacity: int,
+    front_end: str = WORDPIECE,
 ) -> Features:
     """Pick the vocabulary in one bounded-memory pass, then count exactly over the kept n-grams.
 
     `text_batches` is iterated twice; it must be re-iterable (a list of batches, say).
+    `front_end` is "wordpiece" (the tokenizer's ids) or "words" (hashed words; see `tokenization`).
     """
-    tokenizer = load_tokenizer(tokenizer_json)
+    tokens = make_front_end(front_end, tokenizer_json)
     counter = NgramCounter(counter_capacity, max_ngram_length)
     for texts in text_batches:
-        ids_flat, offsets = tokenize(tokenizer, texts)
+        ids_flat, offsets = tokens.tokenize(texts)
         counter.update(ids_flat, offsets)
-    vocabulary = Vocabulary.from_counter(counter, vocabulary_size, min_document_frequency)
-    counts = sp.vstack([count_matrix(tokenizer, vocabulary, texts) for texts in text_batches], format="csr")
+    vocabulary = Vocabulary.from_counter(counter, vocabulary_size, min_document_frequency, front_end)
+    counts = sp.vstack([count_matrix(tokens, vocabulary, texts) for texts in text_batches], format="csr")
     if counts.shape[0] != len(ids):
         raise ValueError(f"{counts.shape[0]} texts but {len(ids)} ids")
     df = np.bincount(counts.indices, minlength=vocabulary.size).astype(np.int64)

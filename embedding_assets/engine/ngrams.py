@@ -190,8 +190,12 @@ def count_per_document(indptr: np.ndarray, columns: np.ndarray) -> tuple[np.ndar
     summing their counts; one sort of (document, column) pairs per batch costs less than
     the products it saves.
     """
-    docs = np.repeat(np.arange(len(indptr) - 1, dtype=np.uint64), np.diff(indptr))
-    pairs = np.sort((docs << np.uint64(32)) | columns.astype(np.uint64))
+    num_docs = len(indptr) - 1
+    width = int(columns.max()) + 1 if len(columns) else 1
+    # (document, column) as one integer; 32 bits when they fit, which sorts about twice as fast.
+    dtype = np.uint32 if num_docs * width < 2**32 else np.uint64
+    docs = np.repeat(np.arange(num_docs, dtype=dtype), np.diff(indptr))
+    pairs = np.sort(docs * dtype(width) + columns.astype(dtype))
     first = np.empty(len(pairs), dtype=bool)
     first[:1] = True
     np.not_equal(pairs[1:], pairs[:-1], out=first[1:])
@@ -199,5 +203,5 @@ def count_per_document(indptr: np.ndarray, columns: np.ndarray) -> tuple[np.ndar
     counts = np.diff(np.append(starts, len(pairs)))
     pairs = pairs[starts]
     new_indptr = np.zeros(len(indptr), dtype=np.int64)
-    np.cumsum(np.bincount((pairs >> np.uint64(32)).astype(np.int64), minlength=len(indptr) - 1), out=new_indptr[1:])
-    return new_indptr, (pairs & np.uint64(0xFFFFFFFF)).astype(np.int32), counts.astype(np.float32)
+    np.cumsum(np.bincount((pairs // dtype(width)).astype(np.int64), minlength=num_docs), out=new_indptr[1:])
+    return new_indptr, (pairs % dtype(width)).astype(np.int32), counts.astype(np.float32)
