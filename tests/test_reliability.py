@@ -189,7 +189,7 @@ def newer_model(data: bytes) -> bytes:
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [(tampered_model, "content hash does not match"), (newer_model, "newer than this build reads"), (lambda d: d[: len(d) // 2], "not a safetensors file")],
+    [(tampered_model, "content hash does not match"), (newer_model, "newer than this build reads"), (lambda d: d[: len(d) // 2], "tensors are unreadable")],
     ids=["tampered", "newer-format", "truncated"],
 )
 def test_a_bad_model_file_fails_scoring_by_name_and_changes_nothing(trained, change, message):
