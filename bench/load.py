@@ -7,8 +7,10 @@ from the seed (nothing stored: documents of about WORDS words drawn from the sam
 frequencies, written as parquet shards in a temporary directory), ingests every shard, and scores
 them one after another in ONE fresh process, each shard a `scored_corpus` materialisation through
 Dagster (the real scoring code path). After each shard the process reports its documents so far,
-its peak RSS (ru_maxrss) and its current RSS: since shards stream in record batches, the peak
-after the first 100k documents and after all of them should be the same.
+its peak RSS and its current RSS: since shards stream in record batches, the peak after the first
+100k documents and after all of them should be the same. The peak is the process's own high-water
+mark (VmHWM): ru_maxrss would not do, since Linux carries it over from the parent through
+vfork and exec, and the parent held the teacher while training.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SCORER = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
 import dagster as dg
 from embedding_assets.definitions import ALL_ASSETS, resources_from_env
 from embedding_assets.resources import Compute
@@ -49,7 +51,7 @@ for shard in shards:
     [event] = result.get_asset_materialization_events()
     docs += event.materialization.metadata["dagster/row_count"].value
     print(json.dumps({"shard": shard, "docs": docs, "seconds": time.perf_counter() - started,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_mb": rss_mb("VmRSS")}), flush=True)
+                      "peak_rss_mb": rss_mb("VmHWM"), "rss_mb": rss_mb("VmRSS")}), flush=True)
 """
 
 
