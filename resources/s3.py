@@ -58,7 +58,8 @@ def is_transient(exc: BaseException | None) -> bool:
         if isinstance(exc, ClientError):
             return exc.response.get("Error", {}).get("Code") not in PERMANENT_CODES
         if isinstance(exc, S3UploadFailedError):
-            return not any(code in str(exc) for code in PERMANENT_CODES)
+            # Only the message names the cause; match named codes, not numbers a port could contain.
+            return not any(code in str(exc) for code in PERMANENT_CODES if not code.isdigit())
         if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
             return False
         if isinstance(exc, (BotoCoreError, OSError)):

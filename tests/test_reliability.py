@@ -334,3 +334,26 @@ def test_encode_never_raises_and_gives_unit_finite_rows_for_any_unicode(embedder
     assert out.shape == (len(texts), 16) and out.dtype == np.float32
     assert np.isfinite(out).all()
     assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def test_which_storage_errors_are_worth_a_retry():
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+
+    def answer(code):
+        return ClientError({"Error": {"Code": code, "Message": ""}}, "GetObject")
+
+    transient = [
+        EndpointConnectionError(endpoint_url="http://127.0.0.1:40031"),
+        ReadTimeoutError(endpoint_url="http://127.0.0.1:40031"),
+        answer("500"), answer("503"), answer("SlowDown"),
+        S3UploadFailedError("Failed to upload to b/k: Could not connect to the endpoint URL: http://127.0.0.1:40031/b"),
+        ConnectionResetError(),
+    ]
+    permanent = [
+        answer("NoSuchBucket"), answer("NoSuchKey"), answer("404"), answer("AccessDenied"),
+        S3UploadFailedError("An error occurred (NoSuchBucket) when calling the PutObject operation"),
+        FileNotFoundError("gone.parquet"), PermissionError(), ValueError("bad content"),
+    ]
+    assert [is_transient(e) for e in transient] == [True] * len(transient)
+    assert [is_transient(e) for e in permanent] == [False] * len(permanent)
