@@ -6,8 +6,8 @@ Every batch that comes out has `id: string`, `text: string` and the shard's othe
 What breaks the schema (a missing column, a null or non-string id or text, bytes that are not
 UTF-8, malformed JSON, a corrupt file) raises `InputError` naming the shard, row and column.
 What breaks content rules (duplicate ids, empty texts, ...) is the raw_corpus checks' job.
-A shard that cannot be listed or read (a missing bucket, an endpoint that went away) raises
-`InputError` naming its URL.
+A shard that cannot be listed or read (a missing bucket, an endpoint that went away, a file
+deleted after it was listed) raises `SourceUnavailable`, an `InputError` naming its URL.
 
 Both functions take the fsspec filesystem to use, so a caller can pass one configured for its
 endpoint and credentials; without one, the URL's protocol picks a default filesystem.
@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from botocore.exceptions import BotoCoreError, ClientError
 
-from embedding_assets.engine.errors import InputError
+from embedding_assets.engine.errors import InputError, SourceUnavailable
 
 SHARD_SUFFIXES = (".parquet", ".jsonl", ".txt")
 REQUIRED_COLUMNS = ("id", "text")
@@ -45,7 +45,7 @@ def list_shards(location: str, fs: fsspec.AbstractFileSystem | None = None) -> d
         # On S3 a prefix with no objects, and a missing bucket, are both "not a directory".
         paths = sorted(fs.find(root)) if fs.isdir(root) else None
     except FILESYSTEM_ERRORS as exc:
-        raise InputError(f"corpus location {location} cannot be listed: {type(exc).__name__}: {exc}") from exc
+        raise SourceUnavailable(f"corpus location {location} cannot be listed: {type(exc).__name__}: {exc}") from exc
     if paths is None:
         raise InputError(f"corpus location {location} does not exist or is not a directory")
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
@@ -72,7 +72,7 @@ def shard_fingerprints(location: str, fs: fsspec.AbstractFileSystem | None = Non
         try:
             info = fs.info(fs._strip_protocol(url))
         except FILESYSTEM_ERRORS as exc:
-            raise InputError(f"shard {key} ({url}) cannot be read: {type(exc).__name__}: {exc}") from exc
+            raise SourceUnavailable(f"shard {key} ({url}) cannot be read: {type(exc).__name__}: {exc}") from exc
         # S3 gives an ETag (a content hash for single-part puts); local files give mtime only.
         stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
         fingerprints[key] = f"{info.get('size')}-{str(stamp).strip(chr(34))}"
@@ -93,7 +93,7 @@ def read_shard(url: str, batch_size: int = 8192, fs: fsspec.AbstractFileSystem |
             yield _conform(batch, shard, row)
             row += batch.num_rows
     except FILESYSTEM_ERRORS as exc:
-        raise InputError(f"shard {shard}: cannot read {url} after row {row}: {type(exc).__name__}: {exc}") from exc
+        raise SourceUnavailable(f"shard {shard}: cannot read {url} after row {row}: {type(exc).__name__}: {exc}") from exc
 
 
 def _conform(batch: pa.RecordBatch, shard: str, first_row: int) -> pa.RecordBatch:
@@ -141,6 +141,7 @@ def _lines(fs, path: str, shard: str) -> Iterator[tuple[int, str]]:
 
 def _jsonl_batches(fs, path: str, shard: str, batch_size: int) -> Iterator[pa.RecordBatch]:
     rows: list[dict] = []
+    numbers: list[int] = []
     for number, line in _lines(fs, path, shard):
         if not line.strip():
             continue
@@ -151,11 +152,27 @@ def _jsonl_batches(fs, path: str, shard: str, batch_size: int) -> Iterator[pa.Re
         if not isinstance(record, dict):
             raise InputError(f"shard {shard}: line {number}: expected a JSON object, got {type(record).__name__}")
         rows.append(record)
+        numbers.append(number)
         if len(rows) == batch_size:
-            yield pa.RecordBatch.from_pylist(rows)
-            rows = []
+            yield _records_batch(rows, numbers, shard)
+            rows, numbers = [], []
     if rows:
-        yield pa.RecordBatch.from_pylist(rows)
+        yield _records_batch(rows, numbers, shard)
+
+
+def _records_batch(rows: list[dict], numbers: list[int], shard: str) -> pa.RecordBatch:
+    try:
+        return pa.RecordBatch.from_pylist(rows)
+    except UnicodeEncodeError as exc:
+        # A JSON escape such as "\ud800" decodes to a lone surrogate, which is not text.
+        for number, row in zip(numbers, rows):
+            try:
+                json.dumps(row, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError(f"shard {shard}: line {number}: a string holds a lone surrogate, not valid Unicode") from exc
+        raise InputError(f"shard {shard}: lines {numbers[0]}-{numbers[-1]}: not valid Unicode ({exc})") from exc
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputError(f"shard {shard}: lines {numbers[0]}-{numbers[-1]}: a column mixes types across lines ({exc})") from exc
 
 
 def _txt_batches(fs, path: str, shard: str, batch_size: int) -> Iterator[pa.RecordBatch]:

@@ -48,6 +48,26 @@ def describe_s3_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+PERMANENT_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket", "403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "400", "InvalidBucketName"}
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Whether trying again later may succeed: a connection refused or cut, a timeout, a 5xx or throttling
+    answer; not a missing bucket or object, a refused credential, or a file that is not there."""
+    while exc is not None:
+        if isinstance(exc, ClientError):
+            return exc.response.get("Error", {}).get("Code") not in PERMANENT_CODES
+        if isinstance(exc, S3UploadFailedError):
+            # Only the message names the cause; match named codes, not numbers a port could contain.
+            return not any(code in str(exc) for code in PERMANENT_CODES if not code.isdigit())
+        if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+            return False
+        if isinstance(exc, (BotoCoreError, OSError)):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 class S3Settings(dg.Config):
     """Where S3 is. Unset fields fall back to boto3's own (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, AWS_PROFILE)."""
 
@@ -79,7 +99,9 @@ class S3Settings(dg.Config):
         return s3fs.S3FileSystem(
             profile=self.profile_name,
             client_kwargs=client_kwargs,
-            config_kwargs={"retries": {"max_attempts": self.max_attempts}},
+            # The same retry rules as the boto3 client that dagster-aws builds: connection errors,
+            # 5xx and throttling answers are retried with exponential backoff and jitter.
+            config_kwargs={"retries": {"max_attempts": self.max_attempts, "mode": "standard"}},
             # Shards keep landing under the prefix: never answer a listing from a stale cache.
             use_listings_cache=False,
         )

@@ -5,12 +5,19 @@ target. On S3, bytes go up as one object through the dagster-aws client: a singl
 above boto3's multipart threshold a multipart upload that either completes or is aborted.
 Parquet is first written to a local temporary file, so a failure while producing the batches
 leaves nothing on S3. Readers therefore see the previous version or the new one, never a part.
+A local temporary file left by a killed writer is removed by the next write of the same target.
+
+Transient failures (a connection refused or cut, a 5xx answer) are retried by the clients
+(botocore's standard retry mode, `S3Settings.max_attempts`) and then by the assets' Dagster
+`RetryPolicy`; a `StorageError` says whether it is worth retrying, so a missing bucket or
+object fails at once.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -22,8 +29,12 @@ import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 from pydantic import Field, PrivateAttr, field_validator
 
-from embedding_assets.engine.storage import write_bytes_atomic
-from embedding_assets.resources.s3 import S3_ERRORS, S3Settings, describe_s3_error, is_s3, split_s3_uri
+from embedding_assets.engine.storage import remove_orphaned_temps, temp_file, write_bytes_atomic
+from embedding_assets.resources.s3 import S3_ERRORS, S3Settings, describe_s3_error, is_s3, is_transient, split_s3_uri
+
+# For the assets that read and write storage: a step that failed on a transient storage error is
+# run again after 1 s, then after 3 s more (on top of the clients' own retries).
+STORAGE_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=1, backoff=dg.Backoff.EXPONENTIAL)
 
 
 class StorageError(dg.Failure):
@@ -39,7 +50,7 @@ class StorageError(dg.Failure):
             reason = reason or describe_s3_error(exc)
         else:
             reason = reason or f"{type(exc).__name__}: {exc}"
-        super().__init__(description=f"cannot {action} {where}: {reason}", metadata=metadata)
+        super().__init__(description=f"cannot {action} {where}: {reason}", metadata=metadata, allow_retries=is_transient(exc))
 
 
 class Storage(dg.ConfigurableResource):
@@ -93,6 +104,36 @@ class Storage(dg.ConfigurableResource):
             raise StorageError("look up", uri, exc) from exc
         return False
 
+    def list_names(self, *parts: str) -> list[str]:
+        """Names of the entries (files and folders) directly under a folder; empty when there is none."""
+        uri = self.uri(*parts)
+        try:
+            if not is_s3(uri):
+                return sorted(p.name for p in Path(uri).iterdir()) if Path(uri).is_dir() else []
+            bucket, key = split_s3_uri(uri.rstrip("/") + "/")
+            names = set()
+            for page in self._client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key, Delimiter="/"):
+                names.update(p["Prefix"][len(key) :].rstrip("/") for p in page.get("CommonPrefixes", []))
+                names.update(o["Key"][len(key) :] for o in page.get("Contents", []))
+            return sorted(names)
+        except S3_ERRORS as exc:
+            raise StorageError("list", uri, exc) from exc
+
+    def delete_folder(self, *parts: str) -> None:
+        """Remove a folder and everything under it (on S3, every object under the prefix)."""
+        uri = self.uri(*parts)
+        try:
+            if not is_s3(uri):
+                shutil.rmtree(uri, ignore_errors=True)
+                return
+            bucket, key = split_s3_uri(uri.rstrip("/") + "/")
+            for page in self._client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+                objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if objects:
+                    self._client().delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+        except S3_ERRORS as exc:
+            raise StorageError("delete", uri, exc) from exc
+
     def write_bytes(self, data: bytes, *parts: str) -> str:
         uri = self.uri(*parts)
         if is_s3(uri):
@@ -137,10 +178,16 @@ class Storage(dg.ConfigurableResource):
         """Stream record batches into one parquet object; returns its URI and row count."""
         uri = self.uri(*parts)
         local = not is_s3(uri)
-        directory = Path(uri).parent if local else None
         if local:
-            directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{Path(uri).name}.", suffix=".tmp")
+            try:
+                Path(uri).parent.mkdir(parents=True, exist_ok=True)
+                remove_orphaned_temps(Path(uri))
+                fd, tmp = temp_file(Path(uri))
+            except OSError as exc:
+                raise StorageError("write", uri, exc) from exc
+        else:
+            # Staged on the local disk, then one upload: nothing is on S3 until the file is whole.
+            fd, tmp = temp_file(Path(split_s3_uri(uri)[1]), Path(tempfile.gettempdir()))
         os.close(fd)
         rows = 0
         try:

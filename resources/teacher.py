@@ -60,13 +60,17 @@ class Teacher(dg.ConfigurableResource):
             raise dg.Failure(f"teacher {self.model!r} has no tokenizer.json to build lexical features from")
         return (model_dir / "tokenizer.json").read_text(encoding="utf-8")
 
-    def embedding_dim(self) -> int | None:
-        """The dimension the teacher's vectors will have, read from its pooling config."""
+    def native_dim(self) -> int | None:
+        """The dimension of the teacher's own vectors, from its pooling config (None if it has none)."""
         model_dir = self.model_dir()
         pooling = sorted(model_dir.glob("*Pooling/config.json")) if model_dir else []
-        if not pooling:
+        return int(json.loads(pooling[0].read_text())["word_embedding_dimension"]) if pooling else None
+
+    def embedding_dim(self) -> int | None:
+        """The dimension the teacher's vectors will have, read from its pooling config."""
+        dim = self.native_dim()
+        if dim is None:
             return self.truncate_dim or None
-        dim = json.loads(pooling[0].read_text())["word_embedding_dimension"]
         return min(dim, self.truncate_dim) if self.truncate_dim else dim
 
     def identity(self) -> dict:

@@ -111,6 +111,19 @@ def pipeline(small_corpus, tmp_path_factory):
         yield {"instance": instance, "resources": resources, "storage": storage_dir, "ids": ids, "results": results}
 
 
+def failure_text(result) -> str:
+    """The message of a failed run's first step failure (error and Failure description together)."""
+    failures = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert failures, "the run did not fail"
+    data = failures[0].step_failure_data
+    return " ".join(filter(None, [data.error.message if data.error else None, getattr(data.user_failure_data, "description", None)]))
+
+
+def step_retries(result) -> int:
+    """How many times a run's steps were put up for retry."""
+    return sum(1 for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -2,6 +2,7 @@
 in a bucket, the same values as a local run, and clear errors that lose nothing when S3 fails."""
 
 import io
+import threading
 
 import dagster as dg
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from embedding_assets.definitions import ALL_ASSETS, resources_from_env
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import CorpusSource, S3Settings, Storage, StorageError
-from conftest import materialize_pipeline
+from conftest import failure_text, materialize_pipeline, step_retries
 
 BUCKET = "curation-test"
 MISSING = "no-such-bucket"
@@ -30,13 +31,6 @@ def snapshot(client, prefix: str) -> dict[str, tuple[str, bytes]]:
             body = client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
             objects[item["Key"]] = (item["ETag"], body)
     return objects
-
-
-def failure_text(result) -> str:
-    failures = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
-    assert failures, "the run did not fail"
-    data = failures[0].step_failure_data
-    return " ".join(filter(None, [data.error.message if data.error else None, getattr(data.user_failure_data, "description", None)]))
 
 
 def materialize_one(resources: dict, asset: str, shard: str):
@@ -85,7 +79,11 @@ def test_every_output_lands_in_the_bucket(s3_pipeline):
         "distilled_model.safetensors", "distilled_model.md", "quality_classifier.json",
     )}
     expected |= {f"storage/{stage}/{shard}.parquet" for stage in ("raw_corpus", "scored_corpus") for shard in shards}
-    assert keys == expected
+    chunks = {key for key in keys if key.startswith("storage/teacher_chunks/")}
+    assert keys - chunks == expected
+    # The teacher's chunks of the current version: one folder, 560 documents in chunks of 512.
+    assert len({key.split("/")[2] for key in chunks}) == 1
+    assert sorted(key.split("/")[3] for key in chunks) == ["000000.parquet", "000001.parquet"]
 
 
 def test_scored_shards_in_the_bucket_follow_the_contract(s3_pipeline):
@@ -123,7 +121,9 @@ def test_missing_bucket_is_named_for_outputs_and_for_the_corpus(moto_s3, s3_pipe
     settings = S3Settings(endpoint_url=moto_s3.endpoint_url, max_attempts=2)
     corpus = s3_pipeline["resources"]["corpus"]
     resources = {**s3_pipeline["resources"], "storage": Storage(base=f"s3://{MISSING}/out", s3=settings)}
-    message = failure_text(materialize_one(resources, "raw_corpus", "lines"))
+    result = materialize_one(resources, "raw_corpus", "lines")
+    assert step_retries(result) == 0  # a missing bucket does not come back by waiting
+    message = failure_text(result)
     assert f"s3://{MISSING}/out/raw_corpus/lines.parquet" in message
     assert f"bucket '{MISSING}'" in message and "key 'out/raw_corpus/lines.parquet'" in message
     assert "the bucket does not exist" in message
@@ -171,12 +171,55 @@ def test_endpoint_going_away_is_named_and_loses_nothing(s3_pipeline):
         assert f"bucket '{BUCKET}', key 'storage/scored_corpus/lines.parquet'" in message
         assert "Could not connect to the endpoint" in message
 
-        # A whole Dagster run against the stopped endpoint fails on its first object, by name.
-        message = failure_text(materialize_one(s3_pipeline["resources"], "scored_corpus", "lines"))
-        assert f"bucket '{BUCKET}', key 'storage/distilled_model.safetensors'" in message
-        message = failure_text(materialize_one(s3_pipeline["resources"], "raw_corpus", "lines"))
-        assert f"s3://{BUCKET}/corpus" in message and "cannot be listed" in message
+        # A whole Dagster run against the stopped endpoint is retried by its RetryPolicy, then fails
+        # on its first object, by name.
+        result = materialize_one(s3_pipeline["resources"], "scored_corpus", "lines")
+        assert f"bucket '{BUCKET}', key 'storage/distilled_model.safetensors'" in failure_text(result)
+        assert step_retries(result) == 2
+        result = materialize_one(s3_pipeline["resources"], "raw_corpus", "lines")
+        assert f"s3://{BUCKET}/corpus" in failure_text(result) and "cannot be listed" in failure_text(result)
+        assert step_retries(result) == 2
     finally:
         if not server.running:
             server.start()
     assert snapshot(client, "storage/") == before
+
+
+def test_teacher_chunks_on_s3_are_reused_and_older_sets_removed(s3_pipeline):
+    client, resources = s3_pipeline["client"], s3_pipeline["resources"]
+    client.put_object(Bucket=BUCKET, Key="storage/teacher_chunks/0123456789abcdef/000000.parquet", Body=b"an older set")
+    before = read_parquet(client, "storage/teacher_embeddings.parquet")
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(ALL_ASSETS, selection=["teacher_embeddings"], instance=instance, resources=resources)
+    [event] = result.get_asset_materialization_events()
+    meta = {k: v.value for k, v in event.materialization.metadata.items() if hasattr(v, "value")}
+    assert (meta["chunks"], meta["chunks_reused"], meta["chunks_computed"], meta["chunk_folders_removed"]) == (2, 2, 0, 1)
+    assert not [k for k in snapshot(client, "storage/teacher_chunks/") if "0123456789abcdef" in k]
+    assert read_parquet(client, "storage/teacher_embeddings.parquet").equals(before)
+
+
+def test_an_endpoint_refusing_connections_for_a_moment_is_retried(s3_pipeline):
+    """The endpoint is down when the run starts and back half a second later: the storage client's
+    retries (and if they run out, the step's RetryPolicy) carry the run through."""
+    client, server = s3_pipeline["client"], s3_pipeline["server"]
+    before = read_parquet(client, "storage/scored_corpus/lines.parquet")
+    server.stop()
+    restart = threading.Timer(0.5, server.start)
+    restart.start()
+    try:
+        result = materialize_one(s3_pipeline["resources"], "scored_corpus", "lines")
+    finally:
+        restart.join()
+    assert result.success
+    after = read_parquet(client, "storage/scored_corpus/lines.parquet")
+    for column in ("id", "embedding", "score", "keep"):
+        assert after[column].equals(before[column]), column
+
+    server.stop()
+    restart = threading.Timer(0.5, server.start)
+    restart.start()
+    try:
+        storage = Storage(base=f"s3://{BUCKET}/storage", s3=S3Settings(endpoint_url=server.endpoint_url, max_attempts=5))
+        assert storage.read_bytes("quality_classifier.json").startswith(b"{")
+    finally:
+        restart.join()

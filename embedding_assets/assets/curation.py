@@ -16,15 +16,35 @@ from embedding_assets.assets.teacher import embedding_column
 from embedding_assets.assets.training import MODEL_FILE, distilled_model
 from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.engine.classifier import QualityClassifier, fit_classifier
+from embedding_assets.engine.errors import ArtifactError
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.plots import score_histogram
 from embedding_assets.progress import ProgressLog, throughput
 from embedding_assets.resources import Storage
+from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
 from embedding_assets.sample_corpus import NETWORKING_LABELS
 from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_data_version, latest_metadata_value
 from embedding_assets.placement import SHARD_POD_TAGS
 
 CLASSIFIER_FILE = "quality_classifier.json"
+# Texts are scored on at most this many characters (the raw_corpus gate's default ceiling); the
+# rest is cut and counted, so one huge document costs bounded time and memory.
+MAX_SCORED_CHARS = 1_000_000
+
+
+def read_model(storage: Storage) -> LexicalEmbedder:
+    """The stored student; a malformed, tampered or foreign file fails the step naming the file."""
+    try:
+        return LexicalEmbedder.from_bytes(storage.read_bytes(MODEL_FILE))
+    except ArtifactError as exc:
+        raise dg.Failure(f"{storage.uri(MODEL_FILE)}: {exc}", allow_retries=False) from exc
+
+
+def read_classifier(storage: Storage) -> QualityClassifier:
+    try:
+        return QualityClassifier.from_json(storage.read_bytes(CLASSIFIER_FILE))
+    except ArtifactError as exc:
+        raise dg.Failure(f"{storage.uri(CLASSIFIER_FILE)}: {exc}", allow_retries=False) from exc
 
 
 class ClassifierConfig(dg.Config):
@@ -39,13 +59,14 @@ class ClassifierConfig(dg.Config):
     kinds={"sklearn", "json"},
     owners=OWNERS,
     code_version=CODE_VERSIONS["quality_classifier"],
+    retry_policy=STORAGE_RETRY_POLICY,
     description="Logistic regression on student embeddings, trained from the label column, with a keep threshold calibrated once to a target keep fraction.",
 )
 def quality_classifier(context: dg.AssetExecutionContext, config: ClassifierConfig, storage: Storage) -> dg.MaterializeResult:
     from sklearn.metrics import accuracy_score, roc_auc_score
 
     started = time.perf_counter()
-    embedder = LexicalEmbedder.from_bytes(storage.read_bytes(MODEL_FILE))
+    embedder = read_model(storage)
     sample = read_sample(storage, ["id", "text", "label", "split"])
     embeddings = embedder.encode(sample["text"].to_pylist())
     positives = set(config.positive_labels)
@@ -56,7 +77,7 @@ def quality_classifier(context: dg.AssetExecutionContext, config: ClassifierConf
             embeddings[train], y[train], embeddings, sorted(positives), config.target_keep_fraction, embedder.version, config.seed
         )
     except ValueError as exc:
-        raise dg.Failure(str(exc)) from exc
+        raise dg.Failure(str(exc), allow_retries=False) from exc
     sample_scores = classifier.score(embeddings)
     heldout_scores = sample_scores[~train]
     evaluation = {
@@ -105,6 +126,7 @@ def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
     owners=OWNERS,
     metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id", "string"), dg.TableColumn("embedding", "fixed_size_list<uint8>[dim]", "quantised student embedding"), dg.TableColumn("score", "float32", "classifier probability in [0, 1]"), dg.TableColumn("keep", "bool", "score >= the calibrated threshold"), dg.TableColumn("model_version", "string"), dg.TableColumn("classifier_version", "string")])},
     code_version=CODE_VERSIONS["scored_corpus"],
+    retry_policy=STORAGE_RETRY_POLICY,
     op_tags=SHARD_POD_TAGS,
     # Missing partitions, and partitions whose shard, model or classifier was re-materialised.
     automation_condition=dg.AutomationCondition.eager(),
@@ -112,11 +134,12 @@ def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
 )
 def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.MaterializeResult:
     shard = context.partition_key
-    embedder = LexicalEmbedder.from_bytes(storage.read_bytes(MODEL_FILE))
-    classifier = QualityClassifier.from_json(storage.read_bytes(CLASSIFIER_FILE))
+    embedder = read_model(storage)
+    classifier = read_classifier(storage)
     if classifier.model_version != embedder.version:
         raise dg.Failure(
-            f"quality_classifier was trained on model {classifier.model_version}, but distilled_model is {embedder.version}; re-materialise quality_classifier"
+            f"quality_classifier was trained on model {classifier.model_version}, but distilled_model is {embedder.version}; re-materialise quality_classifier",
+            allow_retries=False,
         )
     lineage = {
         "shard": shard,
@@ -128,17 +151,22 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
         "code_versions": json.dumps(CODE_VERSIONS, sort_keys=True),
     }
     schema = scored_schema(embedder.dim, lineage)
-    kept = 0
+    kept = truncated = 0
     score_hist = np.zeros(20, dtype=np.int64)
     started = time.perf_counter()
 
     def scored_batches():
-        nonlocal kept
+        nonlocal kept, truncated
         with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
             progress = ProgressLog(context.log.info, f"scoring {shard}", parquet.metadata.num_rows)
             done = 0
             for batch in parquet.iter_batches(batch_size=8192, columns=["id", "text"]):
-                vectors = embedder.encode(batch.column("text").to_pylist())
+                texts = batch.column("text").to_pylist()
+                long = [i for i, text in enumerate(texts) if len(text) > MAX_SCORED_CHARS]
+                for i in long:
+                    texts[i] = texts[i][:MAX_SCORED_CHARS]
+                truncated += len(long)
+                vectors = embedder.encode(texts)
                 scores = classifier.score(vectors)
                 keep = classifier.keep(scores)
                 kept += int(keep.sum())
@@ -169,6 +197,7 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
             "code_versions": CODE_VERSIONS,
             "uri": dg.MetadataValue.path(uri),
             "kept": kept,
+            "truncated_texts": truncated,
             "keep_fraction": round(kept / max(rows, 1), 4),
             "threshold": round(classifier.threshold, 6),
             "model_version": embedder.version,

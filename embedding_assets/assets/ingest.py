@@ -9,14 +9,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from embedding_assets.engine.errors import InputError
+from embedding_assets.engine.errors import InputError, SourceUnavailable
 from embedding_assets.engine.tokenization import load_tokenizer
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.progress import throughput, token_counts
 from embedding_assets.resources import CorpusSource, Storage, Teacher
+from embedding_assets.resources.s3 import is_transient
+from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
 from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_data_version, latest_metadata_value, short_hash
 
 SAMPLE_COLUMNS = ("id", "text", "label", "shard", "split")
+
+
+def retryable(exc: InputError) -> bool:
+    """A shard that could not be reached for a passing reason is worth another try; bad content is not."""
+    return isinstance(exc, SourceUnavailable) and is_transient(exc.__cause__)
 
 
 def raw_corpus_path(shard: str) -> tuple[str, str]:
@@ -39,6 +46,7 @@ def id_hash(ids: list[str], salt: str) -> np.ndarray:
     owners=OWNERS,
     metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id", "string", "unique document id"), dg.TableColumn("text", "string", "document text"), dg.TableColumn("...", "any", "every other column of the shard, kept as is")])},
     code_version=CODE_VERSIONS["raw_corpus"],
+    retry_policy=STORAGE_RETRY_POLICY,
     description="One corpus shard, read in record batches and checked against the corpus contract (id, text, extra columns kept).",
 )
 def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage: Storage, teacher: Teacher) -> dg.MaterializeResult:
@@ -46,9 +54,9 @@ def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage:
     try:
         shards = corpus.shards()
     except InputError as exc:
-        raise dg.Failure(str(exc)) from exc
+        raise dg.Failure(str(exc), allow_retries=retryable(exc)) from exc
     if shard not in shards:
-        raise dg.Failure(f"shard {shard!r} is a partition but no such file is under {corpus.location}")
+        raise dg.Failure(f"shard {shard!r} is a partition but no such file is under {corpus.location}", allow_retries=False)
     tokenizer = load_tokenizer(teacher.tokenizer_json())
     tokens = 0
     started = time.perf_counter()
@@ -56,9 +64,9 @@ def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage:
     try:
         first = next(batches)
     except StopIteration:
-        raise dg.Failure(f"shard {shard}: the file has no documents ({shards[shard]})") from None
+        raise dg.Failure(f"shard {shard}: the file has no documents ({shards[shard]})", allow_retries=False) from None
     except InputError as exc:
-        raise dg.Failure(str(exc)) from exc
+        raise dg.Failure(str(exc), allow_retries=retryable(exc)) from exc
 
     def all_batches():
         nonlocal tokens
@@ -77,7 +85,7 @@ def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage:
     try:
         uri, rows = storage.write_parquet(hasher.wrap(all_batches()), first.schema, *raw_corpus_path(shard))
     except InputError as exc:
-        raise dg.Failure(str(exc)) from exc
+        raise dg.Failure(str(exc), allow_retries=retryable(exc)) from exc
     seconds = time.perf_counter() - started
     return dg.MaterializeResult(
         data_version=dg.DataVersion(hasher.version),
@@ -106,6 +114,7 @@ class SampleConfig(dg.Config):
     owners=OWNERS,
     metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id", "string"), dg.TableColumn("text", "string"), dg.TableColumn("label", "string", "the label column, null where absent"), dg.TableColumn("shard", "string"), dg.TableColumn("split", "string", "train or heldout, by a hash of the id")])},
     code_version=CODE_VERSIONS["training_sample"],
+    retry_policy=STORAGE_RETRY_POLICY,
     description=(
         "A deterministic sample across all shards: the documents with the smallest seeded hash of their id "
         "(bottom-k), so adding shards only ever swaps documents in, and a train / held-out split by a second hash."
@@ -113,14 +122,14 @@ class SampleConfig(dg.Config):
 )
 def training_sample(context: dg.AssetExecutionContext, config: SampleConfig, storage: Storage, teacher: Teacher) -> dg.MaterializeResult:
     if config.size < 2 or not 0 < config.heldout_fraction < 1:
-        raise dg.Failure(f"sample size must be >= 2 and heldout_fraction in (0, 1); got {config.size}, {config.heldout_fraction}")
+        raise dg.Failure(f"sample size must be >= 2 and heldout_fraction in (0, 1); got {config.size}, {config.heldout_fraction}", allow_retries=False)
     started = time.perf_counter()
     shards = sorted(context.instance.get_dynamic_partitions(corpus_shards.name))
     kept: pa.Table | None = None
     total = 0
     for shard in shards:
         if not storage.exists(*raw_corpus_path(shard)):
-            raise dg.Failure(f"raw_corpus[{shard}] has not been materialised; materialise it first")
+            raise dg.Failure(f"raw_corpus[{shard}] has not been materialised; materialise it first", allow_retries=False)
         with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
             for batch in parquet.iter_batches(batch_size=8192):
                 ids = batch.column("id").to_pylist()
@@ -139,12 +148,12 @@ def training_sample(context: dg.AssetExecutionContext, config: SampleConfig, sto
                     order = np.lexsort((np.array(kept["id"].to_pylist(), dtype=object), kept["sample_hash"].to_numpy()))
                     kept = kept.take(order[: config.size])
     if kept is None or kept.num_rows == 0:
-        raise dg.Failure("no documents to sample: no raw_corpus shard is materialised")
+        raise dg.Failure("no documents to sample: no raw_corpus shard is materialised", allow_retries=False)
     order = np.lexsort((np.array(kept["id"].to_pylist(), dtype=object), kept["sample_hash"].to_numpy()))
     kept = kept.take(order)
     duplicates = pc.count_distinct(kept["id"]).as_py() != kept.num_rows
     if duplicates:
-        raise dg.Failure("the same document id occurs in more than one shard; ids must be unique across shards")
+        raise dg.Failure("the same document id occurs in more than one shard; ids must be unique across shards", allow_retries=False)
     bucket = id_hash(kept["id"].to_pylist(), "split") % np.uint64(10_000)
     split = np.where(bucket < np.uint64(round(config.heldout_fraction * 10_000)), "heldout", "train")
     sample = kept.drop_columns(["sample_hash"]).append_column("split", pa.array(split, pa.string()))

@@ -1,22 +1,37 @@
-"""Teacher embeddings of the training sample, on the compute device."""
+"""Teacher embeddings of the training sample, on the compute device, in resumable chunks.
 
+The sample is embedded `chunk_size` documents at a time. Each chunk is stored (atomically) as
+soon as it is done, under `teacher_chunks/<key>/`, where the key hashes the teacher's identity,
+the sample's content and the chunk size; the final file is assembled from the chunks. A run that
+was killed or failed leaves its finished chunks, and the next run embeds only the missing ones. A
+chunk of another teacher or sample lives under another key and is never read; once the final file
+is written, the chunk folders of every other key are removed, so only the latest set is kept.
+"""
+
+import hashlib
 import json
 import time
 
 import dagster as dg
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from embedding_assets.assets.features import read_sample
 from embedding_assets.assets.ingest import training_sample
 from embedding_assets.progress import ProgressLog, throughput
 from embedding_assets.resources import Compute, Storage, Teacher
+from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
 from embedding_assets.lineage import CODE_VERSIONS, OWNERS, latest_metadata_value, short_hash
 from embedding_assets.placement import GPU_POD_TAGS, GPU_POOL
 
 TEACHER_FILE = "teacher_embeddings.parquet"
 TEACHER_MODEL_FILE = "teacher_model.json"
-CHUNK = 512
+CHUNKS_DIR = "teacher_chunks"
+
+
+class TeacherEmbeddingsConfig(dg.Config):
+    chunk_size: int = Field(default=512, description="Documents per stored chunk: a re-run after a crash embeds only the chunks that are missing.")
 
 
 def embeddings_schema(dim: int, value_type: pa.DataType, metadata: dict[str, str]) -> pa.Schema:
@@ -40,17 +55,47 @@ def read_embeddings(storage: Storage, *parts: str) -> tuple[list[str], np.ndarra
     return table["id"].to_pylist(), vectors, metadata
 
 
+def chunk_key(teacher_sha256: str, ids: list[str], texts: list[str], chunk_size: int) -> str:
+    """Names the chunk folder: what the chunks' vectors depend on (teacher, sample content, chunking)."""
+    digest = hashlib.sha256(f"{teacher_sha256}|{chunk_size}|{len(ids)}".encode())
+    for doc_id, text in zip(ids, texts):
+        digest.update(f"{len(doc_id)}:{doc_id}{len(text)}:".encode())
+        digest.update(text.encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()[:16]
+
+
+def chunk_name(index: int) -> str:
+    return f"{index:06d}.parquet"
+
+
+def read_chunk(storage: Storage, key: str, index: int, ids: list[str]) -> np.ndarray | None:
+    """A stored chunk's vectors, or None when the chunk is not the one expected (other ids, unreadable)."""
+    try:
+        chunk_ids, vectors, _ = read_embeddings(storage, CHUNKS_DIR, key, chunk_name(index))
+    except (pa.ArrowException, OSError, dg.Failure, ValueError):
+        return None
+    return vectors if chunk_ids == ids else None
+
+
 @dg.asset(
     group_name="training",
     kinds={"pytorch", "json"},
     owners=OWNERS,
     code_version=CODE_VERSIONS["teacher_model"],
+    retry_policy=STORAGE_RETRY_POLICY,
     description=(
         "The teacher's identity: model name, a hash of its weights and configs, and the settings it embeds with. "
         "Its data version changes when any of them does, which marks everything trained from it stale."
     ),
 )
 def teacher_model(teacher: Teacher, storage: Storage) -> dg.MaterializeResult:
+    native = teacher.native_dim()
+    if native is not None and teacher.truncate_dim > native:
+        raise dg.Failure(
+            f"teacher truncate_dim {teacher.truncate_dim} is larger than the dimension of {teacher.model!r} ({native}); "
+            "Matryoshka truncation can only shorten vectors",
+            allow_retries=False,
+        )
     identity = teacher.identity()
     uri = storage.write_bytes(json.dumps(identity, indent=1, sort_keys=True).encode(), TEACHER_MODEL_FILE)
     return dg.MaterializeResult(
@@ -68,33 +113,59 @@ def teacher_model(teacher: Teacher, storage: Storage) -> dg.MaterializeResult:
     code_version=CODE_VERSIONS["teacher_embeddings"],
     pool=GPU_POOL,
     op_tags=GPU_POD_TAGS,
-    description="The teacher's embeddings of every sample document (float32, L2-normalised by default), in sample order.",
+    retry_policy=STORAGE_RETRY_POLICY,
+    description=(
+        "The teacher's embeddings of every sample document (float32, L2-normalised by default), in sample order. "
+        "Computed in stored chunks, so a re-run after a crash embeds only the missing ones."
+    ),
 )
-def teacher_embeddings(context: dg.AssetExecutionContext, storage: Storage, teacher: Teacher, compute: Compute) -> dg.MaterializeResult:
+def teacher_embeddings(
+    context: dg.AssetExecutionContext, config: TeacherEmbeddingsConfig, storage: Storage, teacher: Teacher, compute: Compute
+) -> dg.MaterializeResult:
+    if config.chunk_size < 1:
+        raise dg.Failure(f"chunk_size must be >= 1, got {config.chunk_size}", allow_retries=False)
     sample = read_sample(storage, ["id", "text"])
-    texts = sample["text"].to_pylist()
-    device = compute.torch_device()
+    ids, texts = sample["id"].to_pylist(), sample["text"].to_pylist()
     identity = teacher.identity()
     pinned = json.loads(storage.read_bytes(TEACHER_MODEL_FILE))
     if pinned["sha256"] != identity["sha256"]:
         raise dg.Failure(
             f"the teacher configured now ({identity}) is not the one teacher_model recorded ({pinned}); "
-            "materialise teacher_model with it first, so lineage names the teacher that was used"
+            "materialise teacher_model with it first, so lineage names the teacher that was used",
+            allow_retries=False,
         )
-    model = teacher.load(device)
-    dim = model.get_embedding_dimension()
-    if teacher.truncate_dim:
-        dim = min(dim, teacher.truncate_dim)
-    context.log.info(f"teacher {identity['model']} on {device}: {len(texts)} documents, dim {dim}")
+    key = chunk_key(identity["sha256"], ids, texts, config.chunk_size)
+    starts = list(range(0, len(texts), config.chunk_size))
+    stored = set(storage.list_names(CHUNKS_DIR, key))
+    chunks: list[np.ndarray | None] = [
+        read_chunk(storage, key, i, ids[start : start + config.chunk_size]) if chunk_name(i) in stored else None
+        for i, start in enumerate(starts)
+    ]
+    missing = [i for i, chunk in enumerate(chunks) if chunk is None]
+    context.log.info(f"teacher {identity['model']}: {len(texts)} documents in {len(starts)} chunks under {CHUNKS_DIR}/{key}, {len(missing)} to embed")
 
+    device = "none"
     started = time.perf_counter()
-    progress = ProgressLog(context.log.info, "teacher", len(texts))
-    chunks = []
-    for start in range(0, len(texts), CHUNK):
-        chunks.append(teacher.embed(model, texts[start : start + CHUNK], device, compute.precision))
-        progress.update(min(start + CHUNK, len(texts)))
+    embedded = 0
+    if missing:
+        device = compute.torch_device()
+        try:
+            model = teacher.load(device)
+        except Exception as exc:  # sentence-transformers and transformers raise many types for a bad model directory
+            raise dg.Failure(f"cannot load teacher {teacher.model!r}: {type(exc).__name__}: {exc}", allow_retries=False) from exc
+        progress = ProgressLog(context.log.info, "teacher", sum(len(texts[starts[i] : starts[i] + config.chunk_size]) for i in missing))
+        for i in missing:
+            start = starts[i]
+            vectors = teacher.embed(model, texts[start : start + config.chunk_size], device, compute.precision)
+            chunk_ids = sample["id"][start : start + config.chunk_size]
+            schema = embeddings_schema(vectors.shape[1], pa.float32(), {})
+            storage.write_parquet([pa.record_batch([chunk_ids.combine_chunks(), embedding_column(vectors)], schema=schema)], schema, CHUNKS_DIR, key, chunk_name(i))
+            chunks[i] = vectors
+            embedded += len(vectors)
+            progress.update(embedded, f"chunk {i + 1}/{len(starts)} on {device}")
     seconds = time.perf_counter() - started
-    vectors = np.concatenate(chunks)
+    vectors = np.concatenate(chunks) if chunks else np.empty((0, teacher.embedding_dim() or 0), np.float32)
+    dim = vectors.shape[1]
     schema = embeddings_schema(dim, pa.float32(), {
         "model": identity["model"],
         "model_sha256": identity["sha256"],
@@ -105,8 +176,11 @@ def teacher_embeddings(context: dg.AssetExecutionContext, storage: Storage, teac
     })
     table = pa.table([sample["id"], embedding_column(vectors)], schema=schema)
     uri, rows = storage.write_parquet(table.to_batches(), schema, TEACHER_FILE)
+    stale = [name for name in storage.list_names(CHUNKS_DIR) if name != key]
+    for name in stale:
+        storage.delete_folder(CHUNKS_DIR, name)
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(short_hash(identity["sha256"], "\n".join(sample["id"].to_pylist()), vectors.tobytes())),
+        data_version=dg.DataVersion(short_hash(identity["sha256"], "\n".join(ids), vectors.tobytes())),
         metadata={
             "dagster/row_count": rows,
             "uri": dg.MetadataValue.path(uri),
@@ -114,6 +188,13 @@ def teacher_embeddings(context: dg.AssetExecutionContext, storage: Storage, teac
             "teacher_sha256": identity["sha256"],
             "device": device,
             "dim": dim,
-            **throughput(seconds, len(texts), latest_metadata_value(context.instance, "training_sample", "tokens")),
+            "chunk_size": config.chunk_size,
+            "chunk_key": key,
+            "chunks": len(starts),
+            "chunks_reused": len(starts) - len(missing),
+            "chunks_computed": len(missing),
+            "chunk_folders_removed": len(stale),
+            # Throughput of the teacher itself: only the documents embedded in this run count.
+            **throughput(seconds, embedded, latest_metadata_value(context.instance, "training_sample", "tokens") if len(missing) == len(starts) else None),
         }
     )

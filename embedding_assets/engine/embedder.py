@@ -90,10 +90,21 @@ class LexicalEmbedder:
             for text in texts:
                 batch.append(text)
                 if len(batch) == batch_size:
-                    yield self._encode_parallel(pool, batch, threads)
+                    yield self._encode_valid(pool, batch, threads)
                     batch = []
             if batch:
-                yield self._encode_parallel(pool, batch, threads)
+                yield self._encode_valid(pool, batch, threads)
+
+    def _encode_valid(self, pool: ThreadPoolExecutor, texts: list[str], threads: int) -> np.ndarray:
+        try:
+            return self._encode_parallel(pool, texts, threads)
+        except TypeError:
+            # The tokenizer takes UTF-8 only; a Python string can hold lone surrogates (from a JSON
+            # escape, say). Those become U+FFFD, and valid surrogate pairs the character they encode.
+            if not all(isinstance(t, str) for t in texts):
+                raise InputError(f"texts must be strings, got {sorted({type(t).__name__ for t in texts})}") from None
+            cleaned = [t.encode("utf-16", "surrogatepass").decode("utf-16", "replace") for t in texts]
+            return self._encode_parallel(pool, cleaned, threads)
 
     def encode_parquet(
         self, path: str | os.PathLike, column: str = "text", batch_size: int = 4096, threads: int | None = None

@@ -7,3 +7,7 @@ class ArtifactError(ValueError):
 
 class InputError(ValueError):
     """Input data breaks a contract; the message names the file, row and column."""
+
+
+class SourceUnavailable(InputError):
+    """The input could not be listed or read (gone, unreachable); the cause says whether trying again may help."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -11,6 +12,42 @@ import fsspec
 
 def is_url(path: str | os.PathLike) -> bool:
     return "://" in str(path)
+
+
+def temp_file(path: Path, directory: Path | None = None) -> tuple[int, str]:
+    """A new temporary file for writing `path`: hidden, and named after its writer (host and pid).
+
+    It lives beside the target (same filesystem, so the final rename is atomic) unless
+    `directory` says otherwise; the name lets a later writer remove the leftovers of a killed one.
+    """
+    owner = f"{socket.gethostname()}-{os.getpid()}"
+    return tempfile.mkstemp(dir=directory or path.parent, prefix=f".{path.name}.{owner}.", suffix=".tmp")
+
+
+def remove_orphaned_temps(path: Path) -> list[Path]:
+    """Remove the temporary files of `path` left by writers on this host that are no longer running."""
+    removed = []
+    host = socket.gethostname()
+    prefix = f".{path.name}."
+    for candidate in path.parent.glob(".*.tmp") if path.parent.is_dir() else []:
+        if not candidate.name.startswith(prefix):
+            continue
+        owner = candidate.name[len(prefix) :].rsplit(".", 2)[0]
+        writer_host, _, pid = owner.rpartition("-")
+        if writer_host == host and pid.isdigit() and not _running(int(pid)):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, **storage_options) -> None:
@@ -27,7 +64,8 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, **storage_options) 
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_orphaned_temps(path)
+    fd, tmp = temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
