@@ -139,6 +139,7 @@ class Recipe:
     vocabulary_size: int = 200_000
     max_ngram_length: int = 5
     min_document_frequency: int = 2
+    front_end: str = "wordpiece"
     distill: DistillConfig = DistillConfig()
 
 
@@ -165,7 +166,7 @@ def train_ours(corpus: Corpus, teacher: np.ndarray, recipe: Recipe, tokenizer_js
     feats = build_features(
         tokenizer_json, [str(i) for i in range(len(texts))], [texts[i : i + 4096] for i in range(0, len(texts), 4096)],
         vocabulary_size=recipe.vocabulary_size, max_ngram_length=recipe.max_ngram_length,
-        min_document_frequency=recipe.min_document_frequency, counter_capacity=2_000_000,
+        min_document_frequency=recipe.min_document_frequency, counter_capacity=2_000_000, front_end=recipe.front_end,
     )
     features_seconds = time.perf_counter() - started
     draft = LexicalEmbedder(tokenizer_json, feats.vocabulary, init_layers([feats.vocabulary.size, 1], 0), np.ones(1, np.float32), 1.0)
@@ -280,6 +281,7 @@ def ablations(base: Recipe) -> dict[str, Recipe]:
         "vocabulary 520k": replace(base, vocabulary_size=520_000, min_document_frequency=1),
         "vocabulary 50k": replace(base, vocabulary_size=50_000),
         "n-grams up to 3": replace(base, max_ngram_length=3),
+        "word front end (hashed word n-grams)": replace(base, front_end="words"),
         "batch 2048": replace(base, distill=replace(d, batch_size=2048)),
         "temperature 1": replace(base, distill=replace(d, temperature=1.0)),
         "hidden 512-512": replace(base, distill=replace(d, hidden_dims=(512, 512))),

@@ -244,7 +244,8 @@ def test_distillation_learns_and_is_deterministic(small_model):
     model, feats, _ = small_model
     rng = np.random.default_rng(4)
     teacher = forward(feats.tfidf, init_layers([feats.vocabulary.size, 24], seed=9))  # a target the student can reach
-    config = DistillConfig(hidden_dims=(32,), output_dim=24, epochs=15, batch_size=64, seed=5)
+    # From noise and with the Gram-KL term alone, so the loss has all its way to go.
+    config = DistillConfig(hidden_dims=(32,), output_dim=24, epochs=15, batch_size=64, seed=5, init="random", cosine_weight=0.0)
     layers_a, history = distill(feats.tfidf, teacher, config)
     layers_b, _ = distill(feats.tfidf, teacher, config)
     assert all(np.array_equal(a, b) for a, b in zip(layers_a, layers_b))
