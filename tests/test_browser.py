@@ -107,7 +107,7 @@ def test_model_page_renders_the_loss_plot_and_the_evaluation_table(browser, ui, 
         tr.find_element(By.XPATH, "./td[1]").text: [td.text for td in tr.find_elements(By.XPATH, "./td")]
         for tr in table.find_elements(By.XPATH, ".//tbody/tr")
     }
-    assert set(cells) == {"teacher", "student", "untrained student", "plain TF-IDF"}
+    assert set(cells) == {"teacher", "student", "random-init student, untrained", "plain TF-IDF"}
     assert cells["student"][1:3] == [str(metadata["recall_at_10"].value), str(metadata["spearman"].value)]
     assert cells["plain TF-IDF"][3] == str(metadata["probe_accuracy"].value["tfidf"])
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", table)
