@@ -274,6 +274,8 @@ def ablations(base: Recipe) -> dict[str, Recipe]:
         "random init, cosine term": replace(base, distill=replace(d, init="random")),
         "ridge alpha 0.3, no training": replace(base, distill=replace(d, epochs=0, ridge_alpha=0.3)),
         "ridge alpha 3, no training": replace(base, distill=replace(d, epochs=0, ridge_alpha=3.0)),
+        "ridge alpha 0.1, no training": replace(base, distill=replace(d, epochs=0, ridge_alpha=0.1)),
+        "ridge alpha 0.3": replace(base, distill=replace(d, ridge_alpha=0.3)),
         "learning rate 3e-4": replace(base, distill=replace(d, learning_rate=3e-4)),
         "learning rate 3e-3": replace(base, distill=replace(d, learning_rate=3e-3)),
         "15 epochs": replace(base, distill=replace(d, epochs=15)),
@@ -285,6 +287,7 @@ def ablations(base: Recipe) -> dict[str, Recipe]:
         "batch 2048": replace(base, distill=replace(d, batch_size=2048)),
         "temperature 1": replace(base, distill=replace(d, temperature=1.0)),
         "hidden 512-512": replace(base, distill=replace(d, hidden_dims=(512, 512))),
+        "hidden 512-512, no training": replace(base, distill=replace(d, hidden_dims=(512, 512), epochs=0)),
         "one hidden layer": replace(base, distill=replace(d, hidden_dims=(256,))),
     }
 
