@@ -276,6 +276,7 @@ def ablations(base: Recipe) -> dict[str, Recipe]:
         "ridge alpha 3, no training": replace(base, distill=replace(d, epochs=0, ridge_alpha=3.0)),
         "ridge alpha 0.1, no training": replace(base, distill=replace(d, epochs=0, ridge_alpha=0.1)),
         "ridge alpha 0.3": replace(base, distill=replace(d, ridge_alpha=0.3)),
+        "ridge alpha 0.1": replace(base, distill=replace(d, ridge_alpha=0.1)),
         "learning rate 3e-4": replace(base, distill=replace(d, learning_rate=3e-4)),
         "learning rate 3e-3": replace(base, distill=replace(d, learning_rate=3e-3)),
         "15 epochs": replace(base, distill=replace(d, epochs=15)),
