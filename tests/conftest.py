@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -122,6 +123,20 @@ def failure_text(result) -> str:
 def step_retries(result) -> int:
     """How many times a run's steps were put up for retry."""
     return sum(1 for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY)
+
+
+@pytest.fixture
+def trained(pipeline, tmp_path):
+    """A copy of the materialised pipeline's storage, a fresh corpus directory and a fresh instance."""
+    from embedding_assets.resources import CorpusSource, Storage
+
+    storage = tmp_path / "storage"
+    shutil.copytree(pipeline["storage"], storage)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    resources = {**pipeline["resources"], "storage": Storage(base=str(storage)), "corpus": CorpusSource(location=str(corpus))}
+    with dg.instance_for_test() as instance:
+        yield {"storage": storage, "corpus": corpus, "resources": resources, "instance": instance}
 
 
 def free_port() -> int:

@@ -6,25 +6,12 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from safetensors.numpy import load_file, save_file
 
 from conftest import TEST_RUN_CONFIG
 from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS
-from embedding_assets.resources import Compute, CorpusSource, QualityGates, Storage, Teacher
+from embedding_assets.resources import Teacher
 from embedding_assets.resources.teacher import default_teacher_dir
-
-
-@pytest.fixture
-def trained(pipeline, tmp_path):
-    """A copy of the materialised pipeline's storage, a fresh corpus directory and a fresh instance."""
-    storage = tmp_path / "storage"
-    shutil.copytree(pipeline["storage"], storage)
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    resources = {**pipeline["resources"], "storage": Storage(base=str(storage)), "corpus": CorpusSource(location=str(corpus))}
-    with dg.instance_for_test() as instance:
-        yield {"storage": storage, "corpus": corpus, "resources": resources, "instance": instance}
 
 
 def run(trained, selection, partition=None, run_config=None):

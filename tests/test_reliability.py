@@ -30,7 +30,7 @@ from embedding_assets.engine.errors import InputError, SourceUnavailable
 from embedding_assets.engine.features import Features, build_features
 from embedding_assets.engine.luxical_format import read_luxical
 from embedding_assets.engine.network import init_layers
-from embedding_assets.resources import CorpusSource, Storage, Teacher
+from embedding_assets.resources import Teacher
 from embedding_assets.resources.s3 import is_transient
 
 
@@ -93,18 +93,6 @@ def test_a_shard_deleted_after_listing_is_named_and_not_retried(tmp_path):
 
 
 # --- the same policy end to end: what a run does with a bad shard, and what it leaves alone ---
-
-
-@pytest.fixture
-def trained(pipeline, tmp_path):
-    """A copy of the materialised pipeline's storage, a fresh corpus directory and a fresh instance."""
-    storage = tmp_path / "storage"
-    shutil.copytree(pipeline["storage"], storage)
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    resources = {**pipeline["resources"], "storage": Storage(base=str(storage)), "corpus": CorpusSource(location=str(corpus))}
-    with dg.instance_for_test() as instance:
-        yield {"storage": storage, "corpus": corpus, "resources": resources, "instance": instance}
 
 
 def files(storage: Path) -> dict[str, bytes]:
