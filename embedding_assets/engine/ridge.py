@@ -22,12 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from embedding_assets.engine.network import init_layers
-
-
-def _csr_matmul(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-    # EmbeddingBag is torch's fast multi-threaded CSR @ dense on CPU.
-    return torch.nn.functional.embedding_bag(indices, dense, indptr[:-1], mode="sum", per_sample_weights=values)
+from embedding_assets.engine.network import bag_sum, init_layers
 
 
 def ridge_fit(x: sp.csr_matrix, y: np.ndarray, alpha: float, iterations: int = 60, tolerance: float = 1e-4) -> np.ndarray:
@@ -39,36 +34,33 @@ def ridge_fit(x: sp.csr_matrix, y: np.ndarray, alpha: float, iterations: int = 6
         raise ValueError(f"ridge alpha must be > 0, got {alpha}")
     x = sp.csr_matrix(x, dtype=np.float32)
     xt = x.T.tocsr()
+    # int64 columns once, so bag_sum's cast is free on every iteration.
+    rows = (x.indptr, x.indices.astype(np.int64), x.data)
+    cols = (xt.indptr, xt.indices.astype(np.int64), xt.data)
 
-    def tensors(m: sp.csr_matrix):
-        return (torch.from_numpy(m.indptr.astype(np.int64)), torch.from_numpy(m.indices.astype(np.int64)), torch.from_numpy(m.data))
+    def normal(w: np.ndarray) -> np.ndarray:
+        return bag_sum(*cols, torch.from_numpy(bag_sum(*rows, torch.from_numpy(w)))) + np.float32(alpha) * w
 
-    rows, cols = tensors(x), tensors(xt)
-    target = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
-    diagonal = torch.from_numpy(np.asarray(x.multiply(x).sum(axis=0), dtype=np.float32).ravel() + np.float32(alpha))[:, None]
-
-    def normal(w: torch.Tensor) -> torch.Tensor:
-        return _csr_matmul(*cols, _csr_matmul(*rows, w)) + alpha * w
-
-    b = _csr_matmul(*cols, target)
-    w = torch.zeros_like(b)
-    residual = b.clone()
+    diagonal = (np.asarray(x.multiply(x).sum(axis=0), dtype=np.float32).ravel() + np.float32(alpha))[:, None]
+    b = bag_sum(*cols, torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)))
+    w = np.zeros_like(b)
+    residual = b.copy()
     z = residual / diagonal
-    direction = z.clone()
+    direction = z.copy()
     rz = (residual * z).sum(0)
-    b_norm = b.norm(dim=0).clamp_min(1e-12)
+    b_norm = np.maximum(np.linalg.norm(b, axis=0), 1e-12)
     for _ in range(iterations):
         step_in = normal(direction)
-        step = rz / (direction * step_in).sum(0).clamp_min(1e-30)
+        step = rz / np.maximum((direction * step_in).sum(0), 1e-30)
         w += step * direction
         residual -= step * step_in
-        if float((residual.norm(dim=0) / b_norm).max()) < tolerance:
+        if float((np.linalg.norm(residual, axis=0) / b_norm).max()) < tolerance:
             break
         z = residual / diagonal
         rz_next = (residual * z).sum(0)
-        direction = z + (rz_next / rz.clamp_min(1e-30)) * direction
+        direction = z + (rz_next / np.maximum(rz, 1e-30)) * direction
         rz = rz_next
-    return w.numpy()
+    return w
 
 
 def principal_directions(y: np.ndarray, rank: int) -> np.ndarray:
