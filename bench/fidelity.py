@@ -49,6 +49,8 @@ from embedding_assets.engine.evaluation import (  # noqa: E402
 from embedding_assets.engine.features import build_features  # noqa: E402
 from embedding_assets.engine.network import forward, init_layers, l2_normalize  # noqa: E402
 from embedding_assets.engine.quantization import calibrate_limit  # noqa: E402
+from embedding_assets.engine.tfidf import count_matrix, tfidf_rows  # noqa: E402
+from embedding_assets.engine.tokenization import make_front_end  # noqa: E402
 from embedding_assets.resources.teacher import Teacher  # noqa: E402
 
 HELD_OUT = 2_000
@@ -169,8 +171,8 @@ def train_ours(corpus: Corpus, teacher: np.ndarray, recipe: Recipe, tokenizer_js
         min_document_frequency=recipe.min_document_frequency, counter_capacity=2_000_000, front_end=recipe.front_end,
     )
     features_seconds = time.perf_counter() - started
-    draft = LexicalEmbedder(tokenizer_json, feats.vocabulary, init_layers([feats.vocabulary.size, 1], 0), np.ones(1, np.float32), 1.0)
-    heldout_tfidf = draft.tfidf(heldout_texts)
+    front_end = make_front_end(feats.vocabulary.front_end, tokenizer_json)
+    heldout_tfidf = tfidf_rows(count_matrix(front_end, feats.vocabulary, heldout_texts), feats.vocabulary.idf)
     teacher_heldout = teacher[corpus.heldout]
     curve = []
 
