@@ -24,7 +24,7 @@ import json, os, resource, sys, time
 import numpy as np
 from embedding_assets.engine import LexicalEmbedder
 model = LexicalEmbedder.load(sys.argv[1])
-model._key_table, model._first_layer  # build the lookup table before the baseline reading
+model._key_table  # build the lookup table before the baseline reading
 def rss_mib():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024

@@ -12,7 +12,8 @@ from embedding_assets.engine.distill import DistillConfig, StudentModule, csr_ba
 from embedding_assets.engine.features import Features, build_features
 from embedding_assets.engine.network import forward, init_layers
 from embedding_assets.engine.hashtable import KeyTable
-from embedding_assets.engine.ngrams import PAD, NgramCounter, known_windows, lookup, ngram_keys, ngram_windows
+from embedding_assets.engine.first_layer import first_layer_sums
+from embedding_assets.engine.ngrams import PAD, NgramCounter, lookup, ngram_keys, ngram_windows
 from embedding_assets.engine.quantization import dequantize_uint8, quantize_uint8
 from embedding_assets.engine.tfidf import Vocabulary
 from embedding_assets.engine.tokenization import WordFrontEnd, WordPieceFrontEnd, load_tokenizer, tokenize
@@ -62,16 +63,21 @@ def test_key_table_agrees_with_binary_search():
     assert np.array_equal(table.lookup(queries), np.where(found, pos, -1))
 
 
-def test_known_windows_count_every_occurrence_of_known_ngrams():
-    docs = [[5, 6, 7, 8], [], [9], [5, 6, 5, 6, 5, 6, 1, 2, 3], [6, 5]]
-    known = [(5,), (6,), (5, 6), (6, 5, 6), (1, 2, 3), (9,)]
+def test_first_layer_kernel_sums_count_times_idf_times_row_of_every_known_ngram():
+    # The last document has more distinct n-grams than the kernel sums at once.
+    docs = [[5, 6, 7, 8], [], [9], [5, 6, 5, 6, 5, 6, 1, 2, 3], [6, 5], [4, 4, 4], list(range(10, 30)) + [10, 11, 10]]
+    known = [(5,), (6,), (5, 6), (6, 5, 6), (1, 2, 3), (9,)] + [(t,) for t in range(10, 30)] + [(10, 11)]
     keys = np.array([reference_key(g) for g in known], dtype=np.uint64)
-    table = KeyTable(keys)
-    indptr, columns = known_windows(*flat(docs), max_n=3, lookup_columns=table.lookup)
+    order = np.argsort(keys)
+    rng = np.random.default_rng(0)
+    idf = rng.uniform(1, 3, len(known)).astype(np.float32)
+    rows = rng.normal(size=(len(known), 7)).astype(np.float32)
+    got = first_layer_sums(*flat(docs), KeyTable(keys[order]), 3, idf[order], rows[order])
     for d, doc in enumerate(docs):
-        got = sorted(known[c] for c in columns[indptr[d] : indptr[d + 1]])
-        expected = sorted(g for dd, g in reference_ngrams(docs, 3) if dd == d and g in known)
-        assert got == expected
+        grams = [g for dd, g in reference_ngrams(docs, 3) if dd == d and g in known]
+        expected = sum((idf[known.index(g)] * rows[known.index(g)] for g in grams), np.zeros(7))
+        np.testing.assert_allclose(got[d], expected, rtol=1e-5, atol=1e-6)
+    assert not got[1].any() and not got[5].any()
 
 
 def test_counter_is_exact_with_room_and_bounded_without():

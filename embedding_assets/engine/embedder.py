@@ -11,14 +11,13 @@ from functools import cached_property
 import fsspec
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from embedding_assets.engine import artifact
 from embedding_assets.engine.errors import ArtifactError, InputError
 from embedding_assets.engine.luxical_format import read_luxical, write_luxical
+from embedding_assets.engine.first_layer import first_layer_sums
 from embedding_assets.engine.hashtable import KeyTable
-from embedding_assets.engine.network import bag_sum, finish
-from embedding_assets.engine.ngrams import count_per_document, known_windows
+from embedding_assets.engine.network import finish
 from embedding_assets.engine.quantization import quantize_uint8
 from embedding_assets.engine.storage import read_bytes, write_bytes_atomic
 from embedding_assets.engine.tfidf import Vocabulary, count_matrix, tfidf_rows
@@ -80,8 +79,8 @@ class LexicalEmbedder:
     def encode_batches(self, texts: Iterable[str], batch_size: int = 4096, threads: int | None = None) -> Iterator[np.ndarray]:
         """Embeddings of an iterable of texts, a batch at a time, in bounded memory.
 
-        Each batch is split across `threads` threads (default: the usable cores). numpy and
-        torch release the GIL, so one part's n-gram and network work runs while another part
+        Each batch is split across `threads` threads (default: the usable cores). The first-layer
+        kernel and numpy release the GIL, so one part's n-gram and network work runs while another part
         is tokenised (`tokenizers` holds the GIL but parallelises inside its own call).
         """
         threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -122,7 +121,7 @@ class LexicalEmbedder:
         step = -(-len(texts) // threads)
         if threads == 1 or len(texts) < 2 * threads:
             return self._encode_batch(texts)
-        self._key_table, self._first_layer  # build once, before the threads race to
+        self._key_table  # build once, before the threads race to
         parts = pool.map(self._encode_batch, [texts[i : i + step] for i in range(0, len(texts), step)])
         return np.concatenate(list(parts))
 
@@ -130,17 +129,9 @@ class LexicalEmbedder:
     def _key_table(self) -> KeyTable:
         return KeyTable(self.vocabulary.keys)
 
-    @cached_property
-    def _first_layer(self) -> torch.Tensor:
-        return torch.from_numpy(self.layers[0])
-
     def _encode_batch(self, texts: Sequence[str]) -> np.ndarray:
-        # TF-IDF's L2 norm is a positive per-row factor: it commutes with ReLU and the next L2
-        # normalisation removes it, so raw counts times IDF give the same embedding.
         ids, offsets = self.front_end.tokenize(texts)
-        indptr, columns = known_windows(ids, offsets, self.vocabulary.max_n, self._key_table.lookup)
-        indptr, columns, counts = count_per_document(indptr, columns)
-        hidden = bag_sum(indptr, columns, counts * self.vocabulary.idf[columns], self._first_layer)
+        hidden = first_layer_sums(ids, offsets, self._key_table, self.vocabulary.max_n, self.vocabulary.idf, self.layers[0])
         out = finish(hidden, self.layers[1:])
         empty = ~np.any(out, axis=1)
         out[empty] = self.fallback

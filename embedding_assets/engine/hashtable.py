@@ -1,51 +1,60 @@
 """A read-only open-addressing hash table from 64-bit n-gram keys to vocabulary columns.
 
-Lookups are vectorised: one gather per probe round over the keys still unresolved, so a
-batch of window keys costs about one random memory access each instead of the ~17 of a
-binary search over the sorted vocabulary keys.
+Each slot holds its key and its column side by side (16 bytes), so a probe touches one cache
+line, not one in a key array and another in a column array. Linear probing at a load factor
+of at most 1/2 keeps a 520k-n-gram table at 16 MiB, inside a server's L3 cache, with about
+1.5 probes per hit and 2.5 per miss.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)  # column field of an unused slot
 
 
 class KeyTable:
     def __init__(self, keys: np.ndarray):
-        keys = np.asarray(keys, dtype=np.uint64)
-        bits = max(4, int(np.ceil(np.log2(max(2 * len(keys), 1)))) + 1)  # load factor <= 1/4
+        keys = np.ascontiguousarray(keys, dtype=np.uint64)
+        bits = max(4, int(np.ceil(np.log2(max(2 * len(keys), 1)))))
         self.shift = np.uint64(64 - bits)
-        self.mask = np.int64((1 << bits) - 1)
-        self.keys = np.zeros(1 << bits, dtype=np.uint64)
-        self.columns = np.full(1 << bits, -1, dtype=np.int32)
-        pending = np.arange(len(keys), dtype=np.int64)
-        slots = self._slots(keys)
-        while len(pending):
-            free = self.columns[slots] < 0
-            # Of the keys aiming at the same free slot, the first takes it; the rest move on.
-            _, first = np.unique(slots[free], return_index=True)
-            placed = np.flatnonzero(free)[first]
-            self.keys[slots[placed]] = keys[pending[placed]]
-            self.columns[slots[placed]] = pending[placed].astype(np.int32)
-            stay = np.ones(len(pending), dtype=bool)
-            stay[placed] = False
-            pending, slots = pending[stay], (slots[stay] + 1) & self.mask
-
-    def _slots(self, keys: np.ndarray) -> np.ndarray:
-        return ((keys * _GOLDEN) >> self.shift).astype(np.int64)
+        self.slots = np.empty((1 << bits, 2), dtype=np.uint64)
+        self.slots[:, 0] = 0
+        self.slots[:, 1] = EMPTY
+        _insert(self.slots, keys, self.shift)
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """The column of each key, or -1 where the key is not in the table."""
-        out = np.full(len(keys), -1, dtype=np.int32)
-        todo = np.arange(len(keys), dtype=np.int64)
-        slots = self._slots(keys)
-        query = keys
-        while len(todo):
-            cols = self.columns[slots]
-            hit = self.keys[slots] == query
-            out[todo[hit & (cols >= 0)]] = cols[hit & (cols >= 0)]
-            more = ~hit & (cols >= 0)
-            todo, slots, query = todo[more], (slots[more] + 1) & self.mask, query[more]
-        return out
+        return _lookup(self.slots, np.ascontiguousarray(keys, dtype=np.uint64), self.shift)
+
+
+@numba.njit(nogil=True, cache=True)
+def find(slots: np.ndarray, key: np.uint64, shift: np.uint64) -> int:
+    mask = slots.shape[0] - 1
+    slot = np.int64((key * GOLDEN) >> shift)
+    while slots[slot, 1] != EMPTY:
+        if slots[slot, 0] == key:
+            return np.int64(slots[slot, 1])
+        slot = (slot + 1) & mask
+    return -1
+
+
+@numba.njit(nogil=True, cache=True)
+def _insert(slots: np.ndarray, keys: np.ndarray, shift: np.uint64) -> None:
+    mask = slots.shape[0] - 1
+    for column in range(len(keys)):
+        slot = np.int64((keys[column] * GOLDEN) >> shift)
+        while slots[slot, 1] != EMPTY:
+            slot = (slot + 1) & mask
+        slots[slot, 0] = keys[column]
+        slots[slot, 1] = np.uint64(column)
+
+
+@numba.njit(nogil=True, cache=True)
+def _lookup(slots: np.ndarray, keys: np.ndarray, shift: np.uint64) -> np.ndarray:
+    out = np.empty(len(keys), dtype=np.int32)
+    for i in range(len(keys)):
+        out[i] = find(slots, keys[i], shift)
+    return out

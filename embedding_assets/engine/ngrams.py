@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 PAD = np.uint32(0xFFFFFFFF)
-_FNV_OFFSET = np.uint64(14695981039346656037)
-_FNV_PRIME = np.uint64(1099511628211)
+FNV_OFFSET = np.uint64(14695981039346656037)
+FNV_PRIME = np.uint64(1099511628211)
 
 
 @dataclass(frozen=True)
@@ -32,14 +32,14 @@ def ngram_windows(ids: np.ndarray, offsets: np.ndarray, max_n: int) -> NgramWind
     docs = np.repeat(np.arange(num_docs, dtype=np.int64), np.diff(offsets))
     doc_end = offsets[1:][docs]
     tokens = ids.astype(np.uint64)
-    h = np.full(num_tokens, _FNV_OFFSET, dtype=np.uint64)
+    h = np.full(num_tokens, FNV_OFFSET, dtype=np.uint64)
     parts: list[tuple[np.ndarray, ...]] = []
     positions = np.arange(num_tokens, dtype=np.int64)
     for n in range(1, max_n + 1):
         m = num_tokens - n + 1
         if m <= 0:
             break
-        h = (h[:m] ^ tokens[n - 1 : n - 1 + m]) * _FNV_PRIME
+        h = (h[:m] ^ tokens[n - 1 : n - 1 + m]) * FNV_PRIME
         inside = positions[:m] + n <= doc_end[:m]
         starts = positions[:m][inside]
         parts.append((h[inside], docs[:m][inside], starts, np.full(len(starts), n, np.uint8)))
@@ -51,10 +51,10 @@ def ngram_windows(ids: np.ndarray, offsets: np.ndarray, max_n: int) -> NgramWind
 
 def ngram_keys(ngrams: np.ndarray) -> np.ndarray:
     """Keys of n-grams given as rows of token ids padded with PAD, as `ngram_windows` makes them."""
-    h = np.full(len(ngrams), _FNV_OFFSET, dtype=np.uint64)
+    h = np.full(len(ngrams), FNV_OFFSET, dtype=np.uint64)
     for j in range(ngrams.shape[1]):
         present = ngrams[:, j] != PAD
-        h[present] = (h[present] ^ ngrams[present, j].astype(np.uint64)) * _FNV_PRIME
+        h[present] = (h[present] ^ ngrams[present, j].astype(np.uint64)) * FNV_PRIME
     return h
 
 
@@ -141,67 +141,3 @@ class NgramCounter:
         order = np.lexsort((self.keys, -self.counts))
         order = order[(self.counts - self.errors)[order] >= min_count]
         return order[:size]
-
-
-def known_windows(ids: np.ndarray, offsets: np.ndarray, max_n: int, lookup_columns) -> tuple[np.ndarray, np.ndarray]:
-    """Vocabulary columns of every n-gram occurrence of a batch, grouped by document (CSR).
-
-    Returns (indptr, columns); a column repeats as often as its n-gram occurs. Windows of one
-    length come out in document order, so the groups are interleaved by offset arithmetic
-    rather than a sort. `lookup_columns(keys)` gives a column per key, -1 for unknown.
-    """
-    num_docs = len(offsets) - 1
-    num_tokens = len(ids)
-    docs = np.repeat(np.arange(num_docs, dtype=np.int32), np.diff(offsets))
-    doc_end = offsets[1:][docs]
-    limit = doc_end - np.arange(num_tokens, dtype=np.int64)  # tokens left in the document from here
-    tokens = ids.astype(np.uint64)
-    h = np.full(num_tokens, _FNV_OFFSET, dtype=np.uint64)
-    blocks: list[tuple[np.ndarray, np.ndarray]] = []
-    per_doc = np.zeros((max_n, num_docs), dtype=np.int64)
-    for n in range(1, max_n + 1):
-        m = num_tokens - n + 1
-        if m <= 0:
-            break
-        h = (h[:m] ^ tokens[n - 1 : n - 1 + m]) * _FNV_PRIME
-        inside = np.flatnonzero(limit[:m] >= n)
-        cols = lookup_columns(h[inside])
-        known = cols >= 0
-        block_docs = docs[inside[known]]
-        blocks.append((block_docs, cols[known]))
-        per_doc[n - 1] = np.bincount(block_docs, minlength=num_docs)
-    indptr = np.zeros(num_docs + 1, dtype=np.int64)
-    np.cumsum(per_doc.sum(axis=0), out=indptr[1:])
-    columns = np.empty(indptr[-1], dtype=np.int32)
-    before = indptr[:-1].copy()  # where the next block's entries of each document go
-    for (block_docs, cols), counts in zip(blocks, per_doc):
-        block_start = np.zeros(num_docs, dtype=np.int64)
-        np.cumsum(counts[:-1], out=block_start[1:])
-        rank = np.arange(len(cols), dtype=np.int64) - block_start[block_docs]
-        columns[before[block_docs] + rank] = cols
-        before += counts
-    return indptr, columns
-
-
-def count_per_document(indptr: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Merge repeated columns within each document: (indptr, columns, counts) of the count CSR.
-
-    Summing a few thousand occurrences one by one in float32 loses more precision than
-    summing their counts; one sort of (document, column) pairs per batch costs less than
-    the products it saves.
-    """
-    num_docs = len(indptr) - 1
-    width = int(columns.max()) + 1 if len(columns) else 1
-    # (document, column) as one integer; 32 bits when they fit, which sorts about twice as fast.
-    dtype = np.uint32 if num_docs * width < 2**32 else np.uint64
-    docs = np.repeat(np.arange(num_docs, dtype=dtype), np.diff(indptr))
-    pairs = np.sort(docs * dtype(width) + columns.astype(dtype))
-    first = np.empty(len(pairs), dtype=bool)
-    first[:1] = True
-    np.not_equal(pairs[1:], pairs[:-1], out=first[1:])
-    starts = np.flatnonzero(first)
-    counts = np.diff(np.append(starts, len(pairs)))
-    pairs = pairs[starts]
-    new_indptr = np.zeros(len(indptr), dtype=np.int64)
-    np.cumsum(np.bincount((pairs // dtype(width)).astype(np.int64), minlength=num_docs), out=new_indptr[1:])
-    return new_indptr, (pairs % dtype(width)).astype(np.int32), counts.astype(np.float32)

@@ -19,10 +19,12 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from tokenizers import Tokenizer
 
 from embedding_assets.engine.errors import ArtifactError
+from embedding_assets.engine.hashtable import KeyTable
 
 WORDPIECE = "wordpiece"
 WORDS = "words"
@@ -53,35 +55,7 @@ _ASCII_LOWER = np.arange(256, dtype=np.uint8)
 _ASCII_LOWER[65:91] += 32
 
 _POLY = np.uint64(0x100000001B3)
-
-
-def _powers_of_poly(size: int) -> np.ndarray:
-    """_POLY ** i for i < size, wrapping mod 2**64."""
-    powers = np.ones(size, dtype=np.uint64)
-    step = 1
-    while step < size:
-        powers[step : 2 * step] = powers[: min(step, size - step)] * np.uint64(int(powers[step - 1]) * int(_POLY) % 2**64)
-        step *= 2
-    return powers
-
-
-_powers = _powers_of_poly(1 << 12)
-
-
-def _power_table(length: int) -> np.ndarray:
-    global _powers
-    powers = _powers
-    if len(powers) < length:
-        powers = _powers_of_poly(1 << int(np.ceil(np.log2(length))))
-        _powers = powers
-    return powers
-
-
-def _mix(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: spreads a polynomial hash over all 64 bits."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 @dataclass(frozen=True)
@@ -92,7 +66,6 @@ class Pieces:
     starts: np.ndarray  # int64, byte position where each piece starts
     ends: np.ndarray  # int64
     keys: np.ndarray  # uint64, a hash of the piece's bytes with ASCII lowercased
-    other: np.ndarray  # bool, the piece has a byte of class _OTHER
     offsets: np.ndarray  # int64 [n + 1], where each document's pieces start and end
 
 
@@ -109,34 +82,39 @@ def split_pieces(texts: Sequence[str], classes: np.ndarray = _WORDPIECE_CLASSES,
         lengths = np.fromiter((len(fold(t).encode("utf-8", errors)) for t in texts), dtype=np.int64, count=len(texts))
     doc_starts = np.zeros(len(texts) + 1, dtype=np.int64)
     np.cumsum(lengths + 1, out=doc_starts[1:])
+    starts, ends, keys = _split(np.frombuffer(data, dtype=np.uint8), classes, _ASCII_LOWER)
+    return Pieces(data, starts, ends, keys, np.searchsorted(starts, doc_starts))
 
-    raw = np.frombuffer(data, dtype=np.uint8)
-    cls = classes[raw]
-    joins = (cls == _WORD) | (cls == _OTHER)
-    in_piece = cls != _SEPARATOR
-    glued = joins[1:] & joins[:-1]  # byte i and i + 1 belong to one run
-    is_start = in_piece.copy()
-    is_start[1:] &= ~glued
-    is_end = in_piece.copy()
-    is_end[:-1] &= ~glued
-    starts = np.flatnonzero(is_start)
-    ends = np.flatnonzero(is_end) + 1
-    lengths = ends - starts
 
-    # Polynomial hash of each piece: sum of (byte + 1) * P**(position in piece), then mixed.
-    selected = np.flatnonzero(in_piece)
-    first = np.zeros(len(starts), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=first[1:])
-    keys = np.empty(len(starts), dtype=np.uint64)
-    other = np.zeros(len(starts), dtype=bool)
-    if len(starts):
-        within = np.arange(len(selected), dtype=np.int64) - np.repeat(first, lengths)
-        powers = _power_table(int(lengths.max()))
-        terms = (_ASCII_LOWER[raw[selected]].astype(np.uint64) + np.uint64(1)) * powers[within]
-        keys = _mix(np.add.reduceat(terms, first) ^ (lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)))
-        other = np.maximum.reduceat((cls[selected] == _OTHER).view(np.uint8), first).astype(bool)
-    offsets = np.searchsorted(starts, doc_starts)
-    return Pieces(data, starts, ends, keys, other, offsets)
+@numba.njit(nogil=True, cache=True)
+def _split(raw, classes, lower):
+    """One pass over the bytes: each piece's span, and its key: splitmix64's finaliser applied
+    to (sum of (byte + 1) * P**position) xor (length * golden ratio), bytes ASCII-lowercased."""
+    starts = np.empty(len(raw), dtype=np.int64)
+    ends = np.empty(len(raw), dtype=np.int64)
+    keys = np.empty(len(raw), dtype=np.uint64)
+    count = 0
+    i = 0
+    while i < len(raw):
+        kind = classes[raw[i]]
+        if kind == _SEPARATOR:
+            i += 1
+            continue
+        start = i
+        total = np.uint64(lower[raw[i]]) + np.uint64(1)
+        power = np.uint64(1)
+        i += 1
+        if kind != _PUNCT:
+            while i < len(raw) and (classes[raw[i]] == _WORD or classes[raw[i]] == _OTHER):
+                power *= _POLY
+                total += (np.uint64(lower[raw[i]]) + np.uint64(1)) * power
+                i += 1
+        z = total ^ (np.uint64(i - start) * _GOLDEN)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        starts[count], ends[count], keys[count] = start, i, z ^ (z >> np.uint64(31))
+        count += 1
+    return starts[:count], ends[:count], keys[:count]
 
 
 def load_tokenizer(tokenizer_json: str) -> Tokenizer:
@@ -206,8 +184,7 @@ class WordPieceFrontEnd:
         self.cached = _is_bert_style(spec)
         self._added = [(t["content"], bool(t.get("normalized"))) for t in spec.get("added_tokens") or []]
         self._lock = threading.Lock()
-        # Sorted piece keys; each piece's ids are flat[start : start + length].
-        self._cache = (np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.uint32))
+        self._cache = _PieceCache.empty()
 
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         texts = list(texts)
@@ -246,39 +223,71 @@ class WordPieceFrontEnd:
             pieces = split_pieces(texts, _WORDPIECE_CLASSES)
         except UnicodeEncodeError:
             return tokenize(self.tokenizer, texts)
-        unique, first, inverse = np.unique(pieces.keys, return_index=True, return_inverse=True)
-        keys, starts, lengths, flat = self._cache
-        pos = np.searchsorted(keys, unique)
-        known = pos < len(keys)
-        known[known] = keys[pos[known]] == unique[known]
-        if not known.all():
-            keys, starts, lengths, flat = self._learn(pieces, unique[~known], first[~known])
-            pos = np.searchsorted(keys, unique)
-        piece_lengths = lengths[pos][inverse]
-        piece_starts = starts[pos][inverse]
-        ends = np.cumsum(piece_lengths)
-        ids = flat[np.repeat(piece_starts - (ends - piece_lengths), piece_lengths) + np.arange(ends[-1] if len(ends) else 0)]
-        token_ends = np.concatenate([[0], ends])
-        return ids, token_ends[pieces.offsets]
+        cache = self._cache
+        entries = cache.table.lookup(pieces.keys)
+        missing = np.flatnonzero(entries < 0)
+        if len(missing):
+            new_keys, first = np.unique(pieces.keys[missing], return_index=True)
+            cache = self._learn(pieces, new_keys, missing[first])
+            entries = cache.table.lookup(pieces.keys)
+        return _expand(entries, cache.starts, cache.lengths, cache.flat, pieces.offsets)
 
-    def _learn(self, pieces: Pieces, new_keys: np.ndarray, where: np.ndarray):
+    def _learn(self, pieces: Pieces, new_keys: np.ndarray, where: np.ndarray) -> _PieceCache:
         words = [pieces.data[s:e].decode("utf-8") for s, e in zip(pieces.starts[where], pieces.ends[where])]
         encodings = self.tokenizer.encode_batch_fast(words, add_special_tokens=False)
         new_lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
         new_ids = np.fromiter((i for e in encodings for i in e.ids), dtype=np.uint32, count=int(new_lengths.sum()))
         with self._lock:
-            keys, starts, lengths, flat = self._cache
-            if len(keys) + len(new_keys) > _CACHE_LIMIT:
-                keys, starts, lengths, flat = (a[:0] for a in (keys, starts, lengths, flat))
-            fresh = ~np.isin(new_keys, keys)  # another thread may have learnt some meanwhile
+            cache = self._cache
+            if len(cache.keys) + len(new_keys) > _CACHE_LIMIT:
+                cache = _PieceCache.empty()
+            fresh = cache.table.lookup(new_keys) < 0  # another thread may have learnt some meanwhile
             kept_lengths = new_lengths[fresh]
-            starts = np.concatenate([starts, len(flat) + np.cumsum(kept_lengths) - kept_lengths])
-            flat = np.concatenate([flat, new_ids[np.repeat(fresh, new_lengths)]])
-            keys = np.concatenate([keys, new_keys[fresh]])
-            lengths = np.concatenate([lengths, kept_lengths])
-            order = np.argsort(keys, kind="stable")
-            self._cache = (keys[order], starts[order], lengths[order], flat)
+            keys = np.concatenate([cache.keys, new_keys[fresh]])
+            self._cache = _PieceCache(
+                keys,
+                KeyTable(keys),
+                np.concatenate([cache.starts, len(cache.flat) + np.cumsum(kept_lengths) - kept_lengths]),
+                np.concatenate([cache.lengths, kept_lengths]),
+                np.concatenate([cache.flat, new_ids[np.repeat(fresh, new_lengths)]]),
+            )
             return self._cache
+
+
+@dataclass(frozen=True)
+class _PieceCache:
+    """Token ids of pieces already seen: piece i (key keys[i]) is flat[starts[i] : starts[i] + lengths[i]].
+
+    A new batch of pieces replaces the whole object, so a thread reading an older one is never disturbed.
+    """
+
+    keys: np.ndarray  # uint64
+    table: KeyTable  # key -> i
+    starts: np.ndarray  # int64
+    lengths: np.ndarray  # int64
+    flat: np.ndarray  # uint32
+
+    @classmethod
+    def empty(cls) -> _PieceCache:
+        keys = np.empty(0, np.uint64)
+        return cls(keys, KeyTable(keys), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.uint32))
+
+
+@numba.njit(nogil=True, cache=True)
+def _expand(entries, starts, lengths, flat, piece_offsets):
+    """The token ids of a batch from its pieces' cache entries, and where each document's tokens start."""
+    total = 0
+    for e in entries:
+        total += lengths[e]
+    ids = np.empty(total, dtype=np.uint32)
+    piece_token_starts = np.empty(len(entries) + 1, dtype=np.int64)
+    at = 0
+    for p, e in enumerate(entries):
+        piece_token_starts[p] = at
+        ids[at : at + lengths[e]] = flat[starts[e] : starts[e] + lengths[e]]
+        at += lengths[e]
+    piece_token_starts[len(entries)] = at
+    return ids, piece_token_starts[piece_offsets]
 
 
 class WordFrontEnd:
