@@ -19,7 +19,7 @@ CODE_VERSIONS = {
     "features": "1",
     "teacher_model": "1",
     "teacher_embeddings": "1",
-    "distilled_model": "2",
+    "distilled_model": "3",
     "quality_classifier": "1",
     "scored_corpus": "1",
 }

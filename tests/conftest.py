@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 

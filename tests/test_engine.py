@@ -204,6 +204,28 @@ def test_fast_encode_equals_the_tfidf_network_on_any_threads(small_model, sample
         assert np.abs(model.encode(texts, batch_size=batch, threads=threads) - reference).max() < 1e-5
 
 
+def test_float16_first_layer_encodes_as_its_float32_values_and_halves_the_file(small_model, sample_texts, tmp_path):
+    model, _, _ = small_model
+    half = LexicalEmbedder(model.tokenizer_json, model.vocabulary, model.layers, model.fallback, 0.4, first_layer_dtype="float16")
+    texts = sample_texts[400:1400] + [" ".join(sample_texts[:300]), "", "zzzz"]
+    reference = forward(half.tfidf(texts), half.layers)
+    reference[~np.any(reference, axis=1)] = half.fallback
+    with torch.no_grad():
+        trained_path = StudentModule(half.layers)(*csr_batch(half.tfidf(texts[:200]), torch.device("cpu"))).numpy()
+    out = half.encode(texts, threads=2)
+    assert np.abs(out - reference).max() < 1e-5
+    assert np.abs(out[:200] - np.where(np.any(trained_path, axis=1, keepdims=True), trained_path, half.fallback)).max() < 1e-5
+    assert np.einsum("ij,ij->i", out, model.encode(texts)).min() > 0.9999  # rounding moves embeddings by ~1e-4 at most
+
+    model.save(tmp_path / "full.safetensors")
+    half.save(tmp_path / "half.safetensors")
+    first_layer_bytes = model.layers[0].nbytes
+    assert (tmp_path / "full.safetensors").stat().st_size - (tmp_path / "half.safetensors").stat().st_size >= first_layer_bytes // 2
+    loaded = LexicalEmbedder.load(tmp_path / "half.safetensors")
+    assert loaded.first_layer_dtype == "float16" and loaded.version == half.version != model.version
+    assert np.array_equal(loaded.encode(texts), out)
+
+
 def test_artifact_round_trip_encodes_identically(small_model, tmp_path):
     model, _, texts = small_model
     model.save(tmp_path / "m.safetensors")

@@ -16,6 +16,7 @@ from embedding_assets.engine import artifact
 from embedding_assets.engine.errors import ArtifactError, InputError
 from embedding_assets.engine.luxical_format import read_luxical, write_luxical
 from embedding_assets.engine.first_layer import first_layer_sums
+from embedding_assets.engine.half import FIRST_LAYER_DTYPES, FLOAT16, FLOAT32, expand, shrink
 from embedding_assets.engine.hashtable import KeyTable
 from embedding_assets.engine.network import finish
 from embedding_assets.engine.quantization import quantize_uint8
@@ -31,6 +32,11 @@ class LexicalEmbedder:
 
     `fallback` is the vector given to texts with no known n-gram (an empty string, say): the
     normalised mean of the training embeddings, so every row of `encode` has norm 1.
+
+    `first_layer_dtype` "float16" stores the first layer, by far the largest array, in half
+    precision (see `half`): the model file halves, and so do the bytes `encode` reads per
+    n-gram, its main cost on long texts. `layers[0]` then holds the float32 values of the
+    stored float16 weights, so both compute the same embeddings.
     """
 
     def __init__(
@@ -41,7 +47,10 @@ class LexicalEmbedder:
         fallback: np.ndarray,
         quantization_limit: float,
         provenance: dict | None = None,
+        first_layer_dtype: str = FLOAT32,
     ):
+        if first_layer_dtype not in FIRST_LAYER_DTYPES:
+            raise ArtifactError(f"first layer dtype must be one of {FIRST_LAYER_DTYPES}, got {first_layer_dtype!r}")
         if not layers:
             raise ArtifactError("a model needs at least one layer")
         if layers[0].shape[0] != vocabulary.size:
@@ -55,6 +64,11 @@ class LexicalEmbedder:
         self.tokenizer = load_tokenizer(tokenizer_json)
         self.front_end = make_front_end(vocabulary.front_end, tokenizer_json)
         self.vocabulary = vocabulary
+        self.first_layer_dtype = first_layer_dtype
+        self._half_first_layer = None
+        if first_layer_dtype == FLOAT16:
+            self._half_first_layer = layers[0] if layers[0].dtype == np.float16 else shrink(layers[0])
+            layers = [expand(self._half_first_layer), *layers[1:]]
         self.layers = [np.ascontiguousarray(w, dtype=np.float32) for w in layers]
         self.fallback = np.asarray(fallback, dtype=np.float32)
         self.quantization_limit = float(quantization_limit)
@@ -131,7 +145,8 @@ class LexicalEmbedder:
 
     def _encode_batch(self, texts: Sequence[str]) -> np.ndarray:
         ids, offsets = self.front_end.tokenize(texts)
-        hidden = first_layer_sums(ids, offsets, self._key_table, self.vocabulary.max_n, self.vocabulary.idf, self.layers[0])
+        first_layer = self.layers[0] if self._half_first_layer is None else self._half_first_layer
+        hidden = first_layer_sums(ids, offsets, self._key_table, self.vocabulary.max_n, self.vocabulary.idf, first_layer)
         out = finish(hidden, self.layers[1:])
         empty = ~np.any(out, axis=1)
         out[empty] = self.fallback
@@ -146,6 +161,7 @@ class LexicalEmbedder:
             "front_end": self.vocabulary.front_end,
             "max_ngram_length": self.vocabulary.max_n,
             "dims": self.dims,
+            "first_layer_dtype": self.first_layer_dtype,
             "quantization_limit": self.quantization_limit,
             "provenance": self.provenance,
         }
@@ -153,6 +169,8 @@ class LexicalEmbedder:
     def _tensors(self) -> dict[str, np.ndarray]:
         tensors = {"vocabulary.ngrams": self.vocabulary.ngrams, "vocabulary.idf": self.vocabulary.idf, "fallback": self.fallback}
         tensors.update({f"layers.{i}": w for i, w in enumerate(self.layers)})
+        if self._half_first_layer is not None:
+            tensors["layers.0"] = self._half_first_layer
         return tensors
 
     @cached_property
@@ -174,21 +192,24 @@ class LexicalEmbedder:
             max_n = int(config["max_ngram_length"])
             tokenizer_json = config["tokenizer"]
             limit = float(config["quantization_limit"])
+            first_layer_dtype = config.get("first_layer_dtype", FLOAT32)
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"config is missing or has a bad value for {exc}") from exc
         if len(dims) < 2 or min(dims) < 1 or not 1 <= max_n <= 16:
             raise ArtifactError(f"config has impossible dims {dims} or n-gram length {max_n}")
+        if first_layer_dtype not in FIRST_LAYER_DTYPES:
+            raise ArtifactError(f"config has unknown first layer dtype {first_layer_dtype!r}")
         vocabulary = Vocabulary(
             artifact.require(tensors, "vocabulary.ngrams", (dims[0], max_n), np.uint32),
             artifact.require(tensors, "vocabulary.idf", (dims[0],), np.float32),
             config.get("front_end", WORDPIECE),
         )
         layers = [
-            artifact.require(tensors, f"layers.{i}", (dims[i], dims[i + 1]), np.float32)
+            artifact.require(tensors, f"layers.{i}", (dims[i], dims[i + 1]), first_layer_dtype if i == 0 else np.float32)
             for i in range(len(dims) - 1)
         ]
         fallback = artifact.require(tensors, "fallback", (dims[-1],), np.float32)
-        return cls(tokenizer_json, vocabulary, layers, fallback, limit, config.get("provenance"))
+        return cls(tokenizer_json, vocabulary, layers, fallback, limit, config.get("provenance"), first_layer_dtype)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LexicalEmbedder:

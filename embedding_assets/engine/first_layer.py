@@ -14,62 +14,75 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from embedding_assets.engine.half import half_to_float
 from embedding_assets.engine.hashtable import EMPTY, GOLDEN, KeyTable, find
 from embedding_assets.engine.ngrams import FNV_OFFSET, FNV_PRIME
+
+_BLOCK = 1024  # windows hashed and looked up together; their buffers stay in L1
 
 
 def first_layer_sums(ids: np.ndarray, offsets: np.ndarray, table: KeyTable, max_n: int, idf: np.ndarray, first_layer: np.ndarray) -> np.ndarray:
     """Per document, the sum over its known n-grams of count * IDF * first-layer row: [docs, hidden] float32.
 
+    `first_layer` is float32 or float16 (see `half`); float16 values are read exactly.
+
     TF-IDF's L2 norm is left out: it is a positive per-row factor, which commutes with the
     ReLU and is removed by the network's next normalisation.
     """
-    return _sums(ids, offsets, table.slots, table.shift, max_n, idf, first_layer)
+    if first_layer.dtype == np.float16:
+        return _sums(ids, offsets, table.slots, table.shift, max_n, idf, first_layer.view(np.uint16), _add_half_rows)
+    return _sums(ids, offsets, table.slots, table.shift, max_n, idf, first_layer, _add_rows)
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
-def _sums(ids, offsets, slots, shift, max_n, idf, first_layer):
+def _sums(ids, offsets, slots, shift, max_n, idf, first_layer, add_rows):
     num_docs = len(offsets) - 1
     hidden = np.zeros((num_docs, first_layer.shape[1]), dtype=np.float32)
     counts = np.zeros(first_layer.shape[0], dtype=np.int32)
     longest = 0
     for d in range(num_docs):
         longest = max(longest, offsets[d + 1] - offsets[d])
-    keys = np.empty(longest * max_n, dtype=np.uint64)
-    slot_of = np.empty(longest * max_n, dtype=np.int64)
-    key_at = np.empty(longest * max_n, dtype=np.uint64)
+    keys = np.empty(_BLOCK + max_n, dtype=np.uint64)
+    slot_of = np.empty(_BLOCK + max_n, dtype=np.int64)
+    found = np.empty((_BLOCK + max_n, 2), dtype=np.uint64)
     seen = np.empty(longest * max_n, dtype=np.int64)  # a document's distinct columns, in order of appearance
     weights = np.empty(longest * max_n, dtype=np.float32)
     for d in range(num_docs):
         end = offsets[d + 1]
-        windows = 0
-        for p in range(offsets[d], end):
-            key = FNV_OFFSET
-            for q in range(p, min(p + max_n, end)):
-                key = (key ^ np.uint64(ids[q])) * FNV_PRIME
-                keys[windows] = key
-                slot_of[windows] = np.int64((key * GOLDEN) >> shift)
-                windows += 1
-        for i in range(windows):
-            key_at[i] = slots[slot_of[i], 0]
         distinct = 0
-        for i in range(windows):
-            if slots[slot_of[i], 1] == EMPTY:
-                continue
-            if key_at[i] == keys[i]:
-                column = np.int64(slots[slot_of[i], 1])
-            else:
-                column = find(slots, keys[i], shift)
-                if column < 0:
+        p = offsets[d]
+        while p < end:
+            # A block of windows at a time: hash them all, read all their slots, then resolve.
+            windows = 0
+            block_end = min(p + _BLOCK // max_n, end)
+            for start in range(p, block_end):
+                key = FNV_OFFSET
+                for q in range(start, min(start + max_n, end)):
+                    key = (key ^ np.uint64(ids[q])) * FNV_PRIME
+                    keys[windows] = key
+                    slot_of[windows] = np.int64((key * GOLDEN) >> shift)
+                    windows += 1
+            p = block_end
+            for i in range(windows):
+                found[i, 0] = slots[slot_of[i], 0]
+                found[i, 1] = slots[slot_of[i], 1]
+            for i in range(windows):
+                if found[i, 1] == EMPTY:
                     continue
-            if counts[column] == 0:
-                seen[distinct] = column
-                distinct += 1
-            counts[column] += 1
+                if found[i, 0] == keys[i]:
+                    column = np.int64(found[i, 1])
+                else:
+                    column = find(slots, keys[i], shift)
+                    if column < 0:
+                        continue
+                if counts[column] == 0:
+                    seen[distinct] = column
+                    distinct += 1
+                counts[column] += 1
         for i in range(distinct):
             weights[i] = np.float32(counts[seen[i]]) * idf[seen[i]]
             counts[seen[i]] = 0
-        _add_rows(hidden[d], first_layer, seen, weights, distinct)
+        add_rows(hidden[d], first_layer, seen, weights, distinct)
     return hidden
 
 
@@ -87,4 +100,22 @@ def _add_rows(out, rows, columns, weights, count):
         r0, w0 = rows[columns[i]], weights[i]
         for j in range(len(out)):
             out[j] += w0 * r0[j]
+        i += 1
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def _add_half_rows(out, rows, columns, weights, count):
+    h = half_to_float
+    i = 0
+    while i + 8 <= count:
+        r0, r1, r2, r3 = rows[columns[i]], rows[columns[i + 1]], rows[columns[i + 2]], rows[columns[i + 3]]
+        r4, r5, r6, r7 = rows[columns[i + 4]], rows[columns[i + 5]], rows[columns[i + 6]], rows[columns[i + 7]]
+        w0, w1, w2, w3, w4, w5, w6, w7 = weights[i], weights[i + 1], weights[i + 2], weights[i + 3], weights[i + 4], weights[i + 5], weights[i + 6], weights[i + 7]
+        for j in range(len(out)):
+            out[j] += (w0 * h(r0[j]) + w1 * h(r1[j]) + w2 * h(r2[j]) + w3 * h(r3[j])) + (w4 * h(r4[j]) + w5 * h(r5[j]) + w6 * h(r6[j]) + w7 * h(r7[j]))
+        i += 8
+    while i < count:
+        r0, w0 = rows[columns[i]], weights[i]
+        for j in range(len(out)):
+            out[j] += w0 * h(r0[j])
         i += 1
