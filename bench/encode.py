@@ -78,9 +78,13 @@ def build_systems(train_texts: list[str], train_labels: list[str]) -> tuple[dict
     ids = [str(i) for i in range(len(train_texts))]
     fallback = np.full(HIDDEN[-1], HIDDEN[-1] ** -0.5, np.float32)
     feats = build_features(tokenizer_json, ids, batches, VOCABULARY, MAX_N, MIN_DOCUMENT_FREQUENCY, 2_000_000)
-    ours = LexicalEmbedder(tokenizer_json, feats.vocabulary, init_layers([feats.vocabulary.size, *HIDDEN], 0), fallback, 0.3)
+    layers = init_layers([feats.vocabulary.size, *HIDDEN], 0)
+    ours = LexicalEmbedder(tokenizer_json, feats.vocabulary, layers, fallback, 0.3, first_layer_dtype="float16")
+    ours_float32 = LexicalEmbedder(tokenizer_json, feats.vocabulary, layers, fallback, 0.3)
     word_feats = build_features(tokenizer_json, ids, batches, VOCABULARY, WORD_MAX_N, MIN_DOCUMENT_FREQUENCY, 2_000_000, front_end="words")
-    words = LexicalEmbedder(tokenizer_json, word_feats.vocabulary, init_layers([word_feats.vocabulary.size, *HIDDEN], 0), fallback, 0.3)
+    words = LexicalEmbedder(
+        tokenizer_json, word_feats.vocabulary, init_layers([word_feats.vocabulary.size, *HIDDEN], 0), fallback, 0.3, first_layer_dtype="float16"
+    )
     classifier = QualityClassifier(list(np.random.default_rng(0).normal(size=HIDDEN[-1])), 0.0, 0.5, ["x"], 0.2, ours.version)
 
     log("luxical vocabulary and model ...")
@@ -134,6 +138,7 @@ def build_systems(train_texts: list[str], train_labels: list[str]) -> tuple[dict
     systems = {
         "ours: LexicalEmbedder.encode": lambda docs: ours.encode(docs, threads=THREADS),
         "ours: encode + score": lambda docs: classifier.score(ours.encode(docs, threads=THREADS)),
+        "ours, float32 first layer: encode": lambda docs: ours_float32.encode(docs, threads=THREADS),
         "ours, word front end: encode": lambda docs: words.encode(docs, threads=THREADS),
         "luxical Embedder": lambda docs: luxical(docs),
         "teacher all-MiniLM-L6-v2 (CPU)": lambda docs: teacher.encode(docs, batch_size=32),
@@ -184,12 +189,27 @@ def main() -> None:
           f"luxical {notes['vocabulary'][1]:,}; layers {'-'.join(map(str, HIDDEN))}; "
           f"{THREADS} threads; best of 3. luxical's numba compilation (excluded): {notes['luxical_compile_s']:.1f} s.")
     print()
-    print("| corpus | length | system | docs | docs/s | tokens/s | docs/s vs luxical | tokens/s vs luxical | docs per CPU-s | vs luxical |")
+    print("| corpus | length | system | docs | docs/s | tokens/s | docs/s vs luxical | docs per CPU-s | vs luxical | vs teacher |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+
+    def row_of(corpus, length, prefix):
+        return next(r for r in rows if r[0] == corpus and r[1] == length and r[2].startswith(prefix))
+
     for corpus, length, name, count, rate, cpu_rate, tokens_per_doc in rows:
-        lux = next(r for r in rows if r[0] == corpus and r[1] == length and r[2].startswith("luxical"))
+        lux, teacher = row_of(corpus, length, "luxical"), row_of(corpus, length, "teacher")
         print(f"| {corpus} | {length} ({tokens_per_doc} tok) | {name} | {count:,} | {rate:,.0f} | {rate * tokens_per_doc:,.0f} | "
-              f"{rate / lux[4]:.2f}x | {rate / lux[4]:.2f}x | {cpu_rate:,.0f} | {cpu_rate / lux[5]:.2f}x |")
+              f"{rate / lux[4]:.2f}x | {cpu_rate:,.0f} | {cpu_rate / lux[5]:.2f}x | {cpu_rate / teacher[5]:,.0f}x |")
+
+    print()
+    print("Docs per CPU-second, as ratios:")
+    print()
+    print("| corpus | length | encode vs luxical | encode vs teacher | encode + score vs fastText predict | encode vs our WordPiece alone |")
+    print("|---|---|---:|---:|---:|---:|")
+    for corpus, length in dict.fromkeys((r[0], r[1]) for r in rows):
+        ours, scored = row_of(corpus, length, "ours: LexicalEmbedder"), row_of(corpus, length, "ours: encode + score")
+        lux, teacher = row_of(corpus, length, "luxical"), row_of(corpus, length, "teacher")
+        fasttext, floor = row_of(corpus, length, "fastText"), row_of(corpus, length, "tokenisation alone: our WordPiece")
+        print(f"| {corpus} | {length} | {ours[5] / lux[5]:.2f}x | {ours[5] / teacher[5]:,.0f}x | {scored[5] / fasttext[5]:.2f} | {ours[5] / floor[5]:.2f} |")
 
 
 if __name__ == "__main__":

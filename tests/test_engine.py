@@ -13,7 +13,7 @@ from embedding_assets.engine.features import Features, build_features
 from embedding_assets.engine.network import forward, init_layers
 from embedding_assets.engine.hashtable import KeyTable
 from embedding_assets.engine.first_layer import first_layer_sums
-from embedding_assets.engine.ngrams import PAD, NgramCounter, lookup, ngram_keys, ngram_windows
+from embedding_assets.engine.ngrams import PAD, NgramCounter, lookup, ngram_keys, ngram_windows, prefix_keys
 from embedding_assets.engine.quantization import dequantize_uint8, quantize_uint8
 from embedding_assets.engine.tfidf import Vocabulary
 from embedding_assets.engine.tokenization import WordFrontEnd, WordPieceFrontEnd, load_tokenizer, tokenize
@@ -68,11 +68,13 @@ def test_first_layer_kernel_sums_count_times_idf_times_row_of_every_known_ngram(
     docs = [[5, 6, 7, 8], [], [9], [5, 6, 5, 6, 5, 6, 1, 2, 3], [6, 5], [4, 4, 4], list(range(10, 30)) + [10, 11, 10]]
     known = [(5,), (6,), (5, 6), (6, 5, 6), (1, 2, 3), (9,)] + [(t,) for t in range(10, 30)] + [(10, 11)]
     keys = np.array([reference_key(g) for g in known], dtype=np.uint64)
-    order = np.argsort(keys)
+    padded = np.array([list(g) + [PAD] * (3 - len(g)) for g in known], dtype=np.uint32)
     rng = np.random.default_rng(0)
     idf = rng.uniform(1, 3, len(known)).astype(np.float32)
     rows = rng.normal(size=(len(known), 7)).astype(np.float32)
-    got = first_layer_sums(*flat(docs), KeyTable(keys[order]), 3, idf[order], rows[order])
+    table = KeyTable(keys, prefix_keys(padded))  # (6, 5) is a prefix only: looked up, never counted
+    assert table.lookup(np.array([reference_key((6, 5))], dtype=np.uint64)).tolist() == [-1]
+    got = first_layer_sums(*flat(docs), table, 3, idf, rows)
     for d, doc in enumerate(docs):
         grams = [g for dd, g in reference_ngrams(docs, 3) if dd == d and g in known]
         expected = sum((idf[known.index(g)] * rows[known.index(g)] for g in grams), np.zeros(7))

@@ -19,6 +19,7 @@ from embedding_assets.engine.first_layer import first_layer_sums
 from embedding_assets.engine.half import FIRST_LAYER_DTYPES, FLOAT16, FLOAT32, expand, shrink
 from embedding_assets.engine.hashtable import KeyTable
 from embedding_assets.engine.network import finish
+from embedding_assets.engine.ngrams import prefix_keys
 from embedding_assets.engine.quantization import quantize_uint8
 from embedding_assets.engine.storage import read_bytes, write_bytes_atomic
 from embedding_assets.engine.tfidf import Vocabulary, count_matrix, tfidf_rows
@@ -141,7 +142,7 @@ class LexicalEmbedder:
 
     @cached_property
     def _key_table(self) -> KeyTable:
-        return KeyTable(self.vocabulary.keys)
+        return KeyTable(self.vocabulary.keys, prefix_keys(self.vocabulary.ngrams))
 
     def _encode_batch(self, texts: Sequence[str]) -> np.ndarray:
         ids, offsets = self.front_end.tokenize(texts)

@@ -5,8 +5,9 @@ The numpy path (`ngrams.ngram_windows`, `tfidf.count_matrix`) computes the same 
 training; this kernel is what `LexicalEmbedder.encode` runs. It releases the GIL, so the
 encoder's threads run it side by side. Both of its inner loops are written for memory-level
 parallelism, since both are bound by random reads (of the key table, and of first-layer
-rows): the table reads of a whole document are issued before any is branched on, and rows
-are summed eight at a time, so the CPU has many cache misses in flight instead of one.
+rows): the table reads of a thousand n-grams are issued before any is branched on, and rows
+are summed eight at a time, so the CPU has many cache misses in flight instead of one. An
+n-gram is extended only while the table says some vocabulary n-gram starts with it.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import numba
 import numpy as np
 
 from embedding_assets.engine.half import half_to_float
-from embedding_assets.engine.hashtable import EMPTY, GOLDEN, KeyTable, find
+from embedding_assets.engine.hashtable import EMPTY, EXTENDS, GOLDEN, KeyTable, column_of, find
 from embedding_assets.engine.ngrams import FNV_OFFSET, FNV_PRIME
 
-_BLOCK = 1024  # windows hashed and looked up together; their buffers stay in L1
+_BLOCK = 1024  # token positions whose n-grams are looked up together; their buffers stay in L1
 
 
 def first_layer_sums(ids: np.ndarray, offsets: np.ndarray, table: KeyTable, max_n: int, idf: np.ndarray, first_layer: np.ndarray) -> np.ndarray:
@@ -42,43 +43,48 @@ def _sums(ids, offsets, slots, shift, max_n, idf, first_layer, add_rows):
     longest = 0
     for d in range(num_docs):
         longest = max(longest, offsets[d + 1] - offsets[d])
-    keys = np.empty(_BLOCK + max_n, dtype=np.uint64)
-    slot_of = np.empty(_BLOCK + max_n, dtype=np.int64)
-    found = np.empty((_BLOCK + max_n, 2), dtype=np.uint64)
+    starts = np.empty(_BLOCK, dtype=np.int64)  # where each n-gram still being extended starts
+    keys = np.empty(_BLOCK, dtype=np.uint64)
+    found = np.empty((_BLOCK, 2), dtype=np.uint64)
     seen = np.empty(longest * max_n, dtype=np.int64)  # a document's distinct columns, in order of appearance
     weights = np.empty(longest * max_n, dtype=np.float32)
     for d in range(num_docs):
         end = offsets[d + 1]
         distinct = 0
-        p = offsets[d]
-        while p < end:
-            # A block of windows at a time: hash them all, read all their slots, then resolve.
-            windows = 0
-            block_end = min(p + _BLOCK // max_n, end)
-            for start in range(p, block_end):
-                key = FNV_OFFSET
-                for q in range(start, min(start + max_n, end)):
-                    key = (key ^ np.uint64(ids[q])) * FNV_PRIME
-                    keys[windows] = key
-                    slot_of[windows] = np.int64((key * GOLDEN) >> shift)
-                    windows += 1
-            p = block_end
-            for i in range(windows):
-                found[i, 0] = slots[slot_of[i], 0]
-                found[i, 1] = slots[slot_of[i], 1]
-            for i in range(windows):
-                if found[i, 1] == EMPTY:
-                    continue
-                if found[i, 0] == keys[i]:
-                    column = np.int64(found[i, 1])
-                else:
-                    column = find(slots, keys[i], shift)
-                    if column < 0:
+        for block in range(offsets[d], end, _BLOCK):
+            # Level by level: the n-grams of length n from every position of the block are
+            # looked up together, and only those the table says extend go on to length n + 1.
+            active = min(_BLOCK, end - block)
+            for i in range(active):
+                starts[i] = block + i
+                keys[i] = (FNV_OFFSET ^ np.uint64(ids[block + i])) * FNV_PRIME
+            n = 1
+            while active:
+                for i in range(active):
+                    slot = np.int64((keys[i] * GOLDEN) >> shift)
+                    found[i, 0] = slots[slot, 0]
+                    found[i, 1] = slots[slot, 1]
+                extended = 0
+                for i in range(active):
+                    entry = found[i, 1]
+                    if entry == EMPTY:
                         continue
-                if counts[column] == 0:
-                    seen[distinct] = column
-                    distinct += 1
-                counts[column] += 1
+                    if found[i, 0] != keys[i]:
+                        entry = find(slots, keys[i], shift)
+                        if entry == EMPTY:
+                            continue
+                    column = column_of(entry)
+                    if column >= 0:
+                        if counts[column] == 0:
+                            seen[distinct] = column
+                            distinct += 1
+                        counts[column] += 1
+                    if entry & EXTENDS and n < max_n and starts[i] + n < end:
+                        starts[extended] = starts[i]
+                        keys[extended] = (keys[i] ^ np.uint64(ids[starts[i] + n])) * FNV_PRIME
+                        extended += 1
+                active = extended
+                n += 1
         for i in range(distinct):
             weights[i] = np.float32(counts[seen[i]]) * idf[seen[i]]
             counts[seen[i]] = 0

@@ -141,3 +141,14 @@ class NgramCounter:
         order = np.lexsort((self.keys, -self.counts))
         order = order[(self.counts - self.errors)[order] >= min_count]
         return order[:size]
+
+
+def prefix_keys(ngrams: np.ndarray) -> np.ndarray:
+    """Keys of every proper prefix of the given n-grams (rows padded with PAD), deduplicated."""
+    lengths = (ngrams != PAD).sum(axis=1)
+    parts = []
+    for n in range(1, ngrams.shape[1]):
+        rows = ngrams[lengths > n].copy()
+        rows[:, n:] = PAD
+        parts.append(ngram_keys(rows))
+    return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.uint64)
