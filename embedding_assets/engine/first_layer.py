@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.core import types
+from numba.extending import overload
 
 from embedding_assets.engine.half import half_to_float
 from embedding_assets.engine.hashtable import EMPTY, EXTENDS, GOLDEN, KeyTable, column_of, find
@@ -31,12 +33,12 @@ def first_layer_sums(ids: np.ndarray, offsets: np.ndarray, table: KeyTable, max_
     ReLU and is removed by the network's next normalisation.
     """
     if first_layer.dtype == np.float16:
-        return _sums(ids, offsets, table.slots, table.shift, max_n, idf, first_layer.view(np.uint16), _add_half_rows)
-    return _sums(ids, offsets, table.slots, table.shift, max_n, idf, first_layer, _add_rows)
+        first_layer = first_layer.view(np.uint16)
+    return _sums(ids, offsets, table.slots, table.shift, max_n, idf, first_layer)
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
-def _sums(ids, offsets, slots, shift, max_n, idf, first_layer, add_rows):
+def _sums(ids, offsets, slots, shift, max_n, idf, first_layer):
     num_docs = len(offsets) - 1
     hidden = np.zeros((num_docs, first_layer.shape[1]), dtype=np.float32)
     counts = np.zeros(first_layer.shape[0], dtype=np.int32)
@@ -92,8 +94,7 @@ def _sums(ids, offsets, slots, shift, max_n, idf, first_layer, add_rows):
     return hidden
 
 
-@numba.njit(nogil=True, cache=True, fastmath=True)
-def _add_rows(out, rows, columns, weights, count):
+def _add_float_rows(out, rows, columns, weights, count):
     i = 0
     while i + 8 <= count:
         r0, r1, r2, r3 = rows[columns[i]], rows[columns[i + 1]], rows[columns[i + 2]], rows[columns[i + 3]]
@@ -109,7 +110,6 @@ def _add_rows(out, rows, columns, weights, count):
         i += 1
 
 
-@numba.njit(nogil=True, cache=True, fastmath=True)
 def _add_half_rows(out, rows, columns, weights, count):
     h = half_to_float
     i = 0
@@ -125,3 +125,13 @@ def _add_half_rows(out, rows, columns, weights, count):
         for j in range(len(out)):
             out[j] += w0 * h(r0[j])
         i += 1
+
+
+def add_rows(out, rows, columns, weights, count):
+    """out += sum of weights[i] * rows[columns[i]] for i < count; rows float32, or float16 bits as uint16."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(add_rows, jit_options={"fastmath": True, "nogil": True})
+def _add_rows_for(out, rows, columns, weights, count):
+    return _add_half_rows if rows.dtype == types.uint16 else _add_float_rows
