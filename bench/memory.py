@@ -4,8 +4,9 @@
 
 Writes a parquet file of generated documents (pairs of sample docstrings, so lengths vary
 from a few tokens to a few thousand), then streams it through a model of the bench's shape
-(200k n-grams, 256-256-384) in a fresh subprocess and reports that process's peak RSS
-(ru_maxrss), next to its RSS once the model is loaded.
+(200k n-grams, 256-256-384, float16 first layer) in a fresh subprocess and reports that
+process's peak RSS (VmHWM: ru_maxrss would count the parent's pages at fork time), next to
+its RSS once the model is loaded.
 """
 
 from __future__ import annotations
@@ -20,23 +21,23 @@ import time
 from pathlib import Path
 
 CHILD = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
 import numpy as np
 from embedding_assets.engine import LexicalEmbedder
 model = LexicalEmbedder.load(sys.argv[1])
 model._key_table  # build the lookup table before the baseline reading
-def rss_mib():
+def status_mib(field):
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-loaded = rss_mib()
-load_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
+loaded = status_mib("VmRSS:")
+load_peak = status_mib("VmHWM:")
 started = time.perf_counter()
 rows, checksum = 0, 0.0
 for batch in model.encode_parquet(sys.argv[2], threads=2):
     rows += len(batch)
     checksum += float(batch[:, 0].sum())
 seconds = time.perf_counter() - started
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = status_mib("VmHWM:")
 print(json.dumps({"rows": rows, "seconds": seconds, "loaded_mib": loaded, "peak_mib": peak, "load_peak_mib": load_peak}))
 """
 
@@ -62,7 +63,7 @@ def main() -> None:
         tmp = Path(tmp)
         batches = [texts[i : i + 2048] for i in range(0, len(texts), 2048)]
         feats = build_features(tokenizer_json, [str(i) for i in range(len(texts))], batches, VOCABULARY, MAX_N, 2, 2_000_000)
-        model = LexicalEmbedder(tokenizer_json, feats.vocabulary, init_layers([feats.vocabulary.size, *HIDDEN], 0), np.full(HIDDEN[-1], HIDDEN[-1] ** -0.5, np.float32), 0.3)
+        model = LexicalEmbedder(tokenizer_json, feats.vocabulary, init_layers([feats.vocabulary.size, *HIDDEN], 0), np.full(HIDDEN[-1], HIDDEN[-1] ** -0.5, np.float32), 0.3, first_layer_dtype="float16")
         model.save(tmp / "model.safetensors")
 
         writer = None

@@ -1,12 +1,26 @@
 """How fast a stage goes: throttled progress lines for the run log, and the throughput entries
 every asset reports in its materialisation metadata under the same names."""
 
+import resource
 import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
 
 PROGRESS_INTERVAL_SECONDS = 15.0
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB.
+
+    VmHWM where /proc has it: on Linux ru_maxrss carries the parent's peak over through fork
+    and exec, so a step started by a large process would report that process's memory.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def token_counts(tokenizer, texts: Iterable[str]) -> np.ndarray:

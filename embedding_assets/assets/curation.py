@@ -1,7 +1,6 @@
 """Curation: the quality classifier on student embeddings, and the scored corpus, shard by shard."""
 
 import json
-import resource
 import time
 from dataclasses import replace
 
@@ -19,7 +18,7 @@ from embedding_assets.engine.classifier import QualityClassifier, fit_classifier
 from embedding_assets.engine.errors import ArtifactError
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.plots import score_histogram
-from embedding_assets.progress import ProgressLog, throughput
+from embedding_assets.progress import ProgressLog, peak_rss_mb, throughput
 from embedding_assets.resources import Storage
 from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
 from embedding_assets.sample_corpus import NETWORKING_LABELS
@@ -204,7 +203,7 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
             "classifier_version": classifier.version,
             "score_histogram": dg.MetadataValue.md(score_histogram([int(c) for c in score_hist], classifier.threshold)),
             **throughput(seconds, rows, latest_metadata_value(context.instance, "raw_corpus", "tokens", shard)),
-            # Of this step's process (Linux reports KiB): stays flat as shards grow, since batches stream.
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            # Of this step's process: stays flat as shards grow, since batches stream.
+            "peak_rss_mb": round(peak_rss_mb(), 1),
         }
     )

@@ -36,8 +36,8 @@ class LexicalEmbedder:
 
     `first_layer_dtype` "float16" stores the first layer, by far the largest array, in half
     precision (see `half`): the model file halves, and so do the bytes `encode` reads per
-    n-gram, its main cost on long texts. `layers[0]` then holds the float32 values of the
-    stored float16 weights, so both compute the same embeddings.
+    n-gram, its main cost on long texts. Only the float16 matrix is kept; `layers[0]` gives its
+    float32 values, with which the numpy and torch paths compute the same embeddings.
     """
 
     def __init__(
@@ -66,22 +66,28 @@ class LexicalEmbedder:
         self.front_end = make_front_end(vocabulary.front_end, tokenizer_json)
         self.vocabulary = vocabulary
         self.first_layer_dtype = first_layer_dtype
-        self._half_first_layer = None
         if first_layer_dtype == FLOAT16:
-            self._half_first_layer = layers[0] if layers[0].dtype == np.float16 else shrink(layers[0])
-            layers = [expand(self._half_first_layer), *layers[1:]]
-        self.layers = [np.ascontiguousarray(w, dtype=np.float32) for w in layers]
+            self._first_layer = layers[0] if layers[0].dtype == np.float16 else shrink(layers[0])
+        else:
+            self._first_layer = np.ascontiguousarray(layers[0], dtype=np.float32)
+        self._later_layers = [np.ascontiguousarray(w, dtype=np.float32) for w in layers[1:]]
         self.fallback = np.asarray(fallback, dtype=np.float32)
         self.quantization_limit = float(quantization_limit)
         self.provenance = provenance or {}
 
     @property
+    def layers(self) -> list[np.ndarray]:
+        """The network's float32 weights, input first (a float16 first layer is expanded on each call)."""
+        first = expand(self._first_layer) if self.first_layer_dtype == FLOAT16 else self._first_layer
+        return [first, *self._later_layers]
+
+    @property
     def dim(self) -> int:
-        return self.layers[-1].shape[1]
+        return self.dims[-1]
 
     @property
     def dims(self) -> list[int]:
-        return [self.vocabulary.size] + [w.shape[1] for w in self.layers]
+        return [self.vocabulary.size] + [w.shape[1] for w in (self._first_layer, *self._later_layers)]
 
     def tfidf(self, texts: Sequence[str]) -> sp.csr_matrix:
         return tfidf_rows(count_matrix(self.front_end, self.vocabulary, texts), self.vocabulary.idf)
@@ -146,9 +152,8 @@ class LexicalEmbedder:
 
     def _encode_batch(self, texts: Sequence[str]) -> np.ndarray:
         ids, offsets = self.front_end.tokenize(texts)
-        first_layer = self.layers[0] if self._half_first_layer is None else self._half_first_layer
-        hidden = first_layer_sums(ids, offsets, self._key_table, self.vocabulary.max_n, self.vocabulary.idf, first_layer)
-        out = finish(hidden, self.layers[1:])
+        hidden = first_layer_sums(ids, offsets, self._key_table, self.vocabulary.max_n, self.vocabulary.idf, self._first_layer)
+        out = finish(hidden, self._later_layers)
         empty = ~np.any(out, axis=1)
         out[empty] = self.fallback
         return out
@@ -169,9 +174,7 @@ class LexicalEmbedder:
 
     def _tensors(self) -> dict[str, np.ndarray]:
         tensors = {"vocabulary.ngrams": self.vocabulary.ngrams, "vocabulary.idf": self.vocabulary.idf, "fallback": self.fallback}
-        tensors.update({f"layers.{i}": w for i, w in enumerate(self.layers)})
-        if self._half_first_layer is not None:
-            tensors["layers.0"] = self._half_first_layer
+        tensors.update({f"layers.{i}": w for i, w in enumerate((self._first_layer, *self._later_layers))})
         return tensors
 
     @cached_property
