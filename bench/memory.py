@@ -25,7 +25,7 @@ import json, os, sys, time
 import numpy as np
 from embedding_assets.engine import LexicalEmbedder
 model = LexicalEmbedder.load(sys.argv[1])
-model._key_table  # build the lookup table before the baseline reading
+model._unigrams  # build the lookup tables before the baseline reading
 def status_mib(field):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024

@@ -12,7 +12,7 @@ from embedding_assets.engine.distill import DistillConfig, StudentModule, csr_ba
 from embedding_assets.engine.features import Features, build_features
 from embedding_assets.engine.network import forward, init_layers
 from embedding_assets.engine.hashtable import KeyTable
-from embedding_assets.engine.first_layer import first_layer_sums
+from embedding_assets.engine.first_layer import first_layer_sums, unigram_entries
 from embedding_assets.engine.ngrams import PAD, NgramCounter, lookup, ngram_keys, ngram_windows, prefix_keys
 from embedding_assets.engine.quantization import dequantize_uint8, quantize_uint8
 from embedding_assets.engine.tfidf import Vocabulary
@@ -80,6 +80,8 @@ def test_first_layer_kernel_sums_count_times_idf_times_row_of_every_known_ngram(
         expected = sum((idf[known.index(g)] * rows[known.index(g)] for g in grams), np.zeros(7))
         np.testing.assert_allclose(got[d], expected, rtol=1e-5, atol=1e-6)
     assert not got[1].any() and not got[5].any()
+    # Single tokens below 20 answered from the array, the rest from the table: the same sums.
+    np.testing.assert_allclose(first_layer_sums(*flat(docs), table, 3, idf, rows, unigram_entries(table, 20)), got, rtol=1e-6, atol=1e-7)
 
 
 def test_counter_is_exact_with_room_and_bounded_without():

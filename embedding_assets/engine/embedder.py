@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from embedding_assets.engine import artifact
 from embedding_assets.engine.errors import ArtifactError, InputError
 from embedding_assets.engine.luxical_format import read_luxical, write_luxical
-from embedding_assets.engine.first_layer import first_layer_sums
+from embedding_assets.engine.first_layer import first_layer_sums, unigram_entries
 from embedding_assets.engine.half import FIRST_LAYER_DTYPES, FLOAT16, FLOAT32, expand, shrink
 from embedding_assets.engine.hashtable import KeyTable
 from embedding_assets.engine.network import finish
@@ -142,7 +142,7 @@ class LexicalEmbedder:
         step = -(-len(texts) // threads)
         if threads == 1 or len(texts) < 2 * threads:
             return self._encode_batch(texts)
-        self._key_table  # build once, before the threads race to
+        self._unigrams  # build once, before the threads race to
         parts = pool.map(self._encode_batch, [texts[i : i + step] for i in range(0, len(texts), step)])
         return np.concatenate(list(parts))
 
@@ -150,9 +150,16 @@ class LexicalEmbedder:
     def _key_table(self) -> KeyTable:
         return KeyTable(self.vocabulary.keys, prefix_keys(self.vocabulary.ngrams))
 
+    @cached_property
+    def _unigrams(self) -> np.ndarray:
+        # WordPiece ids are small: their single-token entries fit an array. Word ids are hashes.
+        if self.vocabulary.front_end != WORDPIECE:
+            return np.empty(0, dtype=np.uint64)
+        return unigram_entries(self._key_table, self.tokenizer.get_vocab_size())
+
     def _encode_batch(self, texts: Sequence[str]) -> np.ndarray:
         ids, offsets = self.front_end.tokenize(texts)
-        hidden = first_layer_sums(ids, offsets, self._key_table, self.vocabulary.max_n, self.vocabulary.idf, self._first_layer)
+        hidden = first_layer_sums(ids, offsets, self._key_table, self.vocabulary.max_n, self.vocabulary.idf, self._first_layer, self._unigrams)
         out = finish(hidden, self._later_layers)
         empty = ~np.any(out, axis=1)
         out[empty] = self.fallback

@@ -19,26 +19,39 @@ from numba.extending import overload
 
 from embedding_assets.engine.half import half_to_float
 from embedding_assets.engine.hashtable import EMPTY, EXTENDS, GOLDEN, KeyTable, column_of, find
-from embedding_assets.engine.ngrams import FNV_OFFSET, FNV_PRIME
+from embedding_assets.engine.ngrams import FNV_OFFSET, FNV_PRIME, ngram_keys
 
 _BLOCK = 1024  # token positions whose n-grams are looked up together; their buffers stay in L1
 
 
-def first_layer_sums(ids: np.ndarray, offsets: np.ndarray, table: KeyTable, max_n: int, idf: np.ndarray, first_layer: np.ndarray) -> np.ndarray:
+def first_layer_sums(
+    ids: np.ndarray, offsets: np.ndarray, table: KeyTable, max_n: int, idf: np.ndarray, first_layer: np.ndarray, unigrams: np.ndarray | None = None
+) -> np.ndarray:
     """Per document, the sum over its known n-grams of count * IDF * first-layer row: [docs, hidden] float32.
 
     `first_layer` is float32 or float16 (see `half`); float16 values are read exactly.
+    `unigrams`, from `unigram_entries`, answers single-token lookups for small token ids
+    from an array that stays in cache, instead of the table.
 
     TF-IDF's L2 norm is left out: it is a positive per-row factor, which commutes with the
     ReLU and is removed by the network's next normalisation.
     """
     if first_layer.dtype == np.float16:
         first_layer = first_layer.view(np.uint16)
-    return _sums(ids, offsets, table.slots, table.shift, max_n, idf, first_layer)
+    if unigrams is None:
+        unigrams = np.empty(0, dtype=np.uint64)
+    return _sums(ids, offsets, table.slots, table.shift, unigrams, max_n, idf, first_layer)
+
+
+def unigram_entries(table: KeyTable, num_tokens: int) -> np.ndarray:
+    """The table's entry for each single-token n-gram (token id < num_tokens), by token id."""
+    tokens = np.full((num_tokens, 1), 0, dtype=np.uint32)
+    tokens[:, 0] = np.arange(num_tokens, dtype=np.uint32)
+    return table.entries(ngram_keys(tokens))
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
-def _sums(ids, offsets, slots, shift, max_n, idf, first_layer):
+def _sums(ids, offsets, slots, shift, unigrams, max_n, idf, first_layer):
     num_docs = len(offsets) - 1
     hidden = np.zeros((num_docs, first_layer.shape[1]), dtype=np.float32)
     counts = np.zeros(first_layer.shape[0], dtype=np.int32)
@@ -63,9 +76,13 @@ def _sums(ids, offsets, slots, shift, max_n, idf, first_layer):
             n = 1
             while active:
                 for i in range(active):
-                    slot = np.int64((keys[i] * GOLDEN) >> shift)
-                    found[i, 0] = slots[slot, 0]
-                    found[i, 1] = slots[slot, 1]
+                    if n == 1 and ids[starts[i]] < len(unigrams):
+                        found[i, 0] = keys[i]
+                        found[i, 1] = unigrams[ids[starts[i]]]
+                    else:
+                        slot = np.int64((keys[i] * GOLDEN) >> shift)
+                        found[i, 0] = slots[slot, 0]
+                        found[i, 1] = slots[slot, 1]
                 extended = 0
                 for i in range(active):
                     entry = found[i, 1]

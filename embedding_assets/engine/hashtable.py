@@ -41,6 +41,10 @@ class KeyTable:
         """The column of each key, or -1 where the key is not in the table (or only as a prefix)."""
         return _lookup(self.slots, np.ascontiguousarray(keys, dtype=np.uint64), self.shift)
 
+    def entries(self, keys: np.ndarray) -> np.ndarray:
+        """The raw entry of each key (column and prefix flag), EMPTY where it is not in the table."""
+        return _entries(self.slots, np.ascontiguousarray(keys, dtype=np.uint64), self.shift)
+
 
 @numba.njit(nogil=True, cache=True)
 def find(slots: np.ndarray, key: np.uint64, shift: np.uint64) -> np.uint64:
@@ -79,4 +83,12 @@ def _lookup(slots: np.ndarray, keys: np.ndarray, shift: np.uint64) -> np.ndarray
     out = np.empty(len(keys), dtype=np.int32)
     for i in range(len(keys)):
         out[i] = column_of(find(slots, keys[i], shift))
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _entries(slots: np.ndarray, keys: np.ndarray, shift: np.uint64) -> np.ndarray:
+    out = np.empty(len(keys), dtype=np.uint64)
+    for i in range(len(keys)):
+        out[i] = find(slots, keys[i], shift)
     return out
