@@ -87,6 +87,7 @@ def test_model_artifact_reloads_and_encodes_identically(pipeline, tmp_path):
     again = LexicalEmbedder.load(tmp_path / "copy.safetensors")
     assert np.array_equal(model.encode(texts), again.encode(texts))
     assert again.version == materialization(pipeline["instance"], "distilled_model")["model_version"]
+    assert again.first_layer_dtype == "float16"  # the default: half the file, half the bytes read per n-gram
 
 
 def test_student_learns_beyond_its_untrained_self(pipeline):

@@ -70,6 +70,7 @@ def model_card(embedder: LexicalEmbedder, training_seconds: float) -> str:
         "",
         "## Architecture",
         f"- {' -> '.join(map(str, embedder.dims))}: TF-IDF, sparse first layer, ReLU and L2 norm between layers, L2-normalised output",
+        f"- first layer stored as {embedder.first_layer_dtype}",
         f"- uint8 quantisation limit {embedder.quantization_limit:.5f}",
         "",
         "## Training",
