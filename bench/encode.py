@@ -45,7 +45,7 @@ MIN_DOCUMENT_FREQUENCY = 1  # the sample has 242k n-grams seen twice or more; on
 MAX_N = 5
 WORD_MAX_N = 5
 DOCS = {"short": 20_000, "medium": 1_000, "long": 250}
-TEACHER_DOCS = {"short": 200, "medium": 16, "long": 8}
+TEACHER_DOCS = {"short": 256, "medium": 32, "long": 32}  # whole batches of 32, as the teacher is run
 
 
 def log(message: str) -> None:
