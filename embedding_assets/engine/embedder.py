@@ -6,11 +6,12 @@ import io
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import cached_property
+from functools import cache, cached_property
 
 import fsspec
 import numpy as np
 import scipy.sparse as sp
+from threadpoolctl import ThreadpoolController
 
 from embedding_assets.engine import artifact
 from embedding_assets.engine.errors import ArtifactError, InputError
@@ -116,6 +117,12 @@ class LexicalEmbedder:
                 yield self._encode_valid(pool, batch, threads)
 
     def _encode_valid(self, pool: ThreadPoolExecutor, texts: list[str], threads: int) -> np.ndarray:
+        # The batch is already split across the cores; BLAS threads of their own inside each part
+        # would only spin between the small dense products, burning CPU time.
+        with _blas_threads().limit(limits=1, user_api="blas"):
+            return self._encode_checked(pool, texts, threads)
+
+    def _encode_checked(self, pool: ThreadPoolExecutor, texts: list[str], threads: int) -> np.ndarray:
         try:
             return self._encode_parallel(pool, texts, threads)
         except TypeError:
@@ -263,6 +270,11 @@ class LexicalEmbedder:
         buffer = io.BytesIO()
         write_luxical(buffer, self.tokenizer.to_str(), self.vocabulary.ngrams, self.vocabulary.idf, self.layers)
         write_bytes_atomic(path, buffer.getvalue())
+
+
+@cache
+def _blas_threads() -> ThreadpoolController:
+    return ThreadpoolController()
 
 
 def _column_texts(parquet, column: str, batch_size: int, path) -> Iterator[str]:
