@@ -8,7 +8,7 @@ from embedding_assets.engine.distill import DistillConfig, distill
 from embedding_assets.engine.evaluation import cosine_spearman, neighbour_recall
 from embedding_assets.engine.features import build_features
 from embedding_assets.engine.network import forward, l2_normalize
-from embedding_assets.engine.ngrams import PAD
+from embedding_assets.engine.ngrams import PAD, ngram_keys
 from embedding_assets.engine.prior import TokenSums, unigram_prior
 from embedding_assets.engine.ridge import principal_directions, prior_map, prior_ridge_fit, ridge_fit, ridge_layers
 from embedding_assets.engine.tfidf import Vocabulary
@@ -110,25 +110,27 @@ def test_prior_ridge_matches_its_closed_form():
     assert np.abs(prior_ridge_fit(x, y, prior, 0.5, iterations=500, tolerance=1e-7) - exact).max() < 1e-3
 
 
-def test_rare_ngrams_keep_their_prior_and_frequent_ones_follow_the_data():
+def test_an_ngrams_weight_tends_to_its_prior_as_its_count_drops():
     rng = np.random.default_rng(3)
-    n, v, d = 400, 6, 4
+    n, v, d = 400, 40, 4
+    rare = v - 1
     truth = rng.normal(size=(v, d))
-    prior = (truth + rng.normal(size=(v, d))).astype(np.float32)  # right in the large, wrong in detail
-    x = np.zeros((n, v), np.float32)
-    x[:, :3] = rng.uniform(0.5, 1, size=(n, 3))
-    occurrences = {3: 400, 4: 2, 5: 0}  # n-gram 3 frequent, 4 rare, 5 never seen
-    for column, count in occurrences.items():
-        x[:count, column] = 1.0
-    x = sp.csr_matrix(x)
-    y = np.asarray(x @ truth, dtype=np.float32)
-    fitted = prior_ridge_fit(x, y, prior, alpha=1.0, iterations=500, tolerance=1e-8)
-    start = prior @ prior_map(x, y, prior)
-    to_prior = np.linalg.norm(fitted - start, axis=1)
-    to_truth = np.linalg.norm(fitted - truth, axis=1)
-    assert to_prior[5] < 1e-6  # no data: exactly the prior
-    assert to_prior[4] < to_prior[3]
-    assert to_truth[3] < 0.05 < to_truth[4]
+    prior = (truth + 0.1 * rng.normal(size=(v, d))).astype(np.float32)
+    prior[rare] = truth[rare] + 2.0  # this n-gram's prior is off; the data know better, when they have it
+    common = (rng.uniform(size=(n, v)) < 0.2) * rng.uniform(0.5, 1, size=(n, v))
+    toward_data = []
+    for count in (200, 20, 2, 0):
+        x = common.copy()
+        x[:, rare] = 0.0
+        x[:count, rare] = 1.0
+        x = sp.csr_matrix(x, dtype=np.float32)
+        y = np.asarray(x @ truth, dtype=np.float32)
+        fitted = prior_ridge_fit(x, y, prior, alpha=1.0, iterations=500, tolerance=1e-8)
+        start = prior @ prior_map(x, y, prior)
+        gap = truth[rare] - start[rare]
+        toward_data.append(float((fitted[rare] - start[rare]) @ gap / (gap @ gap)))  # 0: the prior, 1: the truth
+    assert toward_data == sorted(toward_data, reverse=True)
+    assert toward_data[0] > 0.95 and toward_data[-1] == 0.0  # never seen: exactly the prior
 
 
 def test_ridge_start_with_a_prior_is_still_exactly_the_linear_map(problem):
@@ -152,8 +154,7 @@ def test_token_sums_merge_round_trip_and_give_the_unigram_prior():
     ngrams = np.full((4, 2), PAD, dtype=np.uint32)
     ngrams[:, 0] = [2, 5, 7, 2]
     ngrams[3, 1] = 5  # the bigram (2, 5)
-    vocabulary = Vocabulary(ngrams, np.ones(4, np.float32))
-    vocabulary = Vocabulary(vocabulary.ngrams[np.argsort(vocabulary.keys)], np.array([1.0, 2.0, 4.0, 8.0], np.float32))
+    vocabulary = Vocabulary(ngrams[np.argsort(ngram_keys(ngrams))], np.array([1.0, 2.0, 4.0, 8.0], np.float32))
     prior = unigram_prior(vocabulary, merged)
     for row, (ids, idf) in enumerate(zip(vocabulary.ngrams, vocabulary.idf)):
         expected = {2: [0, 3], 5: [2, 0]}.get(int(ids[0]), [0, 0]) if ids[1] == PAD else [0, 0]
