@@ -128,7 +128,8 @@ def teacher_model(teacher: Teacher, storage: Storage) -> dg.MaterializeResult:
     retry_policy=STORAGE_RETRY_POLICY,
     description=(
         "The teacher's embeddings of every sample document (float32, L2-normalised by default), in sample order. "
-        "Computed in stored chunks, so a re-run after a crash embeds only the missing ones."
+        "Computed in stored chunks, so a re-run after a crash embeds only the missing ones. The same pass sums each token's "
+        "contextual vectors over the training split (teacher_token_sums.safetensors), the prior of the student's first layer."
     ),
 )
 def teacher_embeddings(

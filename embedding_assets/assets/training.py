@@ -123,7 +123,7 @@ def student_evaluation(student: np.ndarray, teacher: np.ndarray) -> dict[str, fl
     op_tags=GPU_POD_TAGS,
     description=(
         "The student: TF-IDF -> sparse first layer -> ReLU/L2 hidden layers -> L2-normalised embedding, trained with the "
-        "Gram-matrix KL loss plus a cosine term against the teacher, starting from the closed-form ridge map; saved as one safetensors file, and evaluated on held-out documents."
+        "Gram-matrix KL loss plus a cosine term against the teacher, starting from the closed-form ridge map shrunk toward the teacher's token prior; saved as one safetensors file, and evaluated on held-out documents."
     ),
 )
 def distilled_model(
