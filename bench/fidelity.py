@@ -6,7 +6,8 @@ Two real corpora, no download: the built-in sample (stdlib docstrings, labelled 
 and the prose paragraphs of the Python manual from Debian's `python3-doc` (labelled by the
 manual's part: library, reference, c-api, howto, ...). Each is split once, by a seed, into
 training documents and 2,000 held-out documents. The teacher embeds both once; its vectors
-are cached on disk, keyed by the teacher's identity and the texts.
+are cached on disk, keyed by the teacher's identity and the texts, and so are the sums of its
+contextual token vectors over the training documents (the first layer's prior).
 
 On the held-out documents, every system is compared with the teacher: neighbour recall@10,
 Spearman of cosines over 20k random pairs, and linear-probe accuracy on the labels. Our
@@ -48,6 +49,7 @@ from embedding_assets.engine.evaluation import (  # noqa: E402
 )
 from embedding_assets.engine.features import build_features  # noqa: E402
 from embedding_assets.engine.network import forward, init_layers, l2_normalize  # noqa: E402
+from embedding_assets.engine.prior import TokenSums, unigram_prior  # noqa: E402
 from embedding_assets.engine.quantization import calibrate_limit  # noqa: E402
 from embedding_assets.engine.tfidf import count_matrix, tfidf_rows  # noqa: E402
 from embedding_assets.engine.tokenization import make_front_end  # noqa: E402
@@ -130,6 +132,31 @@ def teacher_vectors(corpus: Corpus, teacher: Teacher) -> np.ndarray:
     return vectors
 
 
+def teacher_token_sums(corpus: Corpus, teacher: Teacher) -> TokenSums:
+    """Sums of the teacher's contextual token vectors over the training documents (the prior's input), cached."""
+    texts = [corpus.texts[i] for i in np.flatnonzero(corpus.train)]
+    digest = hashlib.sha256(json.dumps(teacher.identity(), sort_keys=True).encode())
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    path = CACHE_DIR / f"token-sums-{corpus.name}-{digest.hexdigest()[:16]}.safetensors"
+    if path.exists():
+        return TokenSums.from_bytes(path.read_bytes())
+    log(f"{corpus.name}: summing the teacher's token vectors over {len(texts)} training documents (cached at {path})")
+    model = teacher.load("cpu")
+    started, parts = time.perf_counter(), []
+    for start in range(0, len(texts), 1024):
+        parts.append(teacher.embed_with_token_sums(model, texts[start : start + 1024], "cpu", "fp32")[1])
+        done = min(start + 1024, len(texts))
+        log(f"  teacher {done}/{len(texts)}, {done / (time.perf_counter() - started):.1f} docs/s")
+    sums = TokenSums.merge(parts, parts[0].sums.shape[1])
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(sums.to_bytes())
+    os.replace(tmp, path)
+    return sums
+
+
 PROBE_LABELS = 20
 PROBE_TRAIN = 6_000
 
@@ -161,7 +188,7 @@ class Probe:
         return probe_accuracy(train_x, self.train_y, test_x, self.test_y)
 
 
-def train_ours(corpus: Corpus, teacher: np.ndarray, recipe: Recipe, tokenizer_json: str) -> tuple[LexicalEmbedder, dict]:
+def train_ours(corpus: Corpus, teacher: np.ndarray, recipe: Recipe, tokenizer_json: str, sums: TokenSums | None = None) -> tuple[LexicalEmbedder, dict]:
     texts = [corpus.texts[i] for i in np.flatnonzero(corpus.train)]
     heldout_texts = [corpus.texts[i] for i in np.flatnonzero(corpus.heldout)]
     started = time.perf_counter()
@@ -181,7 +208,8 @@ def train_ours(corpus: Corpus, teacher: np.ndarray, recipe: Recipe, tokenizer_js
 
         curve.append(fidelity(embed(module, heldout_tfidf, torch.device("cpu")), teacher_heldout)["recall_at_10"])
 
-    layers, history = distill(feats.tfidf, teacher[corpus.train], recipe.distill, on_epoch=on_epoch)
+    prior = unigram_prior(feats.vocabulary, sums) if sums is not None and recipe.distill.token_prior else None
+    layers, history = distill(feats.tfidf, teacher[corpus.train], recipe.distill, on_epoch=on_epoch, prior=prior)
     train_student = forward(feats.tfidf, layers)
     fallback = l2_normalize(train_student.mean(axis=0, keepdims=True))[0]
     embedder = LexicalEmbedder(tokenizer_json, feats.vocabulary, layers, fallback, calibrate_limit(train_student))
@@ -238,7 +266,7 @@ def train_luxical(corpus: Corpus, teacher: np.ndarray, tokenizer_json: str, step
                    "features_seconds": round(trained - started, 1), "training_seconds": round(time.perf_counter() - trained, 1)}
 
 
-def evaluate(corpus: Corpus, teacher: np.ndarray, recipe: Recipe, tokenizer_json: str, luxical: bool = True) -> list[dict]:
+def evaluate(corpus: Corpus, teacher: np.ndarray, recipe: Recipe, tokenizer_json: str, sums: TokenSums | None, luxical: bool = True) -> list[dict]:
     """One row per system: fidelity to the teacher and probe accuracy on held-out documents."""
     probe = Probe(corpus)
     heldout_texts = [corpus.texts[i] for i in np.flatnonzero(corpus.heldout)]
@@ -246,7 +274,7 @@ def evaluate(corpus: Corpus, teacher: np.ndarray, recipe: Recipe, tokenizer_json
     teacher_heldout = teacher[corpus.heldout]
     rows = [{"system": "teacher", "recall_at_10": 1.0, "spearman": 1.0, "probe": probe(teacher[probe.train_rows], teacher_heldout)}]
 
-    ours, info = train_ours(corpus, teacher, recipe, tokenizer_json)
+    ours, info = train_ours(corpus, teacher, recipe, tokenizer_json, sums)
     ours_train, ours_heldout = ours.encode(probe_texts), ours.encode(heldout_texts)
     rows.append({"system": "ours", **fidelity(ours_heldout, teacher_heldout), "probe": probe(ours_train, ours_heldout), **info})
     random = LexicalEmbedder(tokenizer_json, ours.vocabulary, init_layers(ours.dims, recipe.distill.seed), ours.fallback, ours.quantization_limit)
@@ -273,6 +301,10 @@ def ablations(base: Recipe) -> dict[str, Recipe]:
         "no cosine term (Gram-KL only)": replace(base, distill=replace(d, cosine_weight=0.0)),
         "random init, Gram-KL only (the previous recipe)": replace(base, distill=replace(d, init="random", cosine_weight=0.0)),
         "ridge start only, no training": replace(base, distill=replace(d, epochs=0)),
+        "no token prior (ridge toward zero)": replace(base, distill=replace(d, token_prior=False)),
+        "no token prior, ridge start only, no training": replace(base, distill=replace(d, token_prior=False, epochs=0)),
+        "token prior, ridge alpha 0.3": replace(base, distill=replace(d, ridge_alpha=0.3)),
+        "token prior, ridge alpha 3": replace(base, distill=replace(d, ridge_alpha=3.0)),
         "random init, cosine term": replace(base, distill=replace(d, init="random")),
         "ridge alpha 0.3, no training": replace(base, distill=replace(d, epochs=0, ridge_alpha=0.3)),
         "ridge alpha 3, no training": replace(base, distill=replace(d, epochs=0, ridge_alpha=3.0)),
@@ -295,7 +327,7 @@ def ablations(base: Recipe) -> dict[str, Recipe]:
     }
 
 
-def run_ablations(corpus: Corpus, teacher: np.ndarray, tokenizer_json: str, only: list[str] | None) -> list[dict]:
+def run_ablations(corpus: Corpus, teacher: np.ndarray, tokenizer_json: str, sums: TokenSums | None, only: list[str] | None) -> list[dict]:
     probe = Probe(corpus)
     heldout_texts = [corpus.texts[i] for i in np.flatnonzero(corpus.heldout)]
     probe_texts = [corpus.texts[i] for i in probe.train_rows]
@@ -303,7 +335,7 @@ def run_ablations(corpus: Corpus, teacher: np.ndarray, tokenizer_json: str, only
     for name, recipe in ablations(Recipe()).items():
         if only and name not in only:
             continue
-        embedder, info = train_ours(corpus, teacher, recipe, tokenizer_json)
+        embedder, info = train_ours(corpus, teacher, recipe, tokenizer_json, sums)
         heldout = embedder.encode(heldout_texts)
         row = {"corpus": corpus.name, "variant": name, **fidelity(heldout, teacher[corpus.heldout]),
                "probe": probe(embedder.encode(probe_texts), heldout), **info}
@@ -350,13 +382,14 @@ def main(argv: list[str] | None = None) -> None:
     teacher = Teacher()
     for corpus in corpora(args.corpus):
         vectors = teacher_vectors(corpus, teacher)
+        sums = teacher_token_sums(corpus, teacher)
         log(f"{corpus.name}: {len(corpus.texts)} documents, {corpus.train.sum()} training, {corpus.heldout.sum()} held-out, {len(set(corpus.labels))} labels, teacher dim {vectors.shape[1]}")
         if args.teacher_only:
             continue
         if args.ablations is not None:
-            run_ablations(corpus, vectors, teacher.tokenizer_json(), args.ablations)
+            run_ablations(corpus, vectors, teacher.tokenizer_json(), sums, args.ablations)
             continue
-        rows = evaluate(corpus, vectors, Recipe(), teacher.tokenizer_json(), luxical=not args.no_luxical)
+        rows = evaluate(corpus, vectors, Recipe(), teacher.tokenizer_json(), sums, luxical=not args.no_luxical)
         for row in rows:
             log(json.dumps({"corpus": corpus.name, **row}))
         print(markdown(f"{corpus.name}: {corpus.train.sum()} training, {corpus.heldout.sum()} held-out documents", rows), flush=True)

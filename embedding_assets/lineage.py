@@ -18,7 +18,7 @@ CODE_VERSIONS = {
     "training_sample": "1",
     "features": "1",
     "teacher_model": "1",
-    "teacher_embeddings": "1",
+    "teacher_embeddings": "2",
     "distilled_model": "3",
     "quality_classifier": "1",
     "scored_corpus": "1",

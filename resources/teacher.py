@@ -127,3 +127,27 @@ class Teacher(dg.ConfigurableResource):
             )
         return np.asarray(vectors, dtype=np.float32)
 
+    def embed_with_token_sums(self, model, texts: Sequence[str], device: str, precision: str, sum_over: Sequence[bool] | None = None):
+        """`embed`'s vectors, plus the sums of the contextual token vectors (special tokens left out)
+        of the texts flagged in `sum_over` (all by default), from the same forward pass: see `engine.prior`."""
+        import torch
+
+        from embedding_assets.engine.prior import TokenSums
+
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        use_autocast = device.startswith("cuda") and dtype is not None
+        with torch.autocast("cuda", dtype=dtype) if use_autocast else nullcontext():
+            outputs = model.encode(list(texts), batch_size=self.batch_size, output_value=None, show_progress_bar=False)
+        vectors = torch.stack([o["sentence_embedding"].float() for o in outputs]).cpu()
+        if self.normalize:
+            vectors = torch.nn.functional.normalize(vectors, dim=1)
+        special = torch.tensor(sorted(model.tokenizer.all_special_ids))
+        ids, token_vectors = [], []
+        for i, o in enumerate(outputs):
+            if sum_over is not None and not sum_over[i]:
+                continue
+            keep = o["attention_mask"].bool().cpu() & ~torch.isin(o["input_ids"].cpu(), special)
+            ids.append(o["input_ids"].cpu()[keep].numpy())
+            token_vectors.append(o["token_embeddings"].float().cpu()[keep].numpy())
+        return vectors.numpy(), TokenSums.of(ids, token_vectors, vectors.shape[1])
+

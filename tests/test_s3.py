@@ -76,14 +76,16 @@ def test_every_output_lands_in_the_bucket(s3_pipeline):
     shards = s3_pipeline["ids"]
     expected = {f"storage/{name}" for name in (
         "training_sample.parquet", "features.safetensors", "teacher_model.json", "teacher_embeddings.parquet",
-        "distilled_model.safetensors", "distilled_model.md", "quality_classifier.json",
+        "teacher_token_sums.safetensors", "distilled_model.safetensors", "distilled_model.md", "quality_classifier.json",
     )}
     expected |= {f"storage/{stage}/{shard}.parquet" for stage in ("raw_corpus", "scored_corpus") for shard in shards}
     chunks = {key for key in keys if key.startswith("storage/teacher_chunks/")}
     assert keys - chunks == expected
     # The teacher's chunks of the current version: one folder, 560 documents in chunks of 512.
     assert len({key.split("/")[2] for key in chunks}) == 1
-    assert sorted(key.split("/")[3] for key in chunks) == ["000000.parquet", "000001.parquet"]
+    assert sorted(key.split("/")[3] for key in chunks) == [
+        "000000.parquet", "000000.token_sums.safetensors", "000001.parquet", "000001.token_sums.safetensors",
+    ]
 
 
 def test_scored_shards_in_the_bucket_follow_the_contract(s3_pipeline):

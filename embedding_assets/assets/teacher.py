@@ -6,6 +6,10 @@ the sample's content and the chunk size; the final file is assembled from the ch
 was killed or failed leaves its finished chunks, and the next run embeds only the missing ones. A
 chunk of another teacher or sample lives under another key and is never read; once the final file
 is written, the chunk folders of every other key are removed, so only the latest set is kept.
+
+The same forward pass also sums each token's contextual vectors over the training documents
+(`engine.prior`): every chunk stores its sums beside its vectors, and the totals are written to
+`teacher_token_sums.safetensors`, the prior `distilled_model` starts from.
 """
 
 import hashlib
@@ -19,6 +23,8 @@ from pydantic import Field
 
 from embedding_assets.assets.features import read_sample
 from embedding_assets.assets.ingest import training_sample
+from embedding_assets.engine.errors import ArtifactError
+from embedding_assets.engine.prior import TokenSums
 from embedding_assets.progress import ProgressLog, throughput
 from embedding_assets.resources import Compute, Storage, Teacher
 from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
@@ -27,6 +33,7 @@ from embedding_assets.placement import GPU_POD_TAGS, GPU_POOL
 
 TEACHER_FILE = "teacher_embeddings.parquet"
 TEACHER_MODEL_FILE = "teacher_model.json"
+TOKEN_SUMS_FILE = "teacher_token_sums.safetensors"
 CHUNKS_DIR = "teacher_chunks"
 
 
@@ -68,13 +75,18 @@ def chunk_name(index: int) -> str:
     return f"{index:06d}.parquet"
 
 
-def read_chunk(storage: Storage, key: str, index: int, ids: list[str]) -> np.ndarray | None:
-    """A stored chunk's vectors, or None when the chunk is not the one expected (other ids, unreadable)."""
+def sums_name(index: int) -> str:
+    return f"{index:06d}.token_sums.safetensors"
+
+
+def read_chunk(storage: Storage, key: str, index: int, ids: list[str]) -> tuple[np.ndarray, TokenSums] | None:
+    """A stored chunk's vectors and token sums, or None when the chunk is not the one expected (other ids, unreadable, no sums)."""
     try:
         chunk_ids, vectors, _ = read_embeddings(storage, CHUNKS_DIR, key, chunk_name(index))
-    except (pa.ArrowException, OSError, dg.Failure, ValueError):
+        sums = TokenSums.from_bytes(storage.read_bytes(CHUNKS_DIR, key, sums_name(index)))
+    except (pa.ArrowException, OSError, dg.Failure, ValueError, ArtifactError):
         return None
-    return vectors if chunk_ids == ids else None
+    return (vectors, sums) if chunk_ids == ids else None
 
 
 @dg.asset(
@@ -116,7 +128,8 @@ def teacher_model(teacher: Teacher, storage: Storage) -> dg.MaterializeResult:
     retry_policy=STORAGE_RETRY_POLICY,
     description=(
         "The teacher's embeddings of every sample document (float32, L2-normalised by default), in sample order. "
-        "Computed in stored chunks, so a re-run after a crash embeds only the missing ones."
+        "Computed in stored chunks, so a re-run after a crash embeds only the missing ones. The same pass sums each token's "
+        "contextual vectors over the training split (teacher_token_sums.safetensors), the prior of the student's first layer."
     ),
 )
 def teacher_embeddings(
@@ -124,8 +137,9 @@ def teacher_embeddings(
 ) -> dg.MaterializeResult:
     if config.chunk_size < 1:
         raise dg.Failure(f"chunk_size must be >= 1, got {config.chunk_size}", allow_retries=False)
-    sample = read_sample(storage, ["id", "text"])
+    sample = read_sample(storage, ["id", "text", "split"])
     ids, texts = sample["id"].to_pylist(), sample["text"].to_pylist()
+    train = [split == "train" for split in sample["split"].to_pylist()]  # held-out documents stay out of the prior
     identity = teacher.identity()
     pinned = json.loads(storage.read_bytes(TEACHER_MODEL_FILE))
     if pinned["sha256"] != identity["sha256"]:
@@ -137,7 +151,7 @@ def teacher_embeddings(
     key = chunk_key(identity["sha256"], ids, texts, config.chunk_size)
     starts = list(range(0, len(texts), config.chunk_size))
     stored = set(storage.list_names(CHUNKS_DIR, key))
-    chunks: list[np.ndarray | None] = [
+    chunks: list[tuple[np.ndarray, TokenSums] | None] = [
         read_chunk(storage, key, i, ids[start : start + config.chunk_size]) if chunk_name(i) in stored else None
         for i, start in enumerate(starts)
     ]
@@ -156,16 +170,20 @@ def teacher_embeddings(
         progress = ProgressLog(context.log.info, "teacher", sum(len(texts[starts[i] : starts[i] + config.chunk_size]) for i in missing))
         for i in missing:
             start = starts[i]
-            vectors = teacher.embed(model, texts[start : start + config.chunk_size], device, compute.precision)
-            chunk_ids = sample["id"][start : start + config.chunk_size]
+            end = start + config.chunk_size
+            vectors, sums = teacher.embed_with_token_sums(model, texts[start:end], device, compute.precision, train[start:end])
+            chunk_ids = sample["id"][start:end]
             schema = embeddings_schema(vectors.shape[1], pa.float32(), {})
+            storage.write_bytes(sums.to_bytes(), CHUNKS_DIR, key, sums_name(i))
             storage.write_parquet([pa.record_batch([chunk_ids.combine_chunks(), embedding_column(vectors)], schema=schema)], schema, CHUNKS_DIR, key, chunk_name(i))
-            chunks[i] = vectors
+            chunks[i] = vectors, sums
             embedded += len(vectors)
             progress.update(embedded, f"chunk {i + 1}/{len(starts)} on {device}")
     seconds = time.perf_counter() - started
-    vectors = np.concatenate(chunks) if chunks else np.empty((0, teacher.embedding_dim() or 0), np.float32)
+    vectors = np.concatenate([c[0] for c in chunks]) if chunks else np.empty((0, teacher.embedding_dim() or 0), np.float32)
     dim = vectors.shape[1]
+    token_sums = TokenSums.merge((c[1] for c in chunks), dim)
+    storage.write_bytes(token_sums.to_bytes(), TOKEN_SUMS_FILE)
     schema = embeddings_schema(dim, pa.float32(), {
         "model": identity["model"],
         "model_sha256": identity["sha256"],
@@ -194,6 +212,7 @@ def teacher_embeddings(
             "chunks_reused": len(starts) - len(missing),
             "chunks_computed": len(missing),
             "chunk_folders_removed": len(stale),
+            "prior_tokens": len(token_sums.ids),
             # Throughput of the teacher itself: only the documents embedded in this run count.
             **throughput(seconds, embedded, latest_metadata_value(context.instance, "training_sample", "tokens") if len(missing) == len(starts) else None),
         }

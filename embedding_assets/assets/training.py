@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import Field
 
 from embedding_assets.assets.features import FEATURES_FILE, features, read_sample
-from embedding_assets.assets.teacher import TEACHER_FILE, read_embeddings, teacher_embeddings
+from embedding_assets.assets.teacher import TEACHER_FILE, TOKEN_SUMS_FILE, read_embeddings, teacher_embeddings
 from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.engine.distill import DistillConfig, batch_loss, distill, embed
 from embedding_assets.engine.evaluation import (
@@ -21,6 +21,7 @@ from embedding_assets.engine.evaluation import (
 )
 from embedding_assets.engine.features import Features
 from embedding_assets.engine.network import forward, init_layers, l2_normalize
+from embedding_assets.engine.prior import TokenSums, unigram_prior
 from embedding_assets.engine.quantization import calibrate_limit
 from embedding_assets.progress import ProgressLog, throughput
 from embedding_assets.resources import Compute, Storage
@@ -44,6 +45,7 @@ class DistillationConfig(dg.Config):
     cosine_weight: float = Field(default=DistillConfig.cosine_weight, description="Weight of the direct cosine term to each document's teacher vector, beside the Gram-KL term; 0 turns it off.")
     init: str = Field(default=DistillConfig.init, description="'ridge' starts from the closed-form reduced-rank ridge map from TF-IDF to the teacher; 'random' from Kaiming-uniform noise.")
     ridge_alpha: float = Field(default=DistillConfig.ridge_alpha, description="L2 penalty of the ridge start.")
+    token_prior: bool = Field(default=DistillConfig.token_prior, description="Shrink the ridge start toward the teacher's mean contextual vector of each token (summed by teacher_embeddings) instead of toward zero.")
     seed: int = Field(default=0, description="Seed of the initial weights and the batch order.")
     probe_labels: int = Field(default=20, description="Linear probes use this many most frequent labels.")
     first_layer_dtype: Literal["float16", "float32"] = Field(
@@ -127,7 +129,7 @@ def student_evaluation(student: np.ndarray, teacher: np.ndarray) -> dict[str, fl
     op_tags=GPU_POD_TAGS,
     description=(
         "The student: TF-IDF -> sparse first layer -> ReLU/L2 hidden layers -> L2-normalised embedding, trained with the "
-        "Gram-matrix KL loss plus a cosine term against the teacher, starting from the closed-form ridge map; saved as one safetensors file, and evaluated on held-out documents."
+        "Gram-matrix KL loss plus a cosine term against the teacher, starting from the closed-form ridge map shrunk toward the teacher's token prior; saved as one safetensors file, and evaluated on held-out documents."
     ),
 )
 def distilled_model(
@@ -156,6 +158,7 @@ def distilled_model(
             cosine_weight=config.cosine_weight,
             init=config.init,
             ridge_alpha=config.ridge_alpha,
+            token_prior=config.token_prior,
             seed=config.seed,
         )
     except ValueError as exc:
@@ -180,7 +183,13 @@ def distilled_model(
         return fidelity
 
     context.log.info(f"training a {'-'.join(map(str, dims))} student on {train.sum()} documents on {device}")
-    layers, history = distill(train_tfidf, train_teacher, distill_config, device=device, on_epoch=log_epoch)
+    prior = None
+    if distill_config.token_prior and distill_config.init == "ridge":
+        sums = TokenSums.from_bytes(storage.read_bytes(TOKEN_SUMS_FILE))
+        if sums.sums.shape[1] != teacher_vectors.shape[1]:
+            raise dg.Failure(f"teacher token sums have dim {sums.sums.shape[1]}, the teacher vectors {teacher_vectors.shape[1]}; re-materialise teacher_embeddings")
+        prior = unigram_prior(feats.vocabulary, sums)
+    layers, history = distill(train_tfidf, train_teacher, distill_config, device=device, on_epoch=log_epoch, prior=prior)
     train_student = forward(train_tfidf, layers)
     fallback = l2_normalize(train_student.mean(axis=0, keepdims=True))[0]
     limit = calibrate_limit(train_student)

@@ -7,7 +7,8 @@ size independent of tau). A direct cosine term to each document's own teacher ve
 beside it: the Gram term only sees similarities inside a batch, while the cosine term pins
 every document to one place, which is what held-out neighbours and cosines are measured by.
 
-Training starts from the closed-form ridge map (`ridge.py`) unless told to start at random.
+Training starts from the closed-form ridge map (`ridge.py`) unless told to start at random;
+given the teacher's prior for the first layer (`prior.py`), the ridge shrinks toward it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class DistillConfig:
     cosine_weight: float = 1.0
     init: str = "ridge"
     ridge_alpha: float = 1.0
+    token_prior: bool = True  # shrink the ridge start toward the prior, when the caller passes one
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -93,10 +95,10 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, config: Dist
     return loss
 
 
-def initial_layers(tfidf: sp.csr_matrix, teacher: np.ndarray, config: DistillConfig) -> list[np.ndarray]:
+def initial_layers(tfidf: sp.csr_matrix, teacher: np.ndarray, config: DistillConfig, prior: np.ndarray | None = None) -> list[np.ndarray]:
     dims = [tfidf.shape[1], *config.hidden_dims, config.output_dim or teacher.shape[1]]
     if config.init == "ridge":
-        return ridge_layers(tfidf, teacher, dims, config.ridge_alpha, config.seed)
+        return ridge_layers(tfidf, teacher, dims, config.ridge_alpha, config.seed, prior=prior if config.token_prior else None)
     return init_layers(dims, config.seed)
 
 
@@ -151,8 +153,12 @@ def distill(
     config: DistillConfig,
     device: str = "cpu",
     on_epoch: Callable[[int, StudentModule, TrainingHistory], dict[str, float] | None] | None = None,
+    prior: np.ndarray | None = None,
 ) -> tuple[list[np.ndarray], TrainingHistory]:
-    """Train a student on TF-IDF rows against L2-normalised teacher vectors (same row order)."""
+    """Train a student on TF-IDF rows against L2-normalised teacher vectors (same row order).
+
+    `prior` ([V, d], e.g. `prior.unigram_prior`) is what the ridge start shrinks toward.
+    """
     if tfidf.shape[0] != len(teacher):
         raise ValueError(f"{tfidf.shape[0]} TF-IDF rows but {len(teacher)} teacher vectors")
     n = tfidf.shape[0]
@@ -162,7 +168,7 @@ def distill(
         raise ValueError(f"the cosine term needs the output dim to equal the teacher's ({teacher.shape[1]}); truncate the teacher instead")
     torch.manual_seed(config.seed)
     dev = torch.device(device)
-    start = initial_layers(tfidf, teacher, config)
+    start = initial_layers(tfidf, teacher, config, prior)
     history = TrainingHistory(start_loss=batch_loss(tfidf, teacher, start, config))
     module = StudentModule(start).to(dev)
     del start

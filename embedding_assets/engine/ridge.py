@@ -12,6 +12,11 @@ from it instead of from noise:
 
 The L2 norms between layers scale each row by one number, which the final normalisation
 removes, so the network's output is exactly normalise(x A P^T).
+
+Given a prior E for the first layer (`prior.py`: [V, d], in the teacher's space), the ridge
+shrinks toward it instead of toward zero: A = A0 + argmin |X A' - (Y P - X A0)|^2 + alpha |A'|^2,
+with A0 = E M P and M the small [d, d] least-squares map from X E to Y. N-grams the data says
+little about keep (roughly) their prior; frequent ones follow the data.
 """
 
 from __future__ import annotations
@@ -69,7 +74,23 @@ def principal_directions(y: np.ndarray, rank: int) -> np.ndarray:
     return vt[:rank].T.astype(np.float32)
 
 
-def ridge_layers(x: sp.csr_matrix, y: np.ndarray, dims: Sequence[int], alpha: float, seed: int, iterations: int = 60) -> list[np.ndarray]:
+def prior_map(x: sp.csr_matrix, y: np.ndarray, prior: np.ndarray, alpha: float = 1e-2) -> np.ndarray:
+    """[d, k] M = argmin |X E M - Y|^2 + alpha |M|^2: the prior E [V, d], turned and scaled to fit the targets Y [n, k]."""
+    x = sp.csr_matrix(x, dtype=np.float32)
+    xe = bag_sum(x.indptr, x.indices, x.data, torch.from_numpy(np.ascontiguousarray(prior, dtype=np.float32))).astype(np.float64)
+    gram = xe.T @ xe + alpha * np.eye(xe.shape[1])
+    return np.linalg.solve(gram, xe.T @ np.asarray(y, dtype=np.float64)).astype(np.float32)
+
+
+def prior_ridge_fit(x: sp.csr_matrix, y: np.ndarray, prior: np.ndarray, alpha: float, iterations: int = 60, tolerance: float = 1e-4) -> np.ndarray:
+    """argmin_W |X W - Y|^2 + alpha |W - W0|^2 with W0 = E M, the prior fitted to Y by `prior_map`."""
+    start = prior @ prior_map(x, y, prior)
+    return start + ridge_fit(x, np.asarray(y, dtype=np.float32) - np.asarray(x @ start, dtype=np.float32), alpha, iterations, tolerance)
+
+
+def ridge_layers(
+    x: sp.csr_matrix, y: np.ndarray, dims: Sequence[int], alpha: float, seed: int, iterations: int = 60, prior: np.ndarray | None = None
+) -> list[np.ndarray]:
     """Layers of the given dims whose network computes normalise(x A P^T); extra units get small random weights."""
     if dims[-1] != y.shape[1]:
         raise ValueError(f"a ridge start needs the output dim to equal the teacher's ({y.shape[1]}), got {dims[-1]}")
@@ -80,7 +101,12 @@ def ridge_layers(x: sp.csr_matrix, y: np.ndarray, dims: Sequence[int], alpha: fl
     if rank < 1:
         raise ValueError(f"hidden layers of {list(hidden)} are too small for a ridge start")
     directions = principal_directions(y, rank)
-    a = ridge_fit(x, y @ directions, alpha, iterations)
+    if prior is None:
+        a = ridge_fit(x, y @ directions, alpha, iterations)
+    else:
+        if prior.shape != (x.shape[1], y.shape[1]):
+            raise ValueError(f"the prior has shape {prior.shape}, expected {(x.shape[1], y.shape[1])}")
+        a = prior_ridge_fit(x, y @ directions, prior, alpha, iterations)
     # Spare units start small and random, so gradients can still reach them.
     layers = [w * np.float32(0.01) for w in init_layers(dims, seed)]
     identity = np.eye(rank, dtype=np.float32)
