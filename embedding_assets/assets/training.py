@@ -76,7 +76,7 @@ def model_card(embedder: LexicalEmbedder, training_seconds: float) -> str:
         f"- uint8 quantisation limit {embedder.quantization_limit:.5f}",
         "",
         "## Training",
-        f"- {training.get('init', 'random')} start, then Gram-matrix KL distillation (temperature {training['temperature']}) plus a cosine term (weight {training.get('cosine_weight', 0)}), batch {training['batch_size']}, {training['epochs']} epochs ({training['steps']} steps), "
+        f"- {training.get('init', 'random')} start{' toward the teacher token prior' if training.get('token_prior') and training.get('init') == 'ridge' else ''}, then Gram-matrix KL distillation (temperature {training['temperature']}) plus a cosine term (weight {training.get('cosine_weight', 0)}), batch {training['batch_size']}, {training['epochs']} epochs ({training['steps']} steps), "
         f"peak learning rate {training['learning_rate']} (warmup-stable-decay), seed {training['seed']}, on {training['device']} in {training_seconds:.0f} s",
         f"- loss {p['loss']['start']} at the start, {p['loss']['end']} at the end",
         "",
