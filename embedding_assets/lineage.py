@@ -20,7 +20,7 @@ CODE_VERSIONS = {
     "teacher_model": "1",
     "teacher_embeddings": "2",
     "distilled_model": "3",
-    "quality_classifier": "1",
+    "quality_classifier": "2",
     "scored_corpus": "1",
 }
 

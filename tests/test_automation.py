@@ -94,15 +94,17 @@ def ingested(pipeline, tmp_path, monkeypatch, corpus_dir: Path) -> dict:
 
 @pytest.fixture
 def sample_shards(pipeline, tmp_path, monkeypatch):
-    """Four shards of about 9,000 documents (each sample shard three times over, ids made unique),
-    so that scoring one takes seconds, longer than the jitter in starting two runs."""
+    """Four shards of about 9,000 documents (each sample shard three times over, ids made unique,
+    texts made distinct by trailing spaces, which tokenise to nothing: the duplicate gate passes
+    and the scores keep the sample's distribution), so that scoring one takes seconds, longer
+    than the jitter in starting two runs."""
     corpus_dir = tmp_path / "large"
     corpus_dir.mkdir()
     for path in sorted(SAMPLE_CORPUS_DIR.glob("*.parquet")):
         table = pq.read_table(path)
         copies = [
             table.set_column(0, "id", pc.binary_join_element_wise(table["id"], pa.scalar(f"copy{i}"), ":"))
-            .set_column(1, "text", pc.binary_join_element_wise(table["text"], pa.scalar(f"copy {i}"), " "))
+            .set_column(1, "text", pc.binary_join_element_wise(table["text"], pa.scalar(" " * i), ""))
             for i in range(3)
         ]
         pq.write_table(pa.concat_tables(copies), corpus_dir / path.name)

@@ -106,8 +106,8 @@ def test_a_threshold_that_misses_its_target_fails_calibration_and_blocks_scoring
     result = run(trained, ["quality_classifier", "scored_corpus"], partition="next", run_config={"ops": {"quality_classifier": {"config": {"target_keep_fraction": 0.2}}}})
     passed, meta = evaluation(result, "quality_classifier_calibration")
     assert not passed
-    assert any("sample keep fraction" in f for f in meta["failed"])
-    assert abs(meta["sample_keep_fraction"] - 0.2) > 0.02
+    assert any("calibration keep fraction" in f for f in meta["failed"])
+    assert abs(meta["calibration_keep_fraction"] - 0.2) > 0.02
     assert not materialized(trained, "scored_corpus", "next")
 
 

@@ -29,6 +29,7 @@ CLASSIFIER_FILE = "quality_classifier.json"
 # Texts are scored on at most this many characters (the raw_corpus gate's default ceiling); the
 # rest is cut and counted, so one huge document costs bounded time and memory.
 MAX_SCORED_CHARS = 1_000_000
+MIN_CALIBRATION_DOCUMENTS = 50
 
 
 def read_model(storage: Storage) -> LexicalEmbedder:
@@ -46,6 +47,17 @@ def read_classifier(storage: Storage) -> QualityClassifier:
         raise dg.Failure(f"{storage.uri(CLASSIFIER_FILE)}: {exc}", allow_retries=False) from exc
 
 
+def calibration_rows(splits: list[str]) -> np.ndarray:
+    """The sample rows the keep threshold and the drift reference come from: the held-out ones.
+
+    The student was fitted to the training documents, and the corpus it scores is mostly
+    documents it never saw, which score differently. With too few held-out documents for a
+    stable quantile, the whole sample.
+    """
+    heldout = np.array(splits) != "train"
+    return heldout if heldout.sum() >= MIN_CALIBRATION_DOCUMENTS else np.ones(len(heldout), dtype=bool)
+
+
 class ClassifierConfig(dg.Config):
     positive_labels: list[str] = Field(default=list(NETWORKING_LABELS), description="Labels that count as the documents to keep.")
     target_keep_fraction: float = Field(default=0.2, description="Share of documents the calibrated threshold keeps.")
@@ -59,7 +71,7 @@ class ClassifierConfig(dg.Config):
     owners=OWNERS,
     code_version=CODE_VERSIONS["quality_classifier"],
     retry_policy=STORAGE_RETRY_POLICY,
-    description="Logistic regression on student embeddings, trained from the label column, with a keep threshold calibrated once to a target keep fraction.",
+    description="Logistic regression on student embeddings, trained from the label column, with a keep threshold calibrated once to a target keep fraction of the held-out sample documents.",
 )
 def quality_classifier(context: dg.AssetExecutionContext, config: ClassifierConfig, storage: Storage) -> dg.MaterializeResult:
     from sklearn.metrics import accuracy_score, roc_auc_score
@@ -71,9 +83,10 @@ def quality_classifier(context: dg.AssetExecutionContext, config: ClassifierConf
     positives = set(config.positive_labels)
     y = np.array([label in positives for label in sample["label"].to_pylist()])
     train = np.array(sample["split"].to_pylist()) == "train"
+    reference = calibration_rows(sample["split"].to_pylist())
     try:
         classifier = fit_classifier(
-            embeddings[train], y[train], embeddings, sorted(positives), config.target_keep_fraction, embedder.version, config.seed
+            embeddings[train], y[train], embeddings[reference], sorted(positives), config.target_keep_fraction, embedder.version, config.seed
         )
     except ValueError as exc:
         raise dg.Failure(str(exc), allow_retries=False) from exc
@@ -83,8 +96,10 @@ def quality_classifier(context: dg.AssetExecutionContext, config: ClassifierConf
         "heldout_auc": round(float(roc_auc_score(y[~train], heldout_scores)), 4) if len(set(y[~train])) == 2 else None,
         "heldout_accuracy": round(float(accuracy_score(y[~train], heldout_scores >= 0.5)), 4),
         "positive_share": round(float(y.mean()), 4),
+        "calibrated_on": "sample" if reference.all() else "heldout",
+        "calibration_keep_fraction": round(float(classifier.keep(sample_scores[reference]).mean()), 4),
         "sample_keep_fraction": round(float(classifier.keep(sample_scores).mean()), 4),
-        "sample_score_deciles": [float(q) for q in np.quantile(sample_scores, np.linspace(0.1, 0.9, 9))],
+        "sample_score_deciles": [float(q) for q in np.quantile(sample_scores[reference], np.linspace(0.1, 0.9, 9))],
     }
     classifier = replace(classifier, evaluation=evaluation)
     uri = storage.write_bytes(classifier.to_json().encode(), CLASSIFIER_FILE)

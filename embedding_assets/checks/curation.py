@@ -4,7 +4,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from embedding_assets.assets.curation import CLASSIFIER_FILE, quality_classifier, scored_corpus
+from embedding_assets.assets.curation import CLASSIFIER_FILE, calibration_rows, quality_classifier, scored_corpus
 from embedding_assets.assets.features import read_sample
 from embedding_assets.assets.ingest import raw_corpus_path
 from embedding_assets.assets.training import MODEL_FILE
@@ -25,18 +25,20 @@ def population_stability(scores: np.ndarray, reference_deciles: list[float]) -> 
     return float(np.sum((actual - 0.1) * np.log(actual / 0.1)))
 
 
-@dg.asset_check(asset=quality_classifier, blocking=True, description="Held-out AUC at or above its floor; the threshold keeps the target share of the sample.")
+@dg.asset_check(asset=quality_classifier, blocking=True, description="Held-out AUC at or above its floor; the threshold keeps the target share of the held-out sample documents.")
 def quality_classifier_calibration(storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
     classifier = load_classifier(storage)
     model = LexicalEmbedder.from_bytes(storage.read_bytes(MODEL_FILE))
-    texts = read_sample(storage, ["text"])["text"].to_pylist()
+    sample = read_sample(storage, ["text", "split"])
+    rows = calibration_rows(sample["split"].to_pylist())
+    texts = [text for text, row in zip(sample["text"].to_pylist(), rows) if row]
     keep_fraction = float(classifier.keep(classifier.score(model.encode(texts))).mean())
     auc = classifier.evaluation.get("heldout_auc")
     failed = []
     if auc is None or auc < gates.min_heldout_auc:
         failed.append(f"held-out AUC {auc} < {gates.min_heldout_auc}")
     if abs(keep_fraction - classifier.target_keep_fraction) > gates.sample_keep_tolerance:
-        failed.append(f"sample keep fraction {keep_fraction:.4f} is not {classifier.target_keep_fraction} ± {gates.sample_keep_tolerance}")
+        failed.append(f"calibration keep fraction {keep_fraction:.4f} is not {classifier.target_keep_fraction} ± {gates.sample_keep_tolerance}")
     if classifier.model_version != model.version:
         failed.append(f"trained on model {classifier.model_version}, current model is {model.version}")
     return dg.AssetCheckResult(
@@ -44,7 +46,8 @@ def quality_classifier_calibration(storage: Storage, gates: QualityGates) -> dg.
         metadata={
             "failed": failed,
             "heldout_auc": auc if auc is not None else "n/a",
-            "sample_keep_fraction": round(keep_fraction, 4),
+            "calibration_keep_fraction": round(keep_fraction, 4),
+            "calibration_documents": len(texts),
             "target_keep_fraction": classifier.target_keep_fraction,
             "threshold": classifier.threshold,
         },
