@@ -45,9 +45,7 @@ def first_layer_sums(
 
 def unigram_entries(table: KeyTable, num_tokens: int) -> np.ndarray:
     """The table's entry for each single-token n-gram (token id < num_tokens), by token id."""
-    tokens = np.full((num_tokens, 1), 0, dtype=np.uint32)
-    tokens[:, 0] = np.arange(num_tokens, dtype=np.uint32)
-    return table.entries(ngram_keys(tokens))
+    return table.entries(ngram_keys(np.arange(num_tokens, dtype=np.uint32)[:, None]))
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
