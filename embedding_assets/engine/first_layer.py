@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba.core import types
-from numba.extending import overload
 
-from embedding_assets.engine.half import half_to_float
+from embedding_assets.engine.half import as_float32
 from embedding_assets.engine.hashtable import EMPTY, EXTENDS, GOLDEN, KeyTable, column_of, find
 from embedding_assets.engine.ngrams import FNV_OFFSET, FNV_PRIME, ngram_keys
 
@@ -109,44 +107,20 @@ def _sums(ids, offsets, slots, shift, unigrams, max_n, idf, first_layer):
     return hidden
 
 
-def _add_float_rows(out, rows, columns, weights, count):
-    i = 0
-    while i + 8 <= count:
-        r0, r1, r2, r3 = rows[columns[i]], rows[columns[i + 1]], rows[columns[i + 2]], rows[columns[i + 3]]
-        r4, r5, r6, r7 = rows[columns[i + 4]], rows[columns[i + 5]], rows[columns[i + 6]], rows[columns[i + 7]]
-        w0, w1, w2, w3, w4, w5, w6, w7 = weights[i], weights[i + 1], weights[i + 2], weights[i + 3], weights[i + 4], weights[i + 5], weights[i + 6], weights[i + 7]
-        for j in range(len(out)):
-            out[j] += (w0 * r0[j] + w1 * r1[j] + w2 * r2[j] + w3 * r3[j]) + (w4 * r4[j] + w5 * r5[j] + w6 * r6[j] + w7 * r7[j])
-        i += 8
-    while i < count:
-        r0, w0 = rows[columns[i]], weights[i]
-        for j in range(len(out)):
-            out[j] += w0 * r0[j]
-        i += 1
-
-
-def _add_half_rows(out, rows, columns, weights, count):
-    h = half_to_float
-    i = 0
-    while i + 8 <= count:
-        r0, r1, r2, r3 = rows[columns[i]], rows[columns[i + 1]], rows[columns[i + 2]], rows[columns[i + 3]]
-        r4, r5, r6, r7 = rows[columns[i + 4]], rows[columns[i + 5]], rows[columns[i + 6]], rows[columns[i + 7]]
-        w0, w1, w2, w3, w4, w5, w6, w7 = weights[i], weights[i + 1], weights[i + 2], weights[i + 3], weights[i + 4], weights[i + 5], weights[i + 6], weights[i + 7]
-        for j in range(len(out)):
-            out[j] += (w0 * h(r0[j]) + w1 * h(r1[j]) + w2 * h(r2[j]) + w3 * h(r3[j])) + (w4 * h(r4[j]) + w5 * h(r5[j]) + w6 * h(r6[j]) + w7 * h(r7[j]))
-        i += 8
-    while i < count:
-        r0, w0 = rows[columns[i]], weights[i]
-        for j in range(len(out)):
-            out[j] += w0 * h(r0[j])
-        i += 1
-
-
+@numba.njit(nogil=True, cache=True, fastmath=True)
 def add_rows(out, rows, columns, weights, count):
     """out += sum of weights[i] * rows[columns[i]] for i < count; rows float32, or float16 bits as uint16."""
-    raise NotImplementedError("compiled code only")
-
-
-@overload(add_rows, jit_options={"fastmath": True, "nogil": True})
-def _add_rows_for(out, rows, columns, weights, count):
-    return _add_half_rows if rows.dtype == types.uint16 else _add_float_rows
+    v = as_float32
+    i = 0
+    while i + 8 <= count:
+        r0, r1, r2, r3 = rows[columns[i]], rows[columns[i + 1]], rows[columns[i + 2]], rows[columns[i + 3]]
+        r4, r5, r6, r7 = rows[columns[i + 4]], rows[columns[i + 5]], rows[columns[i + 6]], rows[columns[i + 7]]
+        w0, w1, w2, w3, w4, w5, w6, w7 = weights[i], weights[i + 1], weights[i + 2], weights[i + 3], weights[i + 4], weights[i + 5], weights[i + 6], weights[i + 7]
+        for j in range(len(out)):
+            out[j] += (w0 * v(r0[j]) + w1 * v(r1[j]) + w2 * v(r2[j]) + w3 * v(r3[j])) + (w4 * v(r4[j]) + w5 * v(r5[j]) + w6 * v(r6[j]) + w7 * v(r7[j]))
+        i += 8
+    while i < count:
+        r0, w0 = rows[columns[i]], weights[i]
+        for j in range(len(out)):
+            out[j] += w0 * v(r0[j])
+        i += 1

@@ -36,16 +36,19 @@ def expand(half: np.ndarray) -> np.ndarray:
 
 
 @intrinsic
-def half_to_float(typingctx, bits):
-    """float16 (given as its uint16 bits) to float32 in compiled code, which numba has no type for.
+def as_float32(typingctx, weight):
+    """A first-layer weight as float32 in compiled code: float16 (given as its uint16 bits, since
+    numba has no float16 type) is widened, float32 passes through.
 
-    LLVM lowers it to the CPU's conversion instruction (F16C on x86-64, native on ARM64) and
-    vectorises loops of it.
+    LLVM lowers the widening to the CPU's conversion instruction (F16C on x86-64, native on
+    ARM64) and vectorises loops of it.
     """
-    if bits != types.uint16:
-        return None
+    if weight == types.uint16:
 
-    def codegen(context, builder, signature, args):
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+        def widen(context, builder, signature, args):
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
 
-    return types.float32(types.uint16), codegen
+        return types.float32(types.uint16), widen
+    if weight == types.float32:
+        return types.float32(types.float32), lambda context, builder, signature, args: args[0]
+    return None

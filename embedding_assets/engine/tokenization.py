@@ -24,7 +24,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from embedding_assets.engine.errors import ArtifactError
-from embedding_assets.engine.hashtable import KeyTable
+from embedding_assets.engine.hashtable import GOLDEN, KeyTable
 
 WORDPIECE = "wordpiece"
 WORDS = "words"
@@ -55,7 +55,6 @@ _ASCII_LOWER = np.arange(256, dtype=np.uint8)
 _ASCII_LOWER[65:91] += 32
 
 _POLY = np.uint64(0x100000001B3)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,7 @@ def _split(raw, classes, lower):
                 power *= _POLY
                 total += (np.uint64(lower[raw[i]]) + np.uint64(1)) * power
                 i += 1
-        z = total ^ (np.uint64(i - start) * _GOLDEN)
+        z = total ^ (np.uint64(i - start) * GOLDEN)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         starts[count], ends[count], keys[count] = start, i, z ^ (z >> np.uint64(31))
