@@ -35,11 +35,8 @@ SCORER = r"""
 import json, os, sys, time
 import dagster as dg
 from embedding_assets.definitions import ALL_ASSETS, resources_from_env
+from embedding_assets.progress import status_mib
 from embedding_assets.resources import Compute
-
-def rss_mb(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
 
 instance = dg.DagsterInstance.get()
 resources = {**resources_from_env(), "compute": Compute(device="cpu")}
@@ -51,7 +48,7 @@ for shard in shards:
     [event] = result.get_asset_materialization_events()
     docs += event.materialization.metadata["dagster/row_count"].value
     print(json.dumps({"shard": shard, "docs": docs, "seconds": time.perf_counter() - started,
-                      "peak_rss_mb": rss_mb("VmHWM"), "rss_mb": rss_mb("VmRSS")}), flush=True)
+                      "peak_rss_mb": status_mib("VmHWM"), "rss_mb": status_mib("VmRSS")}), flush=True)
 """
 
 

@@ -24,20 +24,18 @@ CHILD = r"""
 import json, os, sys, time
 import numpy as np
 from embedding_assets.engine import LexicalEmbedder
+from embedding_assets.progress import status_mib
 model = LexicalEmbedder.load(sys.argv[1])
 model._unigrams  # build the lookup tables before the baseline reading
-def status_mib(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
-loaded = status_mib("VmRSS:")
-load_peak = status_mib("VmHWM:")
+loaded = status_mib("VmRSS")
+load_peak = status_mib("VmHWM")
 started = time.perf_counter()
 rows, checksum = 0, 0.0
 for batch in model.encode_parquet(sys.argv[2], threads=2):
     rows += len(batch)
     checksum += float(batch[:, 0].sum())
 seconds = time.perf_counter() - started
-peak = status_mib("VmHWM:")
+peak = status_mib("VmHWM")
 print(json.dumps({"rows": rows, "seconds": seconds, "loaded_mib": loaded, "peak_mib": peak, "load_peak_mib": load_peak}))
 """
 

@@ -10,6 +10,12 @@ import numpy as np
 PROGRESS_INTERVAL_SECONDS = 15.0
 
 
+def status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (Linux), such as "VmRSS" or "VmHWM", in MiB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:")) / 1024
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory in MiB.
 
@@ -17,8 +23,7 @@ def peak_rss_mb() -> float:
     and exec, so a step started by a large process would report that process's memory.
     """
     try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+        return status_mib("VmHWM")
     except (OSError, StopIteration):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
