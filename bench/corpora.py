@@ -4,6 +4,10 @@
 - `python-docs`: the reStructuredText sources of the Python manual from Debian's `python3-doc`
   package (`apt-get install python3-doc`, under /usr/share/doc/python3*/html/_sources/).
   When the package is absent, this corpus is skipped with a message.
+- `kernel-docs` (fidelity only): the reStructuredText sources of the Linux kernel's
+  documentation from Debian's `linux-doc` package (`apt-get install linux-doc`), gzipped under
+  /usr/share/doc/linux-doc/Documentation/. About 60k prose paragraphs: the training-set size
+  a curation team typically has teacher vectors for.
 
 Texts are joined into one stream and cut at WordPiece token boundaries, so that every
 document has the same number of tokens (newlines become spaces: fastText reads one line).
@@ -12,6 +16,7 @@ document has the same number of tokens (newlines become spaces: fastText reads o
 from __future__ import annotations
 
 import glob
+import gzip
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +28,7 @@ from embedding_assets.sample_corpus import SAMPLE_CORPUS_DIR
 
 LENGTHS = {"short": 15, "medium": 500, "long": 2000}
 PYTHON_DOCS_GLOB = "/usr/share/doc/python3*/html/_sources/**/*.rst.txt"
+KERNEL_DOCS_ROOT = "/usr/share/doc/linux-doc/Documentation/"
 
 
 def sample_texts() -> list[str]:
@@ -44,6 +50,19 @@ def python_docs_files() -> list[Path]:
     for path in sorted(glob.glob(PYTHON_DOCS_GLOB, recursive=True)):
         by_target.setdefault(os.path.realpath(path), Path(path))
     return sorted(by_target.values())
+
+
+def kernel_docs_files() -> list[Path]:
+    """The kernel's documentation sources in English (the translations are left out)."""
+    files = sorted(Path(p) for p in glob.glob(KERNEL_DOCS_ROOT + "**/*.rst.gz", recursive=True))
+    return [p for p in files if not p.as_posix().startswith(KERNEL_DOCS_ROOT + "translations/")]
+
+
+def read_source(path: Path) -> str:
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
+            return f.read()
+    return path.read_text(encoding="utf-8", errors="replace")
 
 
 def python_docs_texts() -> list[str] | None:

@@ -1,13 +1,15 @@
 """Distillation fidelity: our student against luxical's own recipe, the teacher and plain TF-IDF.
 
-    python -m bench.fidelity [--corpus sample python-docs] [--ablations]
+    python -m bench.fidelity [--corpus sample python-docs kernel-docs] [--ablations]
 
-Two real corpora, no download: the built-in sample (stdlib docstrings, labelled by package)
-and the prose paragraphs of the Python manual from Debian's `python3-doc` (labelled by the
-manual's part: library, reference, c-api, howto, ...). Each is split once, by a seed, into
-training documents and 2,000 held-out documents. The teacher embeds both once; its vectors
-are cached on disk, keyed by the teacher's identity and the texts, and so are the sums of its
-contextual token vectors over the training documents (the first layer's prior).
+Three real corpora, no download: the built-in sample (stdlib docstrings, labelled by
+package), the prose paragraphs of the Python manual from Debian's `python3-doc` (labelled by
+the manual's part: library, reference, c-api, howto, ...), and those of the Linux kernel's
+documentation from Debian's `linux-doc` (about 60k, labelled by its top directory:
+admin-guide, networking, driver-api, ...). Each is split once, by a seed, into training
+documents and 2,000 held-out documents. One teacher pass per corpus gives the vectors of
+every document and the sums of its contextual token vectors over the training documents
+(the first layer's prior); both are cached on disk, keyed by the teacher's identity and the texts.
 
 On the held-out documents, every system is compared with the teacher: neighbour recall@10,
 Spearman of cosines over 20k random pairs, and linear-probe accuracy on the labels. Our
@@ -28,6 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse  # noqa: E402
 import hashlib  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -36,7 +39,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from bench.corpora import python_docs_files, sample_labels  # noqa: E402
+from bench.corpora import kernel_docs_files, python_docs_files, read_source, sample_labels  # noqa: E402
 from embedding_assets.engine import LexicalEmbedder  # noqa: E402
 from embedding_assets.engine.distill import DistillConfig, distill, embed  # noqa: E402
 from embedding_assets.engine.evaluation import (  # noqa: E402
@@ -57,6 +60,8 @@ from embedding_assets.resources.teacher import Teacher  # noqa: E402
 
 HELD_OUT = 2_000
 PYTHON_DOCS_LIMIT = 24_000
+KERNEL_DOCS_LIMIT = 62_000
+CORPORA = ["sample", "python-docs", "kernel-docs"]
 CACHE_DIR = Path(os.environ.get("EMBEDDING_ASSETS_BENCH_CACHE", Path(__file__).resolve().parent.parent / ".bench_cache"))
 
 
@@ -87,74 +92,74 @@ def sample_corpus() -> Corpus:
     return Corpus("sample", texts, labels, split(len(texts)))
 
 
-def python_docs_corpus(limit: int = PYTHON_DOCS_LIMIT, min_words: int = 20) -> Corpus | None:
-    """Prose paragraphs (not code, not directives) of the Python manual, labelled by its part."""
-    files = python_docs_files()
+def manual_corpus(name: str, files: list[Path], root: str, min_words: int, limit: int, markup: tuple[str, ...] = ()) -> Corpus | None:
+    """Prose paragraphs (not code, not directives) of a reStructuredText manual, labelled by its top directory."""
     if not files:
         return None
     seen, texts, labels = set(), [], []
     for path in files:
-        rel = path.as_posix().split("/_sources/", 1)[1]
+        rel = path.as_posix().split(root, 1)[1]
         part = rel.split("/", 1)[0] if "/" in rel else "top"
-        for paragraph in path.read_text(encoding="utf-8", errors="replace").split("\n\n"):
+        for paragraph in read_source(path).split("\n\n"):
             text = " ".join(paragraph.split())
-            if len(text.split()) < min_words or text.startswith(("..", ">>>", "$ ")) or paragraph.startswith("    ") or text in seen:
+            if len(text.split()) < min_words or text.startswith(("..", ">>>", "$ ", *markup)) or paragraph.startswith(("    ", "\t")) or text in seen:
                 continue
             seen.add(text)
             texts.append(text)
             labels.append(part)
     order = np.sort(np.random.default_rng(0).permutation(len(texts))[:limit])
     texts, labels = [texts[i] for i in order], [labels[i] for i in order]
-    return Corpus("python-docs", texts, labels, split(len(texts)))
+    return Corpus(name, texts, labels, split(len(texts)))
 
 
-def teacher_vectors(corpus: Corpus, teacher: Teacher) -> np.ndarray:
-    """The teacher's L2-normalised vectors of every document, cached by teacher identity and texts."""
-    digest = hashlib.sha256(json.dumps(teacher.identity(), sort_keys=True).encode())
-    for text in corpus.texts:
-        digest.update(text.encode())
-        digest.update(b"\0")
-    path = CACHE_DIR / f"teacher-{corpus.name}-{digest.hexdigest()[:16]}.npy"
-    if path.exists():
-        return np.load(path, allow_pickle=False)
-    log(f"{corpus.name}: embedding {len(corpus.texts)} documents with the teacher (cached at {path})")
-    model = teacher.load("cpu")
-    started, vectors = time.perf_counter(), []
-    for start in range(0, len(corpus.texts), 1024):
-        vectors.append(teacher.embed(model, corpus.texts[start : start + 1024], "cpu", "fp32"))
-        done = start + len(vectors[-1])
-        log(f"  teacher {done}/{len(corpus.texts)}, {done / (time.perf_counter() - started):.1f} docs/s")
-    vectors = np.concatenate(vectors)
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, vectors)
-    os.replace(tmp, path)
-    return vectors
+def python_docs_corpus() -> Corpus | None:
+    return manual_corpus("python-docs", python_docs_files(), "/_sources/", min_words=20, limit=PYTHON_DOCS_LIMIT)
 
 
-def teacher_token_sums(corpus: Corpus, teacher: Teacher) -> TokenSums:
-    """Sums of the teacher's contextual token vectors over the training documents (the prior's input), cached."""
-    texts = [corpus.texts[i] for i in np.flatnonzero(corpus.train)]
+def kernel_docs_corpus() -> Corpus | None:
+    # Eight words keeps about 60k paragraphs; tables and rules are not prose.
+    return manual_corpus("kernel-docs", kernel_docs_files(), "/Documentation/", min_words=8, limit=KERNEL_DOCS_LIMIT,
+                         markup=("::", "|", "+-", "==", "--", "#"))
+
+
+def cache_path(kind: str, corpus: Corpus, texts: list[str], teacher: Teacher, suffix: str) -> Path:
     digest = hashlib.sha256(json.dumps(teacher.identity(), sort_keys=True).encode())
     for text in texts:
         digest.update(text.encode())
         digest.update(b"\0")
-    path = CACHE_DIR / f"token-sums-{corpus.name}-{digest.hexdigest()[:16]}.safetensors"
-    if path.exists():
-        return TokenSums.from_bytes(path.read_bytes())
-    log(f"{corpus.name}: summing the teacher's token vectors over {len(texts)} training documents (cached at {path})")
-    model = teacher.load("cpu")
-    started, parts = time.perf_counter(), []
-    for start in range(0, len(texts), 1024):
-        parts.append(teacher.embed_with_token_sums(model, texts[start : start + 1024], "cpu", "fp32")[1])
-        done = min(start + 1024, len(texts))
-        log(f"  teacher {done}/{len(texts)}, {done / (time.perf_counter() - started):.1f} docs/s")
-    sums = TokenSums.merge(parts, parts[0].sums.shape[1])
+    return CACHE_DIR / f"{kind}-{corpus.name}-{digest.hexdigest()[:16]}{suffix}"
+
+
+def write_atomically(path: Path, data: bytes) -> None:
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(sums.to_bytes())
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
-    return sums
+
+
+def teacher_pass(corpus: Corpus, teacher: Teacher) -> tuple[np.ndarray, TokenSums]:
+    """The teacher's L2-normalised vectors of every document, and the sums of its contextual token
+    vectors over the training documents, from one pass; both cached by teacher identity and texts."""
+    vectors_path = cache_path("teacher", corpus, corpus.texts, teacher, ".npy")
+    sums_path = cache_path("token-sums", corpus, [corpus.texts[i] for i in np.flatnonzero(corpus.train)], teacher, ".safetensors")
+    if vectors_path.exists() and sums_path.exists():
+        return np.load(vectors_path, allow_pickle=False), TokenSums.from_bytes(sums_path.read_bytes())
+    log(f"{corpus.name}: embedding {len(corpus.texts)} documents with the teacher (cached at {vectors_path})")
+    model = teacher.load("cpu")
+    started, vectors, parts = time.perf_counter(), [], []
+    for start in range(0, len(corpus.texts), 1024):
+        batch_vectors, sums = teacher.embed_with_token_sums(model, corpus.texts[start : start + 1024], "cpu", "fp32", corpus.train[start : start + 1024])
+        vectors.append(batch_vectors)
+        parts.append(sums)
+        done = start + len(batch_vectors)
+        log(f"  teacher {done}/{len(corpus.texts)}, {done / (time.perf_counter() - started):.1f} docs/s")
+    vectors = np.concatenate(vectors)
+    sums = TokenSums.merge(parts, vectors.shape[1])
+    buffer = io.BytesIO()
+    np.save(buffer, vectors)
+    write_atomically(vectors_path, buffer.getvalue())
+    write_atomically(sums_path, sums.to_bytes())
+    return vectors, sums
 
 
 PROBE_LABELS = 20
@@ -364,9 +369,10 @@ def markdown(corpus: str, rows: list[dict]) -> str:
 def corpora(names: list[str]) -> list[Corpus]:
     found = []
     for name in names:
-        corpus = sample_corpus() if name == "sample" else python_docs_corpus()
+        corpus = {"sample": sample_corpus, "python-docs": python_docs_corpus, "kernel-docs": kernel_docs_corpus}[name]()
         if corpus is None:
-            log(f"{name}: skipped, Debian's python3-doc is not installed (apt-get install python3-doc)")
+            package = {"python-docs": "python3-doc", "kernel-docs": "linux-doc"}[name]
+            log(f"{name}: skipped, Debian's {package} is not installed (apt-get install {package})")
             continue
         found.append(corpus)
     return found
@@ -374,15 +380,14 @@ def corpora(names: list[str]) -> list[Corpus]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", nargs="+", default=["sample", "python-docs"], choices=["sample", "python-docs"])
+    parser.add_argument("--corpus", nargs="+", default=CORPORA, choices=CORPORA)
     parser.add_argument("--ablations", nargs="*", help="train the ablation variants (all, or those named) instead of the comparison")
     parser.add_argument("--no-luxical", action="store_true", help="leave out luxical's recipe (it needs the bench extra)")
     parser.add_argument("--teacher-only", action="store_true", help="only embed (and cache) the corpora with the teacher")
     args = parser.parse_args(argv)
     teacher = Teacher()
     for corpus in corpora(args.corpus):
-        vectors = teacher_vectors(corpus, teacher)
-        sums = teacher_token_sums(corpus, teacher)
+        vectors, sums = teacher_pass(corpus, teacher)
         log(f"{corpus.name}: {len(corpus.texts)} documents, {corpus.train.sum()} training, {corpus.heldout.sum()} held-out, {len(set(corpus.labels))} labels, teacher dim {vectors.shape[1]}")
         if args.teacher_only:
             continue
