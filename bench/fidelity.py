@@ -182,11 +182,15 @@ def fidelity(student: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
 
 
 class Probe:
-    """Logistic-regression probes on the top labels, fitted on a fixed slice of the training documents."""
+    """Logistic-regression probes on the top labels, fitted on a fixed random draw of the training documents.
+
+    A draw, not the first rows: the corpora are in file order, so their first rows hold a few labels only.
+    """
 
     def __init__(self, corpus: Corpus):
         labels = probe_labels(corpus.labels, PROBE_LABELS)
-        self.train_rows = np.flatnonzero(corpus.train)[:PROBE_TRAIN]
+        train = np.flatnonzero(corpus.train)
+        self.train_rows = np.sort(np.random.default_rng(0).choice(train, min(PROBE_TRAIN, len(train)), replace=False))
         self.train_y, self.test_y = labels[self.train_rows], labels[corpus.heldout]
 
     def __call__(self, train_x: np.ndarray, test_x: np.ndarray) -> float:
