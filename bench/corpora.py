@@ -1,16 +1,17 @@
-"""Benchmark documents of fixed token lengths, cut from two real corpora that need no download.
+"""Real corpora that need no download, for the benches.
 
 - `sample`: the docstrings of the built-in sample corpus.
 - `python-docs`: the reStructuredText sources of the Python manual from Debian's `python3-doc`
   package (`apt-get install python3-doc`, under /usr/share/doc/python3*/html/_sources/).
   When the package is absent, this corpus is skipped with a message.
-- `kernel-docs` (fidelity only): the reStructuredText sources of the Linux kernel's
+- `kernel-docs` (fidelity bench only): the reStructuredText sources of the Linux kernel's
   documentation from Debian's `linux-doc` package (`apt-get install linux-doc`), gzipped under
   /usr/share/doc/linux-doc/Documentation/. About 60k prose paragraphs: the training-set size
   a curation team typically has teacher vectors for.
 
-Texts are joined into one stream and cut at WordPiece token boundaries, so that every
-document has the same number of tokens (newlines become spaces: fastText reads one line).
+For the speed benches, texts are joined into one stream and cut at WordPiece token boundaries,
+so that every document has the same number of tokens (newlines become spaces: fastText reads
+one line). The fidelity bench reads the manuals paragraph by paragraph instead.
 """
 
 from __future__ import annotations
