@@ -117,5 +117,7 @@ def test_model_page_renders_the_loss_plot_and_the_evaluation_table(browser, ui, 
     browser.find_element(By.XPATH, row.format("training_curves") + "//*[normalize-space(text())='[Show Markdown]']").click()
     plot = wait(browser).until(lambda d: d.find_element(By.CSS_SELECTOR, f"img[alt='{PLOT_ALT}']"))
     wait(browser, 10).until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", plot))
-    assert plot.is_displayed() and plot.size["width"] > 300 and plot.size["height"] > 150
+    # The dialog fades in: the image is in the page before it is shown at its size.
+    shown = wait(browser, 10).until(lambda d: plot.is_displayed() and plot.size["width"] > 300 and plot.size["height"] > 150)
+    assert shown
     browser.save_screenshot(str(artifacts / "distilled-model.png"))
