@@ -32,8 +32,7 @@ from bench.corpora import LENGTHS, cut, python_docs_texts, sample_labels  # noqa
 from embedding_assets.engine import LexicalEmbedder  # noqa: E402
 from embedding_assets.engine.classifier import QualityClassifier  # noqa: E402
 from embedding_assets.engine.features import build_features  # noqa: E402
-from embedding_assets.engine.first_layer import first_layer_sums  # noqa: E402
-from embedding_assets.engine.network import finish, init_layers  # noqa: E402
+from embedding_assets.engine.network import init_layers  # noqa: E402
 from embedding_assets.engine.tokenization import WordFrontEnd, load_tokenizer, tokenize  # noqa: E402
 from embedding_assets.resources.teacher import default_teacher_dir  # noqa: E402
 from embedding_assets.sample_corpus import NETWORKING_LABELS  # noqa: E402
@@ -160,9 +159,9 @@ def stage_seconds(model: LexicalEmbedder, docs: list[str]) -> dict[str, float]:
         started = time.process_time()
         ids, offsets = model.front_end.tokenize(docs)
         tokenised = time.process_time()
-        hidden = first_layer_sums(ids, offsets, model._key_table, model.vocabulary.max_n, model.vocabulary.idf, model._first_layer, model._unigrams)
+        hidden = model.first_layer_sums(ids, offsets)
         summed = time.process_time()
-        finish(hidden, model._later_layers)
+        model.finish(hidden)
         done = time.process_time()
         for stage, seconds in (("tokenise", tokenised - started), ("first layer", summed - tokenised), ("rest of the network", done - summed)):
             best[stage] = min(best.get(stage, float("inf")), seconds)

@@ -164,10 +164,16 @@ class LexicalEmbedder:
             return np.empty(0, dtype=np.uint64)
         return unigram_entries(self._key_table, self.tokenizer.get_vocab_size())
 
+    def first_layer_sums(self, ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """The first layer's output for tokenised documents (`front_end.tokenize`), before the ReLU."""
+        return first_layer_sums(ids, offsets, self._key_table, self.vocabulary.max_n, self.vocabulary.idf, self._first_layer, self._unigrams)
+
+    def finish(self, hidden: np.ndarray) -> np.ndarray:
+        """The rest of the network, from the first layer's output (modified in place) to the embeddings."""
+        return finish(hidden, self._later_layers)
+
     def _encode_batch(self, texts: Sequence[str]) -> np.ndarray:
-        ids, offsets = self.front_end.tokenize(texts)
-        hidden = first_layer_sums(ids, offsets, self._key_table, self.vocabulary.max_n, self.vocabulary.idf, self._first_layer, self._unigrams)
-        out = finish(hidden, self._later_layers)
+        out = self.finish(self.first_layer_sums(*self.front_end.tokenize(texts)))
         empty = ~np.any(out, axis=1)
         out[empty] = self.fallback
         return out
