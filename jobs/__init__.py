@@ -12,6 +12,7 @@ import dagster as dg
 from embedding_assets.assets.curation import quality_classifier, scored_corpus
 from embedding_assets.assets.features import features
 from embedding_assets.assets.ingest import raw_corpus, training_sample
+from embedding_assets.assets.reference import annotations, reference_set
 from embedding_assets.assets.teacher import teacher_embeddings, teacher_model
 from embedding_assets.assets.training import distilled_model
 
@@ -46,11 +47,30 @@ ingest_corpus = dg.define_asset_job(
     description="Read one corpus shard into the corpus contract.",
 )
 
+def curation_inputs_from_env() -> list:
+    """The curation inputs the configured mode reads (see `resources.curation`)."""
+    env = os.environ.get
+    mode = env("EMBEDDING_ASSETS_CURATION") or "auto"
+    if mode == "annotations" or (mode == "auto" and env("EMBEDDING_ASSETS_ANNOTATIONS")):
+        return [annotations]
+    if mode.startswith("reference") or (mode == "auto" and env("EMBEDDING_ASSETS_REFERENCE")):
+        return [reference_set]
+    return []
+
+
+# Read and checked before training, so a bad reference set fails before the teacher runs.
+prepare_curation = dg.define_asset_job(
+    "prepare_curation",
+    selection=dg.AssetSelection.assets(reference_set, annotations),
+    executor_def=EXECUTOR,
+    description="Read the reference set or the annotations the curation mode learns from, and check them.",
+)
+
 train_embedder = dg.define_asset_job(
     "train_embedder",
     selection=dg.AssetSelection.assets(training_sample, features, teacher_model, teacher_embeddings, distilled_model, quality_classifier),
     executor_def=EXECUTOR,
-    description="From the corpus sample to the distilled model and the quality classifier.",
+    description="From the corpus sample to the distilled model and the curation head.",
 )
 
 score_corpus = dg.define_asset_job(
@@ -67,5 +87,11 @@ refresh_shard = dg.define_asset_job(
     description="Ingest one new or rewritten shard and score it; what the corpus sensor requests.",
 )
 
-# In this order they materialise the whole graph: every shard, then training, then every shard.
-PIPELINE = (ingest_corpus, train_embedder, score_corpus)
+def pipeline_from_env() -> list[tuple]:
+    """The jobs that materialise the whole graph, in order, each with the assets it runs (None: all):
+    every shard, the curation inputs the mode reads, training, then every shard scored."""
+    inputs = [asset.key.to_user_string() for asset in curation_inputs_from_env()]
+    steps = [(ingest_corpus, None)]
+    if inputs:
+        steps.append((prepare_curation, inputs))
+    return [*steps, (train_embedder, None), (score_corpus, None)]

@@ -7,6 +7,7 @@ import time
 import urllib.request
 
 import pytest
+from embedding_assets.sample_corpus import NETWORKING_LABELS
 
 from conftest import ROOT, running_webserver, write_small_corpus
 
@@ -108,7 +109,7 @@ def webserver(tmp_path):
     home.mkdir()
     (home / "dagster.yaml").write_text(INSTANCE_YAML)
     log_path = tmp_path / "webserver.log"
-    env = {"EMBEDDING_ASSETS_CORPUS": str(corpus), "EMBEDDING_ASSETS_STORAGE": str(tmp_path / "storage"), "EMBEDDING_ASSETS_DEVICE": "cpu"}
+    env = {"EMBEDDING_ASSETS_CORPUS": str(corpus), "EMBEDDING_ASSETS_STORAGE": str(tmp_path / "storage"), "EMBEDDING_ASSETS_DEVICE": "cpu", "EMBEDDING_ASSETS_POSITIVE_LABELS": ",".join(NETWORKING_LABELS)}
     with running_webserver(home, log_path, env) as port:
         yield {"port": port, "ids": ids, "storage": tmp_path / "storage", "log": log_path}
 
