@@ -16,7 +16,7 @@ from embedding_assets.checks import ingest as ingest_checks
 from embedding_assets.checks import reference as reference_checks
 from embedding_assets.checks import teacher as teacher_checks
 from embedding_assets.checks import training as training_checks
-from embedding_assets.jobs import ingest_corpus, refresh_shard, score_corpus, train_embedder
+from embedding_assets.jobs import ingest_corpus, prepare_curation, refresh_shard, score_corpus, train_embedder
 from embedding_assets.jobs.sensors import corpus_shard_sensor, scored_corpus_refresh
 from embedding_assets.resources import Compute, CorpusSource, Curation, QualityGates, Storage, Teacher
 from embedding_assets.resources.s3 import S3Settings
@@ -78,7 +78,7 @@ ALL_CHECKS = dg.load_asset_checks_from_modules([ingest_checks, features_checks, 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
     asset_checks=ALL_CHECKS,
-    jobs=[ingest_corpus, train_embedder, score_corpus, refresh_shard],
+    jobs=[ingest_corpus, prepare_curation, train_embedder, score_corpus, refresh_shard],
     sensors=[corpus_shard_sensor, scored_corpus_refresh],
     resources=resources_from_env(),
 )
