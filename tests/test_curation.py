@@ -85,6 +85,8 @@ def test_a_reference_set_finds_more_of_its_kind_in_an_unlabelled_corpus(trained,
     assert head.mode == mode and head.kind == ("logistic" if mode == "reference-classifier" else "similarity")
     assert head.settings["reference_set_version"] == latest_data_version(trained["instance"], "reference_set")
     assert head.evaluation["heldout_auc"] > 0.6
+    card = (trained["storage"] / "quality_classifier.md").read_text()
+    assert f": {mode}" in card and head.settings["reference_set_version"] in card
     precision, base_rate = networking_precision(trained["storage"])
     assert precision > 2 * base_rate, (precision, base_rate)
     table = scored(trained["storage"])

@@ -14,7 +14,7 @@ from embedding_assets.assets.reference import ANNOTATIONS_FILE, NEGATIVE, REFERE
 from embedding_assets.assets.teacher import embedding_column
 from embedding_assets.assets.training import MODEL_FILE, distilled_model
 from embedding_assets.engine import LexicalEmbedder
-from embedding_assets.engine.curation import NONE, CurationHead, lexical_features, linear_head, no_head, similarity_head
+from embedding_assets.engine.curation import NONE, CurationHead, head_card, lexical_features, linear_head, no_head, similarity_head
 from embedding_assets.engine.errors import ArtifactError
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_data_version, latest_metadata_value
@@ -26,6 +26,7 @@ from embedding_assets.resources.curation import Curation, CurationSettingsError
 from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
 
 HEAD_FILE = "quality_classifier.safetensors"
+HEAD_CARD_FILE = "quality_classifier.md"
 # Texts are scored on at most this many characters (the raw_corpus gate's default ceiling); the
 # rest is cut and counted, so one huge document costs bounded time and memory.
 MAX_SCORED_CHARS = 1_000_000
@@ -234,11 +235,14 @@ def quality_classifier(context: dg.AssetExecutionContext, storage: Storage, cura
         }
         head = replace(head, evaluation=evaluation)
     uri = storage.write_bytes(head.to_bytes(), HEAD_FILE)
+    card = head_card(head)
+    storage.write_bytes(card.encode(), HEAD_CARD_FILE)
     shown = {k: v for k, v in head.evaluation.items() if k != "sample_score_deciles"}
     return dg.MaterializeResult(
         data_version=dg.DataVersion(head.version),
         metadata={
             "uri": dg.MetadataValue.path(uri),
+            "card": dg.MetadataValue.md(card),
             "mode": mode,
             "classifier_version": head.version,
             "model_version": embedder.version,

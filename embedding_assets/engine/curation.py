@@ -174,6 +174,40 @@ class CurationHead:
         return head
 
 
+SCORE_MEANINGS = {
+    "logistic": "the probability that a document is one of the wanted kind",
+    "ridge": "the predicted annotation score",
+    "similarity": "the mean cosine of a document to its top-k nearest references",
+}
+
+
+def head_card(head: CurationHead) -> str:
+    """A markdown card for the curation head: what it learned from, how it scores, how well it ranks."""
+    if not head.scores:
+        return (
+            f"# Curation head `{head.version}`: none\n\nNo curation is configured, so documents are embedded "
+            f"(student `{head.model_version}`) and not scored. Set a reference set, annotations or positive labels.\n"
+        )
+    features = "the student embedding and its n-gram TF-IDF features" if head.lexical else "the student embedding"
+    how = f"{len(head.references):,} reference embeddings" if head.kind == "similarity" else f"{head.kind} regression on {features}"
+    lines = [
+        f"# Curation head `{head.version}`: {head.mode}",
+        "",
+        f"- student model `{head.model_version}`; {how}",
+        f"- score: {SCORE_MEANINGS[head.kind]}, in [{head.score_range[0]:g}, {head.score_range[1]:g}]",
+        f"- keep: score >= {head.threshold:.6g}, calibrated to keep {head.target_keep_fraction:g} of held-out sample documents; empty texts are never kept",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in sorted(head.settings.items())],
+        "",
+        "| held-out measure | value |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in sorted(head.evaluation.items()) if k != "sample_score_deciles"],
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def no_head(model_version: str) -> CurationHead:
     """What scoring uses when no curation is configured: every document embedded, none scored."""
     return CurationHead(mode=NONE, kind=NONE, model_version=model_version, settings={"mode": NONE}, score_range=(0.0, 0.0))
