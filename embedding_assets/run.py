@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"bad setting: {exc}", file=sys.stderr)
         return 2
-    from embedding_assets.jobs import pipeline_from_env
+    from embedding_assets.jobs import pipeline
     from embedding_assets.partitions import corpus_shards
     from embedding_assets.resources.curation import CurationSettingsError
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"curation mode: {mode}" + ("" if mode != "none" else " (nothing configured: shards are embedded, not scored; see --help)"), flush=True)
     started = time.perf_counter()
-    for job, assets in pipeline_from_env():
+    for job, assets in pipeline(mode):
         job_def = defs.resolve_job_def(job.name)
         partitions = shards if job_def.partitions_def is not None else [None]
         for shard in partitions:

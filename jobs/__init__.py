@@ -47,17 +47,6 @@ ingest_corpus = dg.define_asset_job(
     description="Read one corpus shard into the corpus contract.",
 )
 
-def curation_inputs_from_env() -> list:
-    """The curation inputs the configured mode reads (see `resources.curation`)."""
-    env = os.environ.get
-    mode = env("EMBEDDING_ASSETS_CURATION") or "auto"
-    if mode == "annotations" or (mode == "auto" and env("EMBEDDING_ASSETS_ANNOTATIONS")):
-        return [annotations]
-    if mode.startswith("reference") or (mode == "auto" and env("EMBEDDING_ASSETS_REFERENCE")):
-        return [reference_set]
-    return []
-
-
 # Read and checked before training, so a bad reference set fails before the teacher runs.
 prepare_curation = dg.define_asset_job(
     "prepare_curation",
@@ -87,11 +76,13 @@ refresh_shard = dg.define_asset_job(
     description="Ingest one new or rewritten shard and score it; what the corpus sensor requests.",
 )
 
-def pipeline_from_env() -> list[tuple]:
+CURATION_INPUTS = {"reference-classifier": reference_set, "reference-similarity": reference_set, "annotations": annotations}
+
+
+def pipeline(curation_mode: str) -> list[tuple]:
     """The jobs that materialise the whole graph, in order, each with the assets it runs (None: all):
-    every shard, the curation inputs the mode reads, training, then every shard scored."""
-    inputs = [asset.key.to_user_string() for asset in curation_inputs_from_env()]
+    every shard, the input the curation mode reads, training, then every shard scored."""
     steps = [(ingest_corpus, None)]
-    if inputs:
-        steps.append((prepare_curation, inputs))
+    if curation_mode in CURATION_INPUTS:
+        steps.append((prepare_curation, [CURATION_INPUTS[curation_mode].key.to_user_string()]))
     return [*steps, (train_embedder, None), (score_corpus, None)]
