@@ -34,7 +34,7 @@ def test_the_encoder_pass_scores_exactly_what_the_head_was_fitted_on(embedder, l
     assert np.array_equal(embeddings, embedder.encode(texts))
     # Split across threads and batches, the same answer.
     again = lexical_head.score_texts(embedder, texts)[1]
-    single = np.concatenate([lexical_head.score(*embedder.encode([t], threads=1, sums_of=lexical_head.lexical_weights)) for t in texts])
+    single = np.concatenate([lexical_head.score(*embedder.encode([t], threads=1, lexical=lexical_head.lexical_weights)) for t in texts])
     assert np.array_equal(scores, again) and np.allclose(scores, single, atol=1e-6)
 
 

@@ -23,8 +23,15 @@ _BLOCK = 1024  # token positions whose n-grams are looked up together; their buf
 
 
 def first_layer_sums(
-    ids: np.ndarray, offsets: np.ndarray, table: KeyTable, max_n: int, idf: np.ndarray, first_layer: np.ndarray, unigrams: np.ndarray | None = None
-) -> np.ndarray:
+    ids: np.ndarray,
+    offsets: np.ndarray,
+    table: KeyTable,
+    max_n: int,
+    idf: np.ndarray,
+    first_layer: np.ndarray,
+    unigrams: np.ndarray | None = None,
+    lexical: np.ndarray | None = None,
+):
     """Per document, the sum over its known n-grams of count * IDF * first-layer row: [docs, hidden] float32.
 
     `first_layer` is float32 or float16 (see `half`); float16 values are read exactly.
@@ -33,12 +40,19 @@ def first_layer_sums(
 
     TF-IDF's L2 norm is left out: it is a positive per-row factor, which commutes with the
     ReLU and is removed by the network's next normalisation.
+
+    With `lexical`, a float32 [vocabulary, k] matrix, also each document's L2-normalised
+    TF-IDF row times that matrix, [docs, k], from the same lookups: (hidden, lexical_out).
     """
     if first_layer.dtype == np.float16:
         first_layer = first_layer.view(np.uint16)
     if unigrams is None:
         unigrams = np.empty(0, dtype=np.uint64)
-    return _sums(ids, offsets, table.slots, table.shift, unigrams, max_n, idf, first_layer)
+    wanted = lexical is not None
+    if not wanted:
+        lexical = np.empty((len(idf), 0), dtype=np.float32)
+    hidden, lexical_out = _sums(ids, offsets, table.slots, table.shift, unigrams, max_n, idf, first_layer, lexical)
+    return (hidden, lexical_out) if wanted else hidden
 
 
 def unigram_entries(table: KeyTable, num_tokens: int) -> np.ndarray:
@@ -47,9 +61,10 @@ def unigram_entries(table: KeyTable, num_tokens: int) -> np.ndarray:
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
-def _sums(ids, offsets, slots, shift, unigrams, max_n, idf, first_layer):
+def _sums(ids, offsets, slots, shift, unigrams, max_n, idf, first_layer, lexical):
     num_docs = len(offsets) - 1
     hidden = np.zeros((num_docs, first_layer.shape[1]), dtype=np.float32)
+    lexical_out = np.zeros((num_docs, lexical.shape[1]), dtype=np.float32)
     counts = np.zeros(first_layer.shape[0], dtype=np.int32)
     longest = 0
     for d in range(num_docs):
@@ -104,7 +119,13 @@ def _sums(ids, offsets, slots, shift, unigrams, max_n, idf, first_layer):
             weights[i] = np.float32(counts[seen[i]]) * idf[seen[i]]
             counts[seen[i]] = 0
         add_rows(hidden[d], first_layer, seen, weights, distinct)
-    return hidden
+        if lexical.shape[1] and distinct:
+            norm = 0.0
+            for i in range(distinct):
+                norm += weights[i] * weights[i]
+            add_rows(lexical_out[d], lexical, seen, weights, distinct)
+            lexical_out[d] /= np.float32(np.sqrt(norm))
+    return hidden, lexical_out
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
