@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from bench.corpora import LENGTHS, cut, python_docs_texts, sample_labels  # noqa: E402
 from embedding_assets.engine import LexicalEmbedder  # noqa: E402
-from embedding_assets.engine.classifier import QualityClassifier  # noqa: E402
+from embedding_assets.engine.curation import CurationHead  # noqa: E402
 from embedding_assets.engine.features import build_features  # noqa: E402
 from embedding_assets.engine.network import init_layers  # noqa: E402
 from embedding_assets.engine.tokenization import WordFrontEnd, load_tokenizer, tokenize  # noqa: E402
@@ -85,7 +85,7 @@ def build_systems(train_texts: list[str], train_labels: list[str]) -> tuple[dict
     words = LexicalEmbedder(
         tokenizer_json, word_feats.vocabulary, init_layers([word_feats.vocabulary.size, *HIDDEN], 0), fallback, 0.3, first_layer_dtype="float16"
     )
-    classifier = QualityClassifier(list(np.random.default_rng(0).normal(size=HIDDEN[-1])), 0.0, 0.5, ["x"], 0.2, ours.version)
+    classifier = CurationHead("labels", "logistic", ours.version, {}, coef=np.random.default_rng(0).normal(size=HIDDEN[-1]).astype(np.float32))
 
     log("luxical vocabulary and model ...")
     import pyarrow as pa

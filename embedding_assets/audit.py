@@ -27,6 +27,8 @@ CHECKS = {
     "features": ("features_vocabulary", "features_coverage"),
     "teacher_embeddings": ("teacher_embeddings_valid",),
     "distilled_model": ("distilled_model_fidelity", "distilled_model_artifact"),
+    "reference_set": ("reference_set_contract",),
+    "annotations": ("annotations_contract",),
     "quality_classifier": ("quality_classifier_calibration",),
     "scored_corpus": ("scored_corpus_contract", "scored_corpus_drift"),
 }
@@ -100,10 +102,18 @@ def shard_chain(instance: dg.DagsterInstance, storage: Storage, shard: str) -> d
     with storage.open_parquet("scored_corpus", f"{shard}.parquet") as parquet:
         file_lineage = {k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
     classifier = materialization(instance, "quality_classifier", version=meta["classifier_version"])
+    settings = json.loads(file_lineage.get("curation_settings") or "{}")
+    inputs = {
+        key: materialization(instance, key, version=settings[f"{key}_version"])
+        for key in ("reference_set", "annotations")
+        if settings.get(f"{key}_version")
+    }
     return {
         "scored_corpus": {**scored, "file_lineage": file_lineage},
         "raw_shard": materialization(instance, "raw_corpus", shard, meta["raw_shard_version"]),
         "quality_classifier": classifier,
+        "curation": {"mode": file_lineage.get("curation_mode"), "settings": settings},
+        **inputs,
         **model_chain(instance, storage, meta["model_version"]),
     }
 
@@ -121,13 +131,17 @@ def find_document(instance: dg.DagsterInstance, storage: Storage, doc_id: str) -
                     row = {name: batch.column(name)[hits].as_py() for name in batch.schema.names}
                     chain = shard_chain(instance, storage, shard)
                     threshold = chain["quality_classifier"]["metadata"]["threshold"]
-                    decision = "kept" if row["keep"] else "dropped"
-                    sign = ">=" if row["keep"] else "<"
-                    return {
-                        "document": {**row, "shard": shard, "threshold": threshold, "decision": decision,
-                                     "why": f"score {row['score']:.4f} {sign} threshold {threshold:.4f}, so it was {decision}"},
-                        **chain,
-                    }
+                    mode = chain["curation"]["mode"]
+                    if row["score"] is None:
+                        decision, why = "not scored", f"curation mode {mode}: no curation was configured, so the document was embedded, not scored"
+                    else:
+                        decision = "kept" if row["keep"] else "dropped"
+                        sign = ">=" if row["score"] >= threshold else "<"
+                        why = f"{mode} score {row['score']:.4f} {sign} threshold {threshold:.4f}"
+                        if row["score"] >= threshold and not row["keep"]:
+                            why += " but its text is empty"
+                        why += f", so it was {decision}"
+                    return {"document": {**row, "shard": shard, "threshold": threshold, "decision": decision, "why": why}, **chain}
     raise AuditError(f"document {doc_id!r} is in no scored shard")
 
 
@@ -148,7 +162,10 @@ def summary(report: dict) -> str:
     if "document" in report:
         d = report["document"]
         lines.append(f"  document {d['id']} in shard {d['shard']}: {d['why']}")
-    for key in ("scored_corpus", "raw_shard", "quality_classifier", "distilled_model", "teacher_embeddings", "teacher_model", "features", "training_sample"):
+    if "curation" in report:
+        settings = ", ".join(f"{k} {v}" for k, v in sorted(report["curation"]["settings"].items()) if k != "mode")
+        lines.append(f"  curation: mode {report['curation']['mode']}; {settings}")
+    for key in ("scored_corpus", "raw_shard", "reference_set", "annotations", "quality_classifier", "distilled_model", "teacher_embeddings", "teacher_model", "features", "training_sample"):
         if key in report:
             link = report[key]
             checks_passed = all(c["passed"] for c in link["checks"].values()) if link["checks"] else None

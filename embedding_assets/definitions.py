@@ -7,19 +7,21 @@ import dagster as dg
 from embedding_assets.assets.curation import quality_classifier, scored_corpus
 from embedding_assets.assets.features import features
 from embedding_assets.assets.ingest import raw_corpus, training_sample
+from embedding_assets.assets.reference import annotations, reference_set
 from embedding_assets.assets.teacher import teacher_embeddings, teacher_model
 from embedding_assets.assets.training import distilled_model
 from embedding_assets.checks import curation as curation_checks
 from embedding_assets.checks import features as features_checks
 from embedding_assets.checks import ingest as ingest_checks
+from embedding_assets.checks import reference as reference_checks
 from embedding_assets.checks import teacher as teacher_checks
 from embedding_assets.checks import training as training_checks
-from embedding_assets.jobs import ingest_corpus, refresh_shard, score_corpus, train_embedder
+from embedding_assets.jobs import ingest_corpus, prepare_curation, refresh_shard, score_corpus, train_embedder
 from embedding_assets.jobs.sensors import corpus_shard_sensor, scored_corpus_refresh
-from embedding_assets.resources import Compute, CorpusSource, QualityGates, Storage, Teacher
+from embedding_assets.resources import Compute, CorpusSource, Curation, QualityGates, Storage, Teacher
 from embedding_assets.resources.s3 import S3Settings
 from embedding_assets.resources.teacher import DEFAULT_TEACHER
-from embedding_assets.sample_corpus import SAMPLE_CORPUS_DIR
+from embedding_assets.sample_corpus import NETWORKING_LABELS, SAMPLE_CORPUS_DIR
 
 
 def s3_settings_from_env() -> S3Settings:
@@ -33,11 +35,32 @@ def s3_settings_from_env() -> S3Settings:
     )
 
 
+def curation_from_env(corpus: str, s3: S3Settings) -> Curation:
+    """The curation settings; on the built-in sample with nothing set, its own networking labels."""
+    env = os.environ.get
+    labels = [label.strip() for label in (env("EMBEDDING_ASSETS_POSITIVE_LABELS") or "").split(",") if label.strip()]
+    mode = env("EMBEDDING_ASSETS_CURATION") or "auto"
+    settings = {
+        "reference": env("EMBEDDING_ASSETS_REFERENCE") or "",
+        "negative_reference": env("EMBEDDING_ASSETS_NEGATIVE_REFERENCE") or "",
+        "annotations": env("EMBEDDING_ASSETS_ANNOTATIONS") or "",
+    }
+    if not labels and not any(settings.values()) and mode in ("auto", "labels") and os.path.realpath(corpus) == os.path.realpath(SAMPLE_CORPUS_DIR):
+        labels = list(NETWORKING_LABELS)
+    optional = {
+        "keep_fraction": float(env("EMBEDDING_ASSETS_KEEP_FRACTION") or 0) or None,
+        "top_k": int(env("EMBEDDING_ASSETS_TOP_K") or 0) or None,
+    }
+    return Curation(mode=mode, positive_labels=labels, s3=s3, **settings, **{k: v for k, v in optional.items() if v is not None})
+
+
 def resources_from_env() -> dict:
     env = os.environ.get
     s3 = s3_settings_from_env()
+    corpus = env("EMBEDDING_ASSETS_CORPUS", str(SAMPLE_CORPUS_DIR))
     return {
-        "corpus": CorpusSource(location=env("EMBEDDING_ASSETS_CORPUS", str(SAMPLE_CORPUS_DIR)), s3=s3),
+        "corpus": CorpusSource(location=corpus, s3=s3),
+        "curation": curation_from_env(corpus, s3),
         "storage": Storage(base=env("EMBEDDING_ASSETS_STORAGE", "data/storage"), s3=s3),
         "teacher": Teacher(model=env("EMBEDDING_ASSETS_TEACHER", DEFAULT_TEACHER)),
         "compute": Compute(
@@ -49,13 +72,13 @@ def resources_from_env() -> dict:
     }
 
 
-ALL_ASSETS = [raw_corpus, training_sample, features, teacher_model, teacher_embeddings, distilled_model, quality_classifier, scored_corpus]
-ALL_CHECKS = dg.load_asset_checks_from_modules([ingest_checks, features_checks, teacher_checks, training_checks, curation_checks])
+ALL_ASSETS = [raw_corpus, training_sample, features, teacher_model, teacher_embeddings, distilled_model, reference_set, annotations, quality_classifier, scored_corpus]
+ALL_CHECKS = dg.load_asset_checks_from_modules([ingest_checks, features_checks, teacher_checks, training_checks, reference_checks, curation_checks])
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
     asset_checks=ALL_CHECKS,
-    jobs=[ingest_corpus, train_embedder, score_corpus, refresh_shard],
+    jobs=[ingest_corpus, prepare_curation, train_embedder, score_corpus, refresh_shard],
     sensors=[corpus_shard_sensor, scored_corpus_refresh],
     resources=resources_from_env(),
 )

@@ -20,8 +20,10 @@ CODE_VERSIONS = {
     "teacher_model": "1",
     "teacher_embeddings": "2",
     "distilled_model": "3",
-    "quality_classifier": "2",
-    "scored_corpus": "1",
+    "reference_set": "1",
+    "annotations": "1",
+    "quality_classifier": "3",
+    "scored_corpus": "2",
 }
 
 

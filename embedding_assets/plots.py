@@ -43,13 +43,14 @@ def training_curves(loss: list[float], fidelity: list[dict[str, float]]) -> str:
     return _markdown_png(fig, "loss and held-out fidelity per epoch")
 
 
-def score_histogram(counts: list[int], threshold: float) -> str:
-    """Histogram of a shard's scores over [0, 1] with the keep threshold marked."""
+def score_histogram(counts: list[int], threshold: float, score_range: tuple[float, float] = (0.0, 1.0)) -> str:
+    """Histogram of a shard's scores over their range with the keep threshold marked."""
     fig, ax = _figure(5.0, 2.6)
-    width = 1.0 / len(counts)
-    ax.bar([i * width for i in range(len(counts))], counts, width=width, align="edge", color="tab:blue")
+    low, high = score_range
+    width = (high - low) / len(counts)
+    ax.bar([low + i * width for i in range(len(counts))], counts, width=width, align="edge", color="tab:blue")
     ax.axvline(threshold, color="tab:red", linestyle="--", label=f"keep threshold {threshold:.3f}")
-    ax.set_xlim(0, 1)
+    ax.set_xlim(low, high)
     ax.set_xlabel("score")
     ax.set_ylabel("documents")
     ax.legend(fontsize=8)

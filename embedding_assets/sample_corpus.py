@@ -4,6 +4,9 @@ Texts are read with `ast` from the interpreter's own source files, so nothing is
 or executed. Each document is labelled with its top-level package (`email`, `asyncio`, ...);
 a test module `test_socket` counts as `socket`. The committed parquet shards were built with
 CPython 3.11; rebuild with `python -m embedding_assets.sample_corpus OUT_DIR`.
+
+The sample's reference set (`data/sample_reference/`) holds networking documentation from
+outside the standard library (see `reference_documents`); rebuild it with `--reference`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SAMPLE_CORPUS_DIR = Path(__file__).parent / "data" / "sample_corpus"
+SAMPLE_REFERENCE_DIR = Path(__file__).parent / "data" / "sample_reference"
+REFERENCE_PACKAGES = ("urllib3", "requests", "cachecontrol")
 
 NUM_SHARDS = 4
 MIN_WORDS = 4
@@ -126,11 +131,49 @@ def build(out_dir: Path, num_shards: int = NUM_SHARDS) -> list[Path]:
     return paths
 
 
+def reference_documents(root: Path | None = None) -> Iterator[dict[str, str]]:
+    """The sample's reference set: docstrings of the HTTP libraries pip vendors (urllib3, requests,
+    cachecontrol). Networking documentation from outside the standard library, so none of it is
+    in the corpus: the documents a team would bring to say "more like these"."""
+    import pip
+
+    root = Path(root or Path(pip.__file__).parent / "_vendor")
+    seen: set[str] = set()
+    ids: set[str] = set()
+    for package in REFERENCE_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            for qualname, _, doc in _docstrings(path):
+                text = doc.strip()
+                if len(text.split()) < MIN_WORDS or text in seen:
+                    continue
+                seen.add(text)
+                base = f"pip-vendor/{rel}:{qualname}" if qualname else f"pip-vendor/{rel}"
+                doc_id, n = base, 1
+                while doc_id in ids:
+                    n += 1
+                    doc_id = f"{base}#{n}"
+                ids.add(doc_id)
+                yield {"id": doc_id, "text": text}
+
+
+def build_reference(out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "networking.parquet"
+    pq.write_table(pa.Table.from_pylist(list(reference_documents())), path, compression="zstd")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, nargs="?", default=SAMPLE_CORPUS_DIR)
     parser.add_argument("--shards", type=int, default=NUM_SHARDS)
+    parser.add_argument("--reference", action="store_true", help="write the sample's reference set instead (default directory: the package's)")
     args = parser.parse_args()
+    if args.reference:
+        path = build_reference(args.out_dir if args.out_dir != SAMPLE_CORPUS_DIR else SAMPLE_REFERENCE_DIR)
+        print(path, pq.read_metadata(path).num_rows)
+        return
     for path in build(args.out_dir, args.shards):
         print(path, pq.read_metadata(path).num_rows)
 

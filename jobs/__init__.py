@@ -12,6 +12,7 @@ import dagster as dg
 from embedding_assets.assets.curation import quality_classifier, scored_corpus
 from embedding_assets.assets.features import features
 from embedding_assets.assets.ingest import raw_corpus, training_sample
+from embedding_assets.assets.reference import annotations, reference_set
 from embedding_assets.assets.teacher import teacher_embeddings, teacher_model
 from embedding_assets.assets.training import distilled_model
 
@@ -46,11 +47,19 @@ ingest_corpus = dg.define_asset_job(
     description="Read one corpus shard into the corpus contract.",
 )
 
+# Read and checked before training, so a bad reference set fails before the teacher runs.
+prepare_curation = dg.define_asset_job(
+    "prepare_curation",
+    selection=dg.AssetSelection.assets(reference_set, annotations),
+    executor_def=EXECUTOR,
+    description="Read the reference set or the annotations the curation mode learns from, and check them.",
+)
+
 train_embedder = dg.define_asset_job(
     "train_embedder",
     selection=dg.AssetSelection.assets(training_sample, features, teacher_model, teacher_embeddings, distilled_model, quality_classifier),
     executor_def=EXECUTOR,
-    description="From the corpus sample to the distilled model and the quality classifier.",
+    description="From the corpus sample to the distilled model and the curation head.",
 )
 
 score_corpus = dg.define_asset_job(
@@ -67,5 +76,13 @@ refresh_shard = dg.define_asset_job(
     description="Ingest one new or rewritten shard and score it; what the corpus sensor requests.",
 )
 
-# In this order they materialise the whole graph: every shard, then training, then every shard.
-PIPELINE = (ingest_corpus, train_embedder, score_corpus)
+CURATION_INPUTS = {"reference-classifier": reference_set, "reference-similarity": reference_set, "annotations": annotations}
+
+
+def pipeline(curation_mode: str) -> list[tuple]:
+    """The jobs that materialise the whole graph, in order, each with the assets it runs (None: all):
+    every shard, the input the curation mode reads, training, then every shard scored."""
+    steps = [(ingest_corpus, None)]
+    if curation_mode in CURATION_INPUTS:
+        steps.append((prepare_curation, [CURATION_INPUTS[curation_mode].key.to_user_string()]))
+    return [*steps, (train_embedder, None), (score_corpus, None)]

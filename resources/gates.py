@@ -20,8 +20,11 @@ class QualityGates(dg.ConfigurableResource):
     min_recall_at_10: float = Field(default=0.15, description="Floor of held-out neighbour recall@10 against the teacher.")
     min_spearman: float = Field(default=0.2, description="Floor of held-out Spearman of pairwise cosines against the teacher.")
     min_recall_gain: float = Field(default=0.05, description="Least recall@10 above the same network untrained.")
+    # reference_set
+    min_reference_documents: int = Field(default=10, description="Fewest documents in a reference set (and in a negative reference set).")
     # quality_classifier
-    min_heldout_auc: float = Field(default=0.6, description="Floor of the classifier's held-out ROC AUC.")
+    min_heldout_auc: float = Field(default=0.6, description="Floor of the head's held-out ROC AUC (classifier and similarity modes).")
+    min_heldout_spearman: float = Field(default=0.2, description="Floor of the held-out Spearman of predicted and annotated scores (annotations with scores).")
     sample_keep_tolerance: float = Field(default=0.02, description="Largest gap between the sample's keep fraction and the target.")
     # scored_corpus
     shard_keep_tolerance: float = Field(default=0.15, description="Largest gap between a shard's keep fraction and the target.")

@@ -64,7 +64,6 @@ TEST_RUN_CONFIG = {
         "training_sample": {"config": {"size": 560, "heldout_fraction": 0.25}},
         "features": {"config": {"vocabulary_size": 50_000}},
         "distilled_model": {"config": {"epochs": 8, "batch_size": 128, "hidden_dims": [128]}},
-        "quality_classifier": {"config": {"target_keep_fraction": 0.2}},
     }
 }
 
@@ -87,12 +86,15 @@ def materialize_pipeline(instance: dg.DagsterInstance, resources: dict, shards: 
     return results
 
 
-def local_resources(corpus_dir: Path, storage_dir: Path) -> dict:
-    """The resources of a local run: corpus and outputs in directories, the default teacher, CPU."""
-    from embedding_assets.resources import Compute, CorpusSource, QualityGates, Storage, Teacher
+def local_resources(corpus_dir: Path, storage_dir: Path, curation=None) -> dict:
+    """The resources of a local run: corpus and outputs in directories, the default teacher, CPU;
+    curation by the sample's networking labels unless given."""
+    from embedding_assets.resources import Compute, CorpusSource, Curation, QualityGates, Storage, Teacher
+    from embedding_assets.sample_corpus import NETWORKING_LABELS
 
     return {
         "corpus": CorpusSource(location=str(corpus_dir)),
+        "curation": curation or Curation(positive_labels=list(NETWORKING_LABELS)),
         "storage": Storage(base=str(storage_dir)),
         "teacher": Teacher(),
         "compute": Compute(device="cpu"),

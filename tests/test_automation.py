@@ -20,7 +20,7 @@ from embedding_assets.jobs.launch import run_partitions
 from embedding_assets.jobs.sensors import corpus_shard_sensor
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import CorpusSource, Storage
-from embedding_assets.sample_corpus import SAMPLE_CORPUS_DIR
+from embedding_assets.sample_corpus import NETWORKING_LABELS, SAMPLE_CORPUS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORED = dg.AssetKey("scored_corpus")
@@ -80,6 +80,7 @@ def ingested(pipeline, tmp_path, monkeypatch, corpus_dir: Path) -> dict:
     resources = {**pipeline["resources"], "storage": Storage(base=str(storage)), "corpus": CorpusSource(location=str(corpus_dir))}
     # Runs in other processes load the definitions from the environment.
     monkeypatch.setenv("EMBEDDING_ASSETS_STORAGE", str(storage))
+    monkeypatch.setenv("EMBEDDING_ASSETS_POSITIVE_LABELS", ",".join(NETWORKING_LABELS))
     monkeypatch.setenv("EMBEDDING_ASSETS_CORPUS", str(corpus_dir))
     monkeypatch.setenv("EMBEDDING_ASSETS_MAX_CONCURRENT", "2")
     shards = sorted(resources["corpus"].shards())
@@ -161,7 +162,7 @@ def test_refresh_requests_every_scored_shard_after_retraining_and_nothing_when_u
         result = dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=selection, partition_key=partition, instance=instance, resources=resources, run_config=run_config or {})
         assert result.success
 
-    materialize(["quality_classifier"], run_config={"ops": {"quality_classifier": TEST_RUN_CONFIG["ops"]["quality_classifier"]}})
+    materialize(["quality_classifier"])
     for shard in shards:
         materialize(["scored_corpus"], shard)
     result, asked = requested(instance)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from embedding_assets.sample_corpus import NETWORKING_LABELS
 
 from conftest import ROOT, running_webserver
 
@@ -52,7 +53,7 @@ def browser():
 def ui(pipeline, tmp_path_factory):
     """The webserver over the instance the small pipeline was materialised into."""
     log = tmp_path_factory.mktemp("ui") / "webserver.log"
-    env = {"EMBEDDING_ASSETS_STORAGE": str(pipeline["storage"])}
+    env = {"EMBEDDING_ASSETS_STORAGE": str(pipeline["storage"]), "EMBEDDING_ASSETS_POSITIVE_LABELS": ",".join(NETWORKING_LABELS)}
     with running_webserver(Path(pipeline["instance"].root_directory), log, env) as port:
         yield f"http://127.0.0.1:{port}"
 

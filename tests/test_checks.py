@@ -103,7 +103,7 @@ def test_a_threshold_that_misses_its_target_fails_calibration_and_blocks_scoring
     pq.write_table(pa.table(sample), path)
     pq.write_table(pa.table({"id": ["s1"], "text": ["socket"]}), trained["corpus"] / "next.parquet")
     assert run(trained, ["raw_corpus"], partition="next").success
-    result = run(trained, ["quality_classifier", "scored_corpus"], partition="next", run_config={"ops": {"quality_classifier": {"config": {"target_keep_fraction": 0.2}}}})
+    result = run(trained, ["quality_classifier", "scored_corpus"], partition="next")
     passed, meta = evaluation(result, "quality_classifier_calibration")
     assert not passed
     assert any("calibration keep fraction" in f for f in meta["failed"])

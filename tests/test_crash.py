@@ -23,7 +23,7 @@ from conftest import local_resources
 from embedding_assets.definitions import ALL_ASSETS
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import Teacher
-from embedding_assets.sample_corpus import SAMPLE_CORPUS_DIR
+from embedding_assets.sample_corpus import NETWORKING_LABELS, SAMPLE_CORPUS_DIR
 
 # The materialisation that gets killed runs in its own process, configured as a deployment is.
 CHILD = """
@@ -54,6 +54,7 @@ def start_child(workspace, asset: str, partition: str | None, run_config: dict) 
         **os.environ,
         "DAGSTER_HOME": str(workspace["home"]),
         "EMBEDDING_ASSETS_STORAGE": str(workspace["storage"]),
+        "EMBEDDING_ASSETS_POSITIVE_LABELS": ",".join(NETWORKING_LABELS),
         "EMBEDDING_ASSETS_CORPUS": str(workspace["corpus"]),
         "EMBEDDING_ASSETS_DEVICE": "cpu",
     }

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = {"raw_corpus", "training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "quality_classifier", "scored_corpus"}
+ASSETS = {"raw_corpus", "training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "reference_set", "annotations", "quality_classifier", "scored_corpus"}
 
 
 def test_definitions_hold_every_asset_and_job():
@@ -17,7 +17,7 @@ def test_definitions_hold_every_asset_and_job():
 
     keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
     assert keys == ASSETS
-    for job in ("ingest_corpus", "train_embedder", "score_corpus", "refresh_shard"):
+    for job in ("ingest_corpus", "prepare_curation", "train_embedder", "score_corpus", "refresh_shard"):
         defs.resolve_job_def(job)
 
 
@@ -41,6 +41,7 @@ def test_wheel_installs_without_generic_top_level_modules(tmp_path):
     assert top_level == {"embedding_assets"}
     assert "embedding_assets/jobs/__init__.py" in names and "embedding_assets/resources/storage.py" in names
     assert any(n.startswith("embedding_assets/data/sample_corpus/") for n in names)
+    assert "embedding_assets/data/sample_reference/networking.parquet" in names
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
     probe = "import embedding_assets.definitions as d, embedding_assets.jobs, embedding_assets.resources; print(d.defs is not None)"

@@ -6,7 +6,7 @@ import pytest
 import dagster as dg
 
 from embedding_assets.engine import LexicalEmbedder
-from embedding_assets.engine.classifier import QualityClassifier
+from embedding_assets.engine.curation import CurationHead
 
 
 def materialization(instance, key, partition=None):
@@ -50,7 +50,7 @@ def test_teacher_embeddings_follow_the_contract(pipeline):
 
 def test_scored_corpus_matches_its_shard_and_the_contract(pipeline):
     model = LexicalEmbedder.load(pipeline["storage"] / "distilled_model.safetensors")
-    classifier = QualityClassifier.from_json((pipeline["storage"] / "quality_classifier.json").read_text())
+    classifier = CurationHead.from_bytes((pipeline["storage"] / "quality_classifier.safetensors").read_bytes())
     total = kept = 0
     for shard, ids in pipeline["ids"].items():
         path = pipeline["storage"] / "scored_corpus" / f"{shard}.parquet"
@@ -60,7 +60,7 @@ def test_scored_corpus_matches_its_shard_and_the_contract(pipeline):
         assert str(table.schema.field("embedding").type.value_type) == "uint8"
         scores = table["score"].to_numpy()
         assert scores.dtype == np.float32 and ((scores >= 0) & (scores <= 1)).all()
-        assert (table["keep"].to_numpy(zero_copy_only=False) == (scores >= classifier.threshold)).all()
+        assert (table["keep"].to_numpy(zero_copy_only=False) == (scores >= classifier.threshold)).all()  # no sample text is empty
         assert set(table["model_version"].to_pylist()) == {model.version}
         assert set(table["classifier_version"].to_pylist()) == {classifier.version}
         assert pq.read_schema(path).metadata[b"model_version"] == model.version.encode()
@@ -71,11 +71,11 @@ def test_scored_corpus_matches_its_shard_and_the_contract(pipeline):
 
 def test_scores_are_what_the_reloaded_model_gives(pipeline):
     model = LexicalEmbedder.load(pipeline["storage"] / "distilled_model.safetensors")
-    classifier = QualityClassifier.from_json((pipeline["storage"] / "quality_classifier.json").read_text())
+    classifier = CurationHead.from_bytes((pipeline["storage"] / "quality_classifier.safetensors").read_bytes())
     raw = pq.read_table(pipeline["storage"] / "raw_corpus" / "stdlib-docs-00.parquet")
     scored = pq.read_table(pipeline["storage"] / "scored_corpus" / "stdlib-docs-00.parquet")
-    vectors = model.encode(raw["text"].to_pylist())
-    assert np.allclose(classifier.score(vectors), scored["score"].to_numpy(), atol=1e-6)
+    vectors, scores = classifier.score_texts(model, raw["text"].to_pylist())
+    assert np.allclose(scores, scored["score"].to_numpy(), atol=1e-6)
     stored = scored["embedding"].combine_chunks().flatten().to_numpy().reshape(-1, model.dim)
     assert np.array_equal(model.quantize(vectors), stored)
 

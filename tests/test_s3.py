@@ -11,8 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedding_assets.definitions import ALL_ASSETS, resources_from_env
+from embedding_assets.engine.curation import CurationHead
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import CorpusSource, S3Settings, Storage, StorageError
+from embedding_assets.sample_corpus import NETWORKING_LABELS
 from conftest import failure_text, materialize_pipeline, step_retries
 
 BUCKET = "curation-test"
@@ -51,6 +53,7 @@ def s3_pipeline(moto_s3, small_corpus):
     with pytest.MonkeyPatch.context() as env:
         env.setenv("EMBEDDING_ASSETS_CORPUS", f"s3://{BUCKET}/corpus")
         env.setenv("EMBEDDING_ASSETS_STORAGE", f"s3://{BUCKET}/storage/")
+        env.setenv("EMBEDDING_ASSETS_POSITIVE_LABELS", ",".join(NETWORKING_LABELS))
         env.setenv("EMBEDDING_ASSETS_S3_ENDPOINT_URL", moto_s3.endpoint_url)
         env.setenv("EMBEDDING_ASSETS_S3_MAX_ATTEMPTS", "2")
         env.setenv("EMBEDDING_ASSETS_DEVICE", "cpu")
@@ -76,7 +79,7 @@ def test_every_output_lands_in_the_bucket(s3_pipeline):
     shards = s3_pipeline["ids"]
     expected = {f"storage/{name}" for name in (
         "training_sample.parquet", "features.safetensors", "teacher_model.json", "teacher_embeddings.parquet",
-        "teacher_token_sums.safetensors", "distilled_model.safetensors", "distilled_model.md", "quality_classifier.json",
+        "teacher_token_sums.safetensors", "distilled_model.safetensors", "distilled_model.md", "quality_classifier.safetensors",
     )}
     expected |= {f"storage/{stage}/{shard}.parquet" for stage in ("raw_corpus", "scored_corpus") for shard in shards}
     chunks = {key for key in keys if key.startswith("storage/teacher_chunks/")}
@@ -112,8 +115,8 @@ def test_s3_run_gives_the_local_run_values(s3_pipeline, pipeline):
 def test_aws_endpoint_variable_is_enough(moto_s3, s3_pipeline, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint_url)
     storage = Storage(base=f"s3://{BUCKET}/storage")
-    assert storage.exists("quality_classifier.json") and not storage.exists("nothing.json")
-    assert storage.read_bytes("quality_classifier.json").startswith(b"{")
+    assert storage.exists("quality_classifier.safetensors") and not storage.exists("nothing.json")
+    assert CurationHead.from_bytes(storage.read_bytes("quality_classifier.safetensors")).scores
     with storage.open_parquet("scored_corpus", "lines.parquet") as parquet:
         assert parquet.metadata.num_rows == len(s3_pipeline["ids"]["lines"])
     assert sorted(CorpusSource(location=f"s3://{BUCKET}/corpus").shards()) == sorted(s3_pipeline["ids"])
@@ -135,10 +138,10 @@ def test_missing_bucket_is_named_for_outputs_and_for_the_corpus(moto_s3, s3_pipe
     assert f"s3://{MISSING}/corpus" in message and "does not exist" in message
 
     storage = Storage(base=f"s3://{MISSING}/out", s3=settings)
-    with pytest.raises(StorageError, match=rf"bucket '{MISSING}', key 'out/quality_classifier.json'.*does not exist"):
-        storage.read_bytes("quality_classifier.json")
+    with pytest.raises(StorageError, match=rf"bucket '{MISSING}', key 'out/quality_classifier.safetensors'.*does not exist"):
+        storage.read_bytes("quality_classifier.safetensors")
     with pytest.raises(StorageError, match=rf"bucket '{MISSING}'.*does not exist"):
-        storage.exists("quality_classifier.json")
+        storage.exists("quality_classifier.safetensors")
     assert corpus.shards()  # the real corpus is still there
 
 
@@ -222,6 +225,6 @@ def test_an_endpoint_refusing_connections_for_a_moment_is_retried(s3_pipeline):
     restart.start()
     try:
         storage = Storage(base=f"s3://{BUCKET}/storage", s3=S3Settings(endpoint_url=server.endpoint_url, max_attempts=5))
-        assert storage.read_bytes("quality_classifier.json").startswith(b"{")
+        assert CurationHead.from_bytes(storage.read_bytes("quality_classifier.safetensors")).scores
     finally:
         restart.join()

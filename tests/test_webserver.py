@@ -7,6 +7,7 @@ import time
 import urllib.request
 
 import pytest
+from embedding_assets.sample_corpus import NETWORKING_LABELS
 
 from conftest import ROOT, running_webserver, write_small_corpus
 
@@ -108,7 +109,7 @@ def webserver(tmp_path):
     home.mkdir()
     (home / "dagster.yaml").write_text(INSTANCE_YAML)
     log_path = tmp_path / "webserver.log"
-    env = {"EMBEDDING_ASSETS_CORPUS": str(corpus), "EMBEDDING_ASSETS_STORAGE": str(tmp_path / "storage"), "EMBEDDING_ASSETS_DEVICE": "cpu"}
+    env = {"EMBEDDING_ASSETS_CORPUS": str(corpus), "EMBEDDING_ASSETS_STORAGE": str(tmp_path / "storage"), "EMBEDDING_ASSETS_DEVICE": "cpu", "EMBEDDING_ASSETS_POSITIVE_LABELS": ",".join(NETWORKING_LABELS)}
     with running_webserver(home, log_path, env) as port:
         yield {"port": port, "ids": ids, "storage": tmp_path / "storage", "log": log_path}
 
@@ -120,7 +121,7 @@ def test_webserver_shows_the_graph_and_materialises_a_shard_through_graphql(webs
     data = wait_for_asset_graph(port)
     nodes = data["assetNodes"]
     by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
-    assert set(by_key) == {"raw_corpus", "training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "quality_classifier", "scored_corpus"}
+    assert set(by_key) == {"raw_corpus", "training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "reference_set", "annotations", "quality_classifier", "scored_corpus"}
     for spec in (spec for asset in ALL_ASSETS for spec in asset.specs):
         node = by_key[spec.key.to_user_string()]
         assert node["groupName"] == spec.group_name and set(node["kinds"]) == set(spec.kinds), spec.key
@@ -128,7 +129,7 @@ def test_webserver_shows_the_graph_and_materialises_a_shard_through_graphql(webs
     assert "pytorch" in by_key["distilled_model"]["kinds"]
     checks = {(key, c["name"]): c["blocking"] for key, n in by_key.items() for c in n["assetChecksOrError"]["checks"]}
     assert set(checks) == {(k.asset_key.to_user_string(), k.name) for c in ALL_CHECKS for k in c.check_keys}
-    assert len(checks) == 10 and all(checks.values())
+    assert len(checks) == 12 and all(checks.values())
 
     # Launch what the UI's "Materialize" button launches: raw_corpus and its checks for one new shard.
     (repository,) = data["repositoriesOrError"]["nodes"]

@@ -2,34 +2,36 @@
 
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import dagster as dg
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
 
 from embedding_assets.assets.features import read_sample
-from embedding_assets.assets.ingest import raw_corpus, raw_corpus_path
+from embedding_assets.assets.ingest import raw_corpus, raw_corpus_path, training_sample
+from embedding_assets.assets.reference import ANNOTATIONS_FILE, NEGATIVE, REFERENCE, REFERENCE_FILE, annotations, reference_set, text_hash
 from embedding_assets.assets.teacher import embedding_column
 from embedding_assets.assets.training import MODEL_FILE, distilled_model
 from embedding_assets.engine import LexicalEmbedder
-from embedding_assets.engine.classifier import QualityClassifier, fit_classifier
+from embedding_assets.engine.curation import NONE, CurationHead, head_card, lexical_features, linear_head, no_head, similarity_head
 from embedding_assets.engine.errors import ArtifactError
 from embedding_assets.partitions import corpus_shards
+from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_data_version, latest_metadata_value
+from embedding_assets.placement import SHARD_POD_TAGS
 from embedding_assets.plots import score_histogram
 from embedding_assets.progress import ProgressLog, peak_rss_mb, throughput
 from embedding_assets.resources import Storage
+from embedding_assets.resources.curation import Curation, CurationSettingsError
 from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
-from embedding_assets.sample_corpus import NETWORKING_LABELS
-from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_data_version, latest_metadata_value
-from embedding_assets.placement import SHARD_POD_TAGS
 
-CLASSIFIER_FILE = "quality_classifier.json"
+HEAD_FILE = "quality_classifier.safetensors"
+HEAD_CARD_FILE = "quality_classifier.md"
 # Texts are scored on at most this many characters (the raw_corpus gate's default ceiling); the
 # rest is cut and counted, so one huge document costs bounded time and memory.
 MAX_SCORED_CHARS = 1_000_000
 MIN_CALIBRATION_DOCUMENTS = 50
+BOOLEAN_LABELS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False, "keep": True, "drop": False}
 
 
 def read_model(storage: Storage) -> LexicalEmbedder:
@@ -40,11 +42,11 @@ def read_model(storage: Storage) -> LexicalEmbedder:
         raise dg.Failure(f"{storage.uri(MODEL_FILE)}: {exc}", allow_retries=False) from exc
 
 
-def read_classifier(storage: Storage) -> QualityClassifier:
+def read_head(storage: Storage) -> CurationHead:
     try:
-        return QualityClassifier.from_json(storage.read_bytes(CLASSIFIER_FILE))
+        return CurationHead.from_bytes(storage.read_bytes(HEAD_FILE))
     except ArtifactError as exc:
-        raise dg.Failure(f"{storage.uri(CLASSIFIER_FILE)}: {exc}", allow_retries=False) from exc
+        raise dg.Failure(f"{storage.uri(HEAD_FILE)}: {exc}", allow_retries=False) from exc
 
 
 def calibration_rows(splits: list[str]) -> np.ndarray:
@@ -58,63 +60,201 @@ def calibration_rows(splits: list[str]) -> np.ndarray:
     return heldout if heldout.sum() >= MIN_CALIBRATION_DOCUMENTS else np.ones(len(heldout), dtype=bool)
 
 
-class ClassifierConfig(dg.Config):
-    positive_labels: list[str] = Field(default=list(NETWORKING_LABELS), description="Labels that count as the documents to keep.")
-    target_keep_fraction: float = Field(default=0.2, description="Share of documents the calibrated threshold keeps.")
-    seed: int = 0
+@dataclass
+class HeadData:
+    """What a head learns from and is measured on: texts with a target (bool, or a float score)."""
+
+    train_texts: list[str]
+    train_targets: np.ndarray
+    eval_texts: list[str]
+    eval_targets: np.ndarray
+    counts: dict
+
+
+def fail(message: str) -> dg.Failure:
+    return dg.Failure(message, allow_retries=False)
+
+
+def labels_data(sample, positive_labels: list[str]) -> HeadData:
+    if "label" not in sample.column_names or sample["label"].null_count == sample.num_rows:
+        raise fail(
+            "curation mode labels needs a label column in the corpus, and this corpus has none; "
+            "use --reference with --curation reference-classifier or reference-similarity, or --annotations"
+        )
+    texts = sample["text"].to_pylist()
+    y = np.isin(np.array(sample["label"].to_pylist(), dtype=object), list(positive_labels))
+    if not y.any():
+        found = sorted({label for label in sample["label"].to_pylist() if label is not None})
+        raise fail(f"no sample document has one of the positive labels {sorted(positive_labels)} (--positive-labels); the corpus's labels include {found[:20]}")
+    train = np.array(sample["split"].to_pylist()) == "train"
+    return HeadData(
+        [t for t, r in zip(texts, train) if r], y[train], [t for t, r in zip(texts, ~train) if r], y[~train],
+        {"positive_documents": int(y.sum()), "negative_documents": int((~y).sum())},
+    )
+
+
+def reference_data(storage: Storage, sample, curation: Curation) -> HeadData:
+    """References against the sample's training documents (or the negative references), split by id hash."""
+    refs = read_table(storage, REFERENCE_FILE)
+    role, split = np.array(refs["role"].to_pylist()), np.array(refs["split"].to_pylist())
+    texts = refs["text"].to_pylist()
+    positive = role == REFERENCE
+    if (role == NEGATIVE).any():
+        negative_texts, negative_split = [t for t, r in zip(texts, ~positive) if r], split[~positive]
+    else:
+        # Corpus documents that are also references are not negatives.
+        known = set(text_hash(texts)) | set(refs["id"].to_pylist())
+        ids, sample_texts = sample["id"].to_pylist(), sample["text"].to_pylist()
+        usable = [i for i, (doc_id, h) in enumerate(zip(ids, text_hash(sample_texts))) if doc_id not in known and h not in known]
+        negative_texts = [sample_texts[i] for i in usable][: curation.max_negatives]
+        negative_split = np.array(sample["split"].to_pylist(), dtype=object)[usable][: curation.max_negatives]
+    pos_texts, pos_split = [t for t, r in zip(texts, positive) if r], split[positive]
+
+    def part(which: str):
+        chosen_pos = [t for t, s in zip(pos_texts, pos_split) if s == which]
+        chosen_neg = [t for t, s in zip(negative_texts, negative_split) if s == which]
+        return chosen_pos + chosen_neg, np.r_[np.ones(len(chosen_pos), bool), np.zeros(len(chosen_neg), bool)]
+
+    train_texts, train_y = part("train")
+    eval_texts, eval_y = part("heldout")
+    return HeadData(train_texts, train_y, eval_texts, eval_y, {"reference_documents": len(pos_texts), "negative_documents": len(negative_texts)})
+
+
+def annotations_data(storage: Storage, curation: Curation) -> HeadData:
+    table = read_table(storage, ANNOTATIONS_FILE)
+    texts, train = table["text"].to_pylist(), np.array(table["split"].to_pylist()) == "train"
+    if "score" in table.column_names:
+        y = table["score"].to_numpy().astype(np.float64)
+    else:
+        labels = table["label"].to_pylist()
+        if curation.positive_labels:
+            y = np.isin(np.array(labels, dtype=object), list(curation.positive_labels))
+        else:
+            unknown = sorted({label for label in labels if label.lower() not in BOOLEAN_LABELS})
+            if unknown:
+                raise fail(f"annotation labels {unknown[:10]} are not true/false; name the labels to keep with --positive-labels")
+            y = np.array([BOOLEAN_LABELS[label.lower()] for label in labels])
+    return HeadData(
+        [t for t, r in zip(texts, train) if r], y[train], [t for t, r in zip(texts, ~train) if r], y[~train],
+        {"annotated_documents": len(texts)},
+    )
+
+
+def read_table(storage: Storage, name: str):
+    if not storage.exists(name):
+        raise fail(f"{storage.uri(name)} does not exist: materialise {name.split('.')[0]} first")
+    with storage.open_parquet(name) as parquet:
+        return parquet.read()
+
+
+def fit_head(embedder: LexicalEmbedder, mode: str, data: HeadData, curation: Curation, settings: dict) -> CurationHead:
+    if mode == "reference-similarity":
+        positives = [t for t, y in zip(data.train_texts + data.eval_texts, np.r_[data.train_targets, data.eval_targets]) if y]
+        return similarity_head(embedder.version, settings, embedder.encode(positives))
+    kind = "ridge" if data.train_targets.dtype.kind == "f" else "logistic"
+    if kind == "logistic" and len(set(data.train_targets.tolist())) < 2:
+        raise fail(f"curation mode {mode}: the training documents need both wanted and unwanted examples; got {data.counts}")
+    embeddings = embedder.encode(data.train_texts)
+    lexical = lexical_features(embedder, data.train_texts) if curation.lexical else None
+    try:
+        return linear_head(mode, kind, embedder.version, settings, embeddings, data.train_targets, lexical)
+    except ValueError as exc:
+        raise fail(f"curation mode {mode}: {exc}") from exc
+
+
+def head_evaluation(embedder: LexicalEmbedder, head: CurationHead, data: HeadData) -> dict:
+    """How well the head ranks held-out documents it did not learn from."""
+    from scipy.stats import spearmanr
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    if head.kind == "similarity":
+        train_refs = [t for t, y in zip(data.train_texts, data.train_targets) if y]
+        head = similarity_head(head.model_version, head.settings, embedder.encode(train_refs))
+    if not data.eval_texts:
+        return {"heldout_documents": 0}
+    scores = head.score_texts(embedder, data.eval_texts)[1]
+    y = data.eval_targets
+    evaluation = {"heldout_documents": len(y)}
+    if head.kind == "ridge":
+        evaluation["heldout_spearman"] = round(float(spearmanr(scores, y).statistic), 4) if len(y) > 2 else None
+    elif len(set(y.tolist())) == 2:
+        evaluation["heldout_auc"] = round(float(roc_auc_score(y, scores)), 4)
+        evaluation["heldout_average_precision"] = round(float(average_precision_score(y, scores)), 4)
+        evaluation["heldout_positives"] = int(y.sum())
+    return evaluation
 
 
 @dg.asset(
-    deps=[distilled_model],
+    deps=[distilled_model, training_sample, reference_set, annotations],
     group_name="curation",
-    kinds={"sklearn", "json"},
+    kinds={"sklearn", "safetensors"},
     owners=OWNERS,
     code_version=CODE_VERSIONS["quality_classifier"],
     retry_policy=STORAGE_RETRY_POLICY,
-    description="Logistic regression on student embeddings, trained from the label column, with a keep threshold calibrated once to a target keep fraction of the held-out sample documents.",
+    description=(
+        "The curation head on student embeddings (and the student's n-gram TF-IDF features), in the mode the curation settings choose: "
+        "labels, reference-classifier, reference-similarity or annotations; its keep threshold is calibrated once to a target keep "
+        "fraction of held-out sample documents, so every shard is judged by the same rule. With no curation configured, documents are embedded, not scored."
+    ),
 )
-def quality_classifier(context: dg.AssetExecutionContext, config: ClassifierConfig, storage: Storage) -> dg.MaterializeResult:
-    from sklearn.metrics import accuracy_score, roc_auc_score
-
+def quality_classifier(context: dg.AssetExecutionContext, storage: Storage, curation: Curation) -> dg.MaterializeResult:
+    try:
+        mode = curation.check()
+    except CurationSettingsError as exc:
+        raise fail(str(exc)) from exc
     started = time.perf_counter()
     embedder = read_model(storage)
     sample = read_sample(storage, ["id", "text", "label", "split"])
-    embeddings = embedder.encode(sample["text"].to_pylist())
-    positives = set(config.positive_labels)
-    y = np.array([label in positives for label in sample["label"].to_pylist()])
-    train = np.array(sample["split"].to_pylist()) == "train"
-    reference = calibration_rows(sample["split"].to_pylist())
-    try:
-        classifier = fit_classifier(
-            embeddings[train], y[train], embeddings[reference], sorted(positives), config.target_keep_fraction, embedder.version, config.seed
-        )
-    except ValueError as exc:
-        raise dg.Failure(str(exc), allow_retries=False) from exc
-    sample_scores = classifier.score(embeddings)
-    heldout_scores = sample_scores[~train]
-    evaluation = {
-        "heldout_auc": round(float(roc_auc_score(y[~train], heldout_scores)), 4) if len(set(y[~train])) == 2 else None,
-        "heldout_accuracy": round(float(accuracy_score(y[~train], heldout_scores >= 0.5)), 4),
-        "positive_share": round(float(y.mean()), 4),
-        "calibrated_on": "sample" if reference.all() else "heldout",
-        "calibration_keep_fraction": round(float(classifier.keep(sample_scores[reference]).mean()), 4),
-        "sample_keep_fraction": round(float(classifier.keep(sample_scores).mean()), 4),
-        "sample_score_deciles": [float(q) for q in np.quantile(sample_scores[reference], np.linspace(0.1, 0.9, 9))],
-    }
-    classifier = replace(classifier, evaluation=evaluation)
-    uri = storage.write_bytes(classifier.to_json().encode(), CLASSIFIER_FILE)
+    settings = curation.settings()
+    lineage = {}
+    if mode == NONE:
+        head = no_head(embedder.version)
+        context.log.warning("no curation is configured: documents will be embedded but not scored; set --reference, --annotations or --positive-labels")
+    else:
+        if mode == "labels":
+            data = labels_data(sample, curation.positive_labels)
+        elif mode == "annotations":
+            data = annotations_data(storage, curation)
+            lineage["annotations_version"] = latest_data_version(context.instance, "annotations") or "unknown"
+        else:
+            data = reference_data(storage, sample, curation)
+            lineage["reference_set_version"] = latest_data_version(context.instance, "reference_set") or "unknown"
+        settings = {**settings, **lineage}
+        head = fit_head(embedder, mode, data, curation, settings)
+        calibration = calibration_rows(sample["split"].to_pylist())
+        texts = [t for t, row in zip(sample["text"].to_pylist(), calibration) if row]
+        scores = head.score_texts(embedder, texts)[1]
+        head = head.calibrated(scores, curation.keep_fraction)
+        evaluation = {
+            **head_evaluation(embedder, head, data),
+            **data.counts,
+            "calibrated_on": "sample" if calibration.all() else "heldout",
+            "calibration_documents": len(texts),
+            "calibration_keep_fraction": round(float(head.keep(scores).mean()), 4),
+            "sample_score_deciles": [float(q) for q in np.quantile(scores, np.linspace(0.1, 0.9, 9))],
+        }
+        head = replace(head, evaluation=evaluation)
+    uri = storage.write_bytes(head.to_bytes(), HEAD_FILE)
+    card = head_card(head)
+    storage.write_bytes(card.encode(), HEAD_CARD_FILE)
+    shown = {k: v for k, v in head.evaluation.items() if k != "sample_score_deciles"}
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(classifier.version),
+        data_version=dg.DataVersion(head.version),
         metadata={
             "uri": dg.MetadataValue.path(uri),
-            "classifier_version": classifier.version,
+            "card": dg.MetadataValue.md(card),
+            "mode": mode,
+            "classifier_version": head.version,
             "model_version": embedder.version,
-            "threshold": round(classifier.threshold, 6),
-            "target_keep_fraction": config.target_keep_fraction,
-            "positive_labels": classifier.positive_labels,
-            **{k: v for k, v in evaluation.items() if k != "sample_score_deciles"},
-            **throughput(time.perf_counter() - started, len(y), latest_metadata_value(context.instance, "training_sample", "tokens")),
-        }
+            "threshold": round(head.threshold, 6) if head.scores else "none (no score)",
+            "target_keep_fraction": curation.keep_fraction,
+            "settings": dg.MetadataValue.table(
+                [dg.TableRecord({"setting": k, "value": str(v)}) for k, v in sorted(settings.items())],
+                dg.TableSchema(columns=[dg.TableColumn("setting", "string"), dg.TableColumn("value", "string")]),
+            ),
+            **shown,
+            **throughput(time.perf_counter() - started, sample.num_rows, latest_metadata_value(context.instance, "training_sample", "tokens")),
+        },
     )
 
 
@@ -123,8 +263,9 @@ def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
         [
             pa.field("id", pa.string(), nullable=False),
             pa.field("embedding", pa.list_(pa.uint8(), dim), nullable=False),
-            pa.field("score", pa.float32(), nullable=False),
-            pa.field("keep", pa.bool_(), nullable=False),
+            # Null when no curation is configured: the shard is embedded, not scored.
+            pa.field("score", pa.float32()),
+            pa.field("keep", pa.bool_()),
             pa.field("model_version", pa.string(), nullable=False),
             pa.field("classifier_version", pa.string(), nullable=False),
         ],
@@ -134,11 +275,11 @@ def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
 
 @dg.asset(
     partitions_def=corpus_shards,
-    deps=[raw_corpus, quality_classifier],
+    deps=[raw_corpus, distilled_model, quality_classifier],
     group_name="curation",
     kinds={"parquet"},
     owners=OWNERS,
-    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id", "string"), dg.TableColumn("embedding", "fixed_size_list<uint8>[dim]", "quantised student embedding"), dg.TableColumn("score", "float32", "classifier probability in [0, 1]"), dg.TableColumn("keep", "bool", "score >= the calibrated threshold"), dg.TableColumn("model_version", "string"), dg.TableColumn("classifier_version", "string")])},
+    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id", "string"), dg.TableColumn("embedding", "fixed_size_list<uint8>[dim]", "quantised student embedding"), dg.TableColumn("score", "float32", "the curation head's score: a probability in [0, 1] (classifier modes), a mean top-k cosine (reference-similarity) or a predicted annotation score; null when no curation is configured"), dg.TableColumn("keep", "bool", "score >= the calibrated threshold and the text is not empty; null when no curation is configured"), dg.TableColumn("model_version", "string", "distilled_model version that embedded the document"), dg.TableColumn("classifier_version", "string", "quality_classifier (curation head) version that scored it")])},
     code_version=CODE_VERSIONS["scored_corpus"],
     retry_policy=STORAGE_RETRY_POLICY,
     op_tags=SHARD_POD_TAGS,
@@ -149,28 +290,31 @@ def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
 def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.MaterializeResult:
     shard = context.partition_key
     embedder = read_model(storage)
-    classifier = read_classifier(storage)
-    if classifier.model_version != embedder.version:
+    head = read_head(storage)
+    if head.model_version != embedder.version:
         raise dg.Failure(
-            f"quality_classifier was trained on model {classifier.model_version}, but distilled_model is {embedder.version}; re-materialise quality_classifier",
+            f"quality_classifier was fitted on model {head.model_version}, but distilled_model is {embedder.version}; re-materialise quality_classifier",
             allow_retries=False,
         )
     lineage = {
         "shard": shard,
         "raw_shard_version": latest_data_version(context.instance, "raw_corpus", shard) or "unknown",
         "model_version": embedder.version,
-        "classifier_version": classifier.version,
-        "threshold": repr(classifier.threshold),
+        "classifier_version": head.version,
+        "curation_mode": head.mode,
+        "curation_settings": json.dumps(head.settings, sort_keys=True),
+        "threshold": repr(head.threshold),
         "quantization_limit": repr(embedder.quantization_limit),
         "code_versions": json.dumps(CODE_VERSIONS, sort_keys=True),
     }
     schema = scored_schema(embedder.dim, lineage)
-    kept = truncated = 0
+    kept = truncated = empty = 0
+    low, high = head.score_range
     score_hist = np.zeros(20, dtype=np.int64)
     started = time.perf_counter()
 
     def scored_batches():
-        nonlocal kept, truncated
+        nonlocal kept, truncated, empty
         with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
             progress = ProgressLog(context.log.info, f"scoring {shard}", parquet.metadata.num_rows)
             done = 0
@@ -180,22 +324,28 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
                 for i in long:
                     texts[i] = texts[i][:MAX_SCORED_CHARS]
                 truncated += len(long)
-                vectors = embedder.encode(texts)
-                scores = classifier.score(vectors)
-                keep = classifier.keep(scores)
-                kept += int(keep.sum())
-                score_hist[:] += np.histogram(scores, bins=20, range=(0.0, 1.0))[0]
+                blank = np.array([not text.strip() for text in texts])
+                empty += int(blank.sum())
+                vectors, scores = head.score_texts(embedder, texts)
                 n = batch.num_rows
+                if head.scores:
+                    # An empty text has nothing to judge; it is scored as such and never kept.
+                    keep = head.keep(scores) & ~blank
+                    kept += int(keep.sum())
+                    score_hist[:] += np.histogram(np.clip(scores, low, high), bins=20, range=(low, high))[0]
+                    score_column, keep_column = pa.array(scores, pa.float32()), pa.array(keep, pa.bool_())
+                else:
+                    score_column, keep_column = pa.nulls(n, pa.float32()), pa.nulls(n, pa.bool_())
                 done += n
-                progress.update(done, f"{kept:,} kept")
+                progress.update(done, f"{kept:,} kept" if head.scores else "embedded")
                 yield pa.record_batch(
                     [
                         batch.column("id"),
                         embedding_column(embedder.quantize(vectors)),
-                        pa.array(scores, pa.float32()),
-                        pa.array(keep, pa.bool_()),
+                        score_column,
+                        keep_column,
                         pa.array([embedder.version] * n, pa.string()),
-                        pa.array([classifier.version] * n, pa.string()),
+                        pa.array([head.version] * n, pa.string()),
                     ],
                     schema=schema,
                 )
@@ -203,6 +353,16 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
     hasher = BatchHasher()
     uri, rows = storage.write_parquet(hasher.wrap(scored_batches()), schema, "scored_corpus", f"{shard}.parquet")
     seconds = time.perf_counter() - started
+    scoring = (
+        {
+            "kept": kept,
+            "keep_fraction": round(kept / max(rows, 1), 4),
+            "threshold": round(head.threshold, 6),
+            "score_histogram": dg.MetadataValue.md(score_histogram([int(c) for c in score_hist], head.threshold, (low, high))),
+        }
+        if head.scores
+        else {"scores": "none: no curation is configured (set --reference, --annotations or --positive-labels)"}
+    )
     return dg.MaterializeResult(
         data_version=dg.DataVersion(hasher.version),
         metadata={
@@ -210,13 +370,12 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
             "raw_shard_version": lineage["raw_shard_version"],
             "code_versions": CODE_VERSIONS,
             "uri": dg.MetadataValue.path(uri),
-            "kept": kept,
+            "curation_mode": head.mode,
+            **scoring,
             "truncated_texts": truncated,
-            "keep_fraction": round(kept / max(rows, 1), 4),
-            "threshold": round(classifier.threshold, 6),
+            "empty_texts": empty,
             "model_version": embedder.version,
-            "classifier_version": classifier.version,
-            "score_histogram": dg.MetadataValue.md(score_histogram([int(c) for c in score_hist], classifier.threshold)),
+            "classifier_version": head.version,
             **throughput(seconds, rows, latest_metadata_value(context.instance, "raw_corpus", "tokens", shard)),
             # Of this step's process: stays flat as shards grow, since batches stream.
             "peak_rss_mb": round(peak_rss_mb(), 1),

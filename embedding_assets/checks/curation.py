@@ -4,18 +4,18 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from embedding_assets.assets.curation import CLASSIFIER_FILE, calibration_rows, quality_classifier, scored_corpus
+from embedding_assets.assets.curation import HEAD_FILE, calibration_rows, quality_classifier, scored_corpus
 from embedding_assets.assets.features import read_sample
 from embedding_assets.assets.ingest import raw_corpus_path
 from embedding_assets.assets.training import MODEL_FILE
 from embedding_assets.checks.expectations import validate
 from embedding_assets.engine import LexicalEmbedder
-from embedding_assets.engine.classifier import QualityClassifier
+from embedding_assets.engine.curation import CurationHead
 from embedding_assets.resources import QualityGates, Storage
 
 
-def load_classifier(storage: Storage) -> QualityClassifier:
-    return QualityClassifier.from_json(storage.read_bytes(CLASSIFIER_FILE))
+def load_head(storage: Storage) -> CurationHead:
+    return CurationHead.from_bytes(storage.read_bytes(HEAD_FILE))
 
 
 def population_stability(scores: np.ndarray, reference_deciles: list[float]) -> float:
@@ -25,31 +25,40 @@ def population_stability(scores: np.ndarray, reference_deciles: list[float]) -> 
     return float(np.sum((actual - 0.1) * np.log(actual / 0.1)))
 
 
-@dg.asset_check(asset=quality_classifier, blocking=True, description="Held-out AUC at or above its floor; the threshold keeps the target share of the held-out sample documents.")
+@dg.asset_check(
+    asset=quality_classifier,
+    blocking=True,
+    description="The head ranks held-out documents it did not learn from above its floor (AUC, or Spearman for annotation scores); its threshold keeps the target share of the held-out sample documents.",
+)
 def quality_classifier_calibration(storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
-    classifier = load_classifier(storage)
+    head = load_head(storage)
     model = LexicalEmbedder.from_bytes(storage.read_bytes(MODEL_FILE))
+    failed = []
+    if head.model_version != model.version:
+        failed.append(f"fitted on model {head.model_version}, current model is {model.version}")
+    if not head.scores:
+        return dg.AssetCheckResult(passed=not failed, metadata={"mode": head.mode, "failed": failed, "note": "no curation configured: nothing is scored"})
     sample = read_sample(storage, ["text", "split"])
     rows = calibration_rows(sample["split"].to_pylist())
     texts = [text for text, row in zip(sample["text"].to_pylist(), rows) if row]
-    keep_fraction = float(classifier.keep(classifier.score(model.encode(texts))).mean())
-    auc = classifier.evaluation.get("heldout_auc")
-    failed = []
-    if auc is None or auc < gates.min_heldout_auc:
-        failed.append(f"held-out AUC {auc} < {gates.min_heldout_auc}")
-    if abs(keep_fraction - classifier.target_keep_fraction) > gates.sample_keep_tolerance:
-        failed.append(f"calibration keep fraction {keep_fraction:.4f} is not {classifier.target_keep_fraction} ± {gates.sample_keep_tolerance}")
-    if classifier.model_version != model.version:
-        failed.append(f"trained on model {classifier.model_version}, current model is {model.version}")
+    keep_fraction = float(head.keep(head.score_texts(model, texts)[1]).mean())
+    measure, floor = ("heldout_spearman", gates.min_heldout_spearman) if head.kind == "ridge" else ("heldout_auc", gates.min_heldout_auc)
+    quality = head.evaluation.get(measure)
+    if quality is None or quality < floor:
+        failed.append(f"{measure.replace('_', ' ')} {quality} < {floor}")
+    if abs(keep_fraction - head.target_keep_fraction) > gates.sample_keep_tolerance:
+        failed.append(f"calibration keep fraction {keep_fraction:.4f} is not {head.target_keep_fraction} ± {gates.sample_keep_tolerance}")
     return dg.AssetCheckResult(
         passed=not failed,
         metadata={
+            "mode": head.mode,
             "failed": failed,
-            "heldout_auc": auc if auc is not None else "n/a",
+            measure: quality if quality is not None else "n/a",
+            f"{measure}_floor": floor,
             "calibration_keep_fraction": round(keep_fraction, 4),
             "calibration_documents": len(texts),
-            "target_keep_fraction": classifier.target_keep_fraction,
-            "threshold": classifier.threshold,
+            "target_keep_fraction": head.target_keep_fraction,
+            "threshold": head.threshold,
         },
     )
 
@@ -62,22 +71,28 @@ def read_scored(storage: Storage, shard: str) -> pd.DataFrame:
     return frame
 
 
-@dg.asset_check(asset=scored_corpus, blocking=True, description="The same ids as the raw shard; scores in [0, 1]; embeddings of the model's dimension.")
+@dg.asset_check(asset=scored_corpus, blocking=True, description="The same ids as the raw shard; scores within the head's range (none when no curation is configured); embeddings of the model's dimension.")
 def scored_corpus_contract(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
     shard = context.partition_key
     scored = read_scored(storage, shard)
     with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
         raw_ids = parquet.read(columns=["id"])["id"].to_pylist()
     model_dim = LexicalEmbedder.from_bytes(storage.read_bytes(MODEL_FILE)).dim
+    head = load_head(storage)
     scored_ids = scored["id"].tolist()
     missing = sorted(set(raw_ids) - set(scored_ids))[: gates.failing_ids_cap]
     extra = sorted(set(scored_ids) - set(raw_ids))[: gates.failing_ids_cap]
+    low, high = head.score_range
 
     def expectations(gxe):
+        scores = (
+            [gxe.ExpectColumnValuesToNotBeNull(column="score"), gxe.ExpectColumnValuesToBeBetween(column="score", min_value=low, max_value=high)]
+            if head.scores
+            else [gxe.ExpectColumnValuesToBeNull(column="score")]
+        )
         return [
             gxe.ExpectTableRowCountToEqual(value=len(raw_ids)),
-            gxe.ExpectColumnValuesToNotBeNull(column="score"),
-            gxe.ExpectColumnValuesToBeBetween(column="score", min_value=0.0, max_value=1.0),
+            *scores,
             gxe.ExpectColumnValuesToBeInSet(column="embedding_dim", value_set=[model_dim]),
         ]
 
@@ -91,10 +106,12 @@ def scored_corpus_contract(context: dg.AssetCheckExecutionContext, storage: Stor
 def scored_corpus_drift(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
     shard = context.partition_key
     scored = read_scored(storage, shard)
-    classifier = load_classifier(storage)
+    classifier = load_head(storage)
+    if not classifier.scores:
+        return dg.AssetCheckResult(passed=True, metadata={"shard": shard, "note": "no curation configured: nothing is scored, so nothing drifts"})
     rows = len(scored)
     target = classifier.target_keep_fraction
-    keep_fraction = float(scored["keep"].mean()) if rows else 0.0
+    keep_fraction = float(scored["keep"].astype(bool).mean()) if rows else 0.0
     # A small shard's keep fraction varies by chance: allow three binomial standard deviations on top.
     allowed_gap = gates.shard_keep_tolerance + 3 * np.sqrt(target * (1 - target) / max(rows, 1))
     judged = rows >= gates.min_rows_for_drift

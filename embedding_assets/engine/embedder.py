@@ -93,45 +93,55 @@ class LexicalEmbedder:
     def tfidf(self, texts: Sequence[str]) -> sp.csr_matrix:
         return tfidf_rows(count_matrix(self.front_end, self.vocabulary, texts), self.vocabulary.idf)
 
-    def encode(self, texts: Sequence[str] | Iterable[str], batch_size: int = 4096, threads: int | None = None) -> np.ndarray:
-        """Unit-norm float32 embeddings, shape (len(texts), dim)."""
-        chunks = list(self.encode_batches(texts, batch_size, threads))
-        return np.concatenate(chunks) if chunks else np.empty((0, self.dim), dtype=np.float32)
+    def encode(self, texts: Sequence[str] | Iterable[str], batch_size: int = 4096, threads: int | None = None, sums_of: np.ndarray | None = None):
+        """Unit-norm float32 embeddings, shape (len(texts), dim).
 
-    def encode_batches(self, texts: Iterable[str], batch_size: int = 4096, threads: int | None = None) -> Iterator[np.ndarray]:
+        With `sums_of`, a float32 matrix with one row per n-gram of the vocabulary, also each
+        text's sum of count * IDF * row over its n-grams, from the same pass: (embeddings, sums).
+        """
+        chunks = list(self.encode_batches(texts, batch_size, threads, sums_of))
+        if sums_of is None:
+            return np.concatenate(chunks) if chunks else np.empty((0, self.dim), dtype=np.float32)
+        if not chunks:
+            return np.empty((0, self.dim), dtype=np.float32), np.empty((0, sums_of.shape[1]), dtype=np.float32)
+        return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+
+    def encode_batches(self, texts: Iterable[str], batch_size: int = 4096, threads: int | None = None, sums_of: np.ndarray | None = None) -> Iterator:
         """Embeddings of an iterable of texts, a batch at a time, in bounded memory.
 
         Each batch is split across `threads` threads (default: the usable cores). The first-layer
         kernel and numpy release the GIL, so one part's n-gram and network work runs while another part
         is tokenised (`tokenizers` holds the GIL but parallelises inside its own call).
         """
+        if sums_of is not None and (sums_of.ndim != 2 or sums_of.shape[0] != self.vocabulary.size or sums_of.dtype != np.float32):
+            raise ValueError(f"sums_of must be float32 of shape ({self.vocabulary.size}, k), got {sums_of.dtype} {sums_of.shape}")
         threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         with ThreadPoolExecutor(threads) as pool:
             batch: list[str] = []
             for text in texts:
                 batch.append(text)
                 if len(batch) == batch_size:
-                    yield self._encode_valid(pool, batch, threads)
+                    yield self._encode_valid(pool, batch, threads, sums_of)
                     batch = []
             if batch:
-                yield self._encode_valid(pool, batch, threads)
+                yield self._encode_valid(pool, batch, threads, sums_of)
 
-    def _encode_valid(self, pool: ThreadPoolExecutor, texts: list[str], threads: int) -> np.ndarray:
+    def _encode_valid(self, pool: ThreadPoolExecutor, texts: list[str], threads: int, sums_of: np.ndarray | None):
         # The batch is already split across the cores; BLAS threads of their own inside each part
         # would only spin between the small dense products, burning CPU time.
         with _blas_threads().limit(limits=1, user_api="blas"):
-            return self._encode_checked(pool, texts, threads)
+            return self._encode_checked(pool, texts, threads, sums_of)
 
-    def _encode_checked(self, pool: ThreadPoolExecutor, texts: list[str], threads: int) -> np.ndarray:
+    def _encode_checked(self, pool: ThreadPoolExecutor, texts: list[str], threads: int, sums_of: np.ndarray | None):
         try:
-            return self._encode_parallel(pool, texts, threads)
+            return self._encode_parallel(pool, texts, threads, sums_of)
         except TypeError:
             # The tokenizer takes UTF-8 only; a Python string can hold lone surrogates (from a JSON
             # escape, say). Those become U+FFFD, and valid surrogate pairs the character they encode.
             if not all(isinstance(t, str) for t in texts):
                 raise InputError(f"texts must be strings, got {sorted({type(t).__name__ for t in texts})}") from None
             cleaned = [t.encode("utf-16", "surrogatepass").decode("utf-16", "replace") for t in texts]
-            return self._encode_parallel(pool, cleaned, threads)
+            return self._encode_parallel(pool, cleaned, threads, sums_of)
 
     def encode_parquet(
         self, path: str | os.PathLike, column: str = "text", batch_size: int = 4096, threads: int | None = None
@@ -145,13 +155,15 @@ class LexicalEmbedder:
                 raise InputError(f"{path}: no column {column!r} (columns: {parquet.schema_arrow.names})")
             yield from self.encode_batches(_column_texts(parquet, column, batch_size, path), batch_size, threads)
 
-    def _encode_parallel(self, pool: ThreadPoolExecutor, texts: list[str], threads: int) -> np.ndarray:
+    def _encode_parallel(self, pool: ThreadPoolExecutor, texts: list[str], threads: int, sums_of: np.ndarray | None):
         step = -(-len(texts) // threads)
         if threads == 1 or len(texts) < 2 * threads:
-            return self._encode_batch(texts)
+            return self._encode_batch(texts, sums_of)
         self._unigrams  # build once, before the threads race to
-        parts = pool.map(self._encode_batch, [texts[i : i + step] for i in range(0, len(texts), step)])
-        return np.concatenate(list(parts))
+        parts = list(pool.map(lambda part: self._encode_batch(part, sums_of), [texts[i : i + step] for i in range(0, len(texts), step)]))
+        if sums_of is None:
+            return np.concatenate(parts)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     @cached_property
     def _key_table(self) -> KeyTable:
@@ -166,17 +178,24 @@ class LexicalEmbedder:
 
     def first_layer_sums(self, ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """The first layer's output for tokenised documents (`front_end.tokenize`), before the ReLU."""
-        return first_layer_sums(ids, offsets, self._key_table, self.vocabulary.max_n, self.vocabulary.idf, self._first_layer, self._unigrams)
+        return self.weighted_sums(ids, offsets, self._first_layer)
+
+    def weighted_sums(self, ids: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Per tokenised document, the sum over its known n-grams of count * IDF * `rows`[n-gram]."""
+        return first_layer_sums(ids, offsets, self._key_table, self.vocabulary.max_n, self.vocabulary.idf, rows, self._unigrams)
 
     def finish(self, hidden: np.ndarray) -> np.ndarray:
         """The rest of the network, from the first layer's output (modified in place) to the embeddings."""
         return finish(hidden, self._later_layers)
 
-    def _encode_batch(self, texts: Sequence[str]) -> np.ndarray:
-        out = self.finish(self.first_layer_sums(*self.front_end.tokenize(texts)))
+    def _encode_batch(self, texts: Sequence[str], sums_of: np.ndarray | None = None):
+        ids, offsets = self.front_end.tokenize(texts)
+        out = self.finish(self.first_layer_sums(ids, offsets))
         empty = ~np.any(out, axis=1)
         out[empty] = self.fallback
-        return out
+        if sums_of is None:
+            return out
+        return out, self.weighted_sums(ids, offsets, sums_of)
 
     def quantize(self, embeddings: np.ndarray) -> np.ndarray:
         return quantize_uint8(embeddings, self.quantization_limit)
