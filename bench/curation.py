@@ -16,7 +16,8 @@ Heads, each on the same reference set:
   against a seeded random draw of corpus documents (negative), as DCLM trains its fastText
   classifier; on the student embedding, the student hybrid (embedding + its own n-gram bag), the
   teacher's vectors and scikit-learn TF-IDF (word 1-2 grams, fitted on the student's training
-  sample); and fastText supervised, trained on the same positives and negatives with word bigrams.
+  sample); and fastText supervised, trained on the same positives and negatives with word bigrams,
+  the positives repeated so the classes weigh the same (DCLM trains on equal counts).
 - reference-similarity: a document's score is the mean of its top-k cosines to the reference set.
 
 Every head scores the whole corpus. Reported: average precision of that ranking for the target
