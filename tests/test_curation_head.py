@@ -1,0 +1,67 @@
+"""The curation head in the engine: the scoring path agrees with the training features, heads
+round-trip through their file and refuse a tampered one, and similarity search is exact."""
+
+import numpy as np
+import pytest
+
+from embedding_assets.engine import ArtifactError, LexicalEmbedder
+from embedding_assets.engine.curation import CurationHead, lexical_features, linear_head, reference_similarity, similarity_head
+from embedding_assets.engine.features import build_features
+from embedding_assets.engine.network import init_layers
+
+
+@pytest.fixture(scope="module")
+def embedder(tokenizer_json, sample_texts) -> LexicalEmbedder:
+    texts = sample_texts[:400]
+    feats = build_features(tokenizer_json, [str(i) for i in range(len(texts))], [texts], 20_000, 3, 2, 100_000)
+    layers = init_layers([feats.vocabulary.size, 32, 16], seed=3)
+    return LexicalEmbedder(tokenizer_json, feats.vocabulary, layers, np.ones(16, np.float32) / 4.0, 0.4, first_layer_dtype="float16")
+
+
+@pytest.fixture(scope="module")
+def lexical_head(embedder, sample_texts) -> CurationHead:
+    texts = sample_texts[:300]
+    y = np.array(["socket" in t.lower() or "connection" in t.lower() for t in texts])
+    return linear_head("reference-classifier", "logistic", embedder.version, {"c": 1.0}, embedder.encode(texts), y, lexical_features(embedder, texts))
+
+
+def test_the_encoder_pass_scores_exactly_what_the_head_was_fitted_on(embedder, lexical_head, sample_texts):
+    texts = sample_texts[300:700] + ["", "   ", "zzzzqqq"]
+    embeddings, scores = lexical_head.score_texts(embedder, texts)
+    features = lexical_features(embedder, texts)
+    logits = embedder.encode(texts) @ lexical_head.coef.astype(np.float64) + features @ lexical_head.lexical_coef.astype(np.float64) + lexical_head.intercept
+    assert np.allclose(scores, 1 / (1 + np.exp(-logits)), atol=1e-5)
+    assert np.array_equal(embeddings, embedder.encode(texts))
+    # Split across threads and batches, the same answer.
+    again = lexical_head.score_texts(embedder, texts)[1]
+    single = np.concatenate([lexical_head.score(*embedder.encode([t], threads=1, sums_of=lexical_head.lexical_weights)) for t in texts])
+    assert np.array_equal(scores, again) and np.allclose(scores, single, atol=1e-6)
+
+
+def test_a_head_round_trips_and_a_tampered_one_is_refused(lexical_head, embedder, sample_texts):
+    head = lexical_head.calibrated(lexical_head.score_texts(embedder, sample_texts[:500])[1], 0.25)
+    again = CurationHead.from_bytes(head.to_bytes())
+    assert again.version == head.version and again.threshold == head.threshold and again.lexical
+    assert np.array_equal(again.score_texts(embedder, sample_texts[:50])[1], head.score_texts(embedder, sample_texts[:50])[1])
+    assert head.keep(head.score_texts(embedder, sample_texts[:500])[1]).mean() == pytest.approx(0.25, abs=0.01)
+    data = bytearray(head.to_bytes())
+    data[-5] ^= 0xFF
+    with pytest.raises(ArtifactError, match="content hash does not match"):
+        CurationHead.from_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="format is 'embedding_assets.lexical_embedder'"):
+        CurationHead.from_bytes(embedder.to_bytes())
+
+
+def test_reference_similarity_is_the_mean_of_the_exact_top_k(embedder, sample_texts):
+    queries, references = embedder.encode(sample_texts[:300]), embedder.encode(sample_texts[300:420])
+    cosines = queries @ references.T
+    expected = np.sort(cosines, axis=1)[:, -7:].mean(axis=1)
+    assert np.allclose(reference_similarity(queries, references, 7), expected, atol=1e-6)
+    head = similarity_head(embedder.version, {"top_k": 500}, references)
+    assert head.settings["top_k"] == len(references)  # k is capped at the reference count
+    assert np.allclose(head.score(queries), cosines.mean(axis=1), atol=1e-6)
+
+
+def test_a_calibration_keep_fraction_outside_the_unit_interval_is_refused(lexical_head):
+    with pytest.raises(ValueError, match=r"keep fraction must be in \(0, 1\]"):
+        lexical_head.calibrated(np.array([0.1, 0.2], np.float32), 1.5)
