@@ -14,7 +14,8 @@ the 1,000 reference documents (the issue asks whether that helps).
 Heads, each on the same reference set:
 - reference-classifier: class-balanced logistic regression of the reference set (positive)
   against a seeded random draw of corpus documents (negative), as DCLM trains its fastText
-  classifier; on the student embedding, the student hybrid (embedding + its own n-gram bag), the
+  classifier; on the student embedding, the student hybrid as the engine builds it (embedding +
+  its L1-normalised n-gram bag), the embedding next to the student's L2-normalised TF-IDF rows, the
   teacher's vectors and scikit-learn TF-IDF (word 1-2 grams, fitted on the student's training
   sample); and fastText supervised, trained on the same positives and negatives with word bigrams,
   the positives repeated so the classes weigh the same (DCLM trains on equal counts).
@@ -83,7 +84,7 @@ TEACHER_SPEED_DOCS = 500  # the teacher's scoring rate is measured on this many 
 
 @dataclass(frozen=True)
 class HeadSettings:
-    """The knobs of the heads; the defaults are what the tuning run below chose."""
+    """The knobs of the heads; `--tune` sweeps them one at a time from these defaults."""
 
     c: float = 1.0
     negatives: int = 5_000
@@ -242,9 +243,9 @@ def train_student(tokenizer_json: str, texts: list[str], vectors: np.ndarray, su
                            vocabulary_size=200_000, max_ngram_length=5, min_document_frequency=2, counter_capacity=2_000_000)
     config = DistillConfig()
     layers, history = distill(feats.tfidf, vectors, config, prior=unigram_prior(feats.vocabulary, sums))
-    train_student = forward(feats.tfidf, layers)
-    fallback = l2_normalize(train_student.mean(axis=0, keepdims=True))[0]
-    embedder = LexicalEmbedder(tokenizer_json, feats.vocabulary, layers, fallback, calibrate_limit(train_student), first_layer_dtype="float16")
+    train_embeddings = forward(feats.tfidf, layers)
+    fallback = l2_normalize(train_embeddings.mean(axis=0, keepdims=True))[0]
+    embedder = LexicalEmbedder(tokenizer_json, feats.vocabulary, layers, fallback, calibrate_limit(train_embeddings), first_layer_dtype="float16")
     return embedder, {"documents": len(texts), "vocabulary": feats.vocabulary.size, "steps": history.steps,
                       "seconds": round(time.perf_counter() - started, 1)}
 
