@@ -14,11 +14,12 @@ the 1,000 reference documents (the issue asks whether that helps).
 Heads, each on the same reference set:
 - reference-classifier: class-balanced logistic regression of the reference set (positive)
   against a seeded random draw of corpus documents (negative), as DCLM trains its fastText
-  classifier; on the student embedding, the student hybrid as the engine builds it (embedding +
-  its L1-normalised n-gram bag), the embedding next to the student's L2-normalised TF-IDF rows, the
-  teacher's vectors and scikit-learn TF-IDF (word 1-2 grams, fitted on the student's training
-  sample); and fastText supervised, trained on the same positives and negatives with word bigrams,
-  the positives repeated so the classes weigh the same (DCLM trains on equal counts).
+  classifier; on the student embedding, the student hybrid as the engine builds it (the embedding
+  next to the student's L2-normalised TF-IDF rows, `lexical_features`, scored through
+  `CurationHead.score_texts` in one encoder pass), the teacher's vectors and scikit-learn TF-IDF
+  (word 1-2 grams, fitted on the student's training sample); and fastText supervised, trained on
+  the same positives and negatives with word bigrams, the positives repeated so the classes weigh
+  the same (DCLM trains on equal counts).
 - reference-similarity: a document's score is the mean of its top-k cosines to the reference set.
 
 Every head scores the whole corpus. Reported: average precision of that ranking for the target
@@ -47,7 +48,7 @@ import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass, field, replace  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -89,7 +90,6 @@ class HeadSettings:
     c: float = 1.0
     negatives: int = 5_000
     top_k: int = 10
-    lexical_scale: float = 1.0  # the hybrid's n-gram bag is multiplied by this before the fit
     fasttext_epoch: int = 5
     fasttext_lr: float = 0.1
     fasttext_balanced: bool = True
@@ -297,7 +297,7 @@ class Features:
     """Every document's features, per system, computed once."""
 
     dense: dict[str, np.ndarray] = field(default_factory=dict)  # student, teacher, student+refs
-    sparse: dict[str, sp.csr_matrix] = field(default_factory=dict)  # student lexical bags, TF-IDF
+    sparse: dict[str, sp.csr_matrix] = field(default_factory=dict)  # the students' TF-IDF rows, scikit-learn TF-IDF
 
 
 def tfidf_vectorizer(train_texts: list[str]):
@@ -320,20 +320,18 @@ def sparse_similarity(queries: sp.csr_matrix, references: sp.csr_matrix, top_k: 
 SYSTEMS_DENSE = {"student": "student", "student + references in sample": "student_refs", "teacher": "teacher"}
 
 
-def classifier_inputs(features: Features, system: str, settings: HeadSettings):
+def classifier_inputs(features: Features, system: str):
     """The head's feature matrix for a system: dense, sparse, or the hybrid of both."""
     if system == "student hybrid":
-        return sp.hstack([sp.csr_matrix(features.dense["student"]), settings.lexical_scale * features.sparse["student"]], format="csr")
+        return sp.hstack([sp.csr_matrix(features.dense["student"]), features.sparse["student"]], format="csr")
     if system == "student + references in sample, hybrid":
-        return sp.hstack([sp.csr_matrix(features.dense["student_refs"]), settings.lexical_scale * features.sparse["student_refs"]], format="csr")
-    if system == "student hybrid, L2 TF-IDF rows":
-        return sp.hstack([sp.csr_matrix(features.dense["student"]), features.sparse["student_tfidf"]], format="csr")
+        return sp.hstack([sp.csr_matrix(features.dense["student_refs"]), features.sparse["student_refs"]], format="csr")
     if system == "TF-IDF":
         return features.sparse["tfidf"]
     return features.dense[SYSTEMS_DENSE[system]]
 
 
-CLASSIFIER_SYSTEMS = ["teacher", "student", "student hybrid", "student hybrid, L2 TF-IDF rows", "TF-IDF", "fastText",
+CLASSIFIER_SYSTEMS = ["teacher", "student", "student hybrid", "TF-IDF", "fastText",
                       "student + references in sample", "student + references in sample, hybrid"]
 SIMILARITY_SYSTEMS = ["teacher", "student", "TF-IDF", "student + references in sample"]
 
@@ -365,7 +363,7 @@ def evaluate(corpus: Labelled, split: Split, n: int, features: Features, setting
             fit_seconds = time.perf_counter() - started
             scores = model.score([corpus.texts[i] for i in docs])
         else:
-            x = classifier_inputs(features, system, settings)
+            x = classifier_inputs(features, system)
             coef, intercept = fit_logistic(x[rows_fit], y, settings.c, seed)
             fit_seconds = time.perf_counter() - started
             scores = np.asarray(x[docs] @ coef).ravel() + intercept
@@ -407,17 +405,8 @@ def scoring_speed(corpus: Labelled, split: Split, n: int, student: LexicalEmbedd
     heads = {
         "student": linear_head("reference-classifier", "logistic", version, {"c": settings.c}, features.dense["student"][rows_fit], y),
         "student hybrid": linear_head("reference-classifier", "logistic", version, {"c": settings.c},
-                                      features.dense["student"][rows_fit], y, lexical=settings.lexical_scale * features.sparse["student"][rows_fit]),
+                                      features.dense["student"][rows_fit], y, lexical=features.sparse["student"][rows_fit]),
     }
-    # fitted on scaled bags; the kernel sums the unscaled bag, so the scale moves into the weights
-    heads["student hybrid"] = replace(heads["student hybrid"], lexical_coef=heads["student hybrid"].lexical_coef * settings.lexical_scale)
-    l2_coef, l2_intercept = fit_logistic(classifier_inputs(features, "student hybrid, L2 TF-IDF rows", settings)[rows_fit], y, settings.c, seed)
-    dim = student.dim
-
-    def l2_hybrid_scores(batch):
-        # two passes here (encode, then the TF-IDF rows); one kernel pass could give both
-        return student.encode(batch) @ l2_coef[:dim] + student.tfidf(batch) @ l2_coef[dim:] + l2_intercept
-
     similarity = similarity_head(version, {"top_k": settings.top_k}, features.dense["student"][references])
     tfidf_coef, tfidf_intercept = fit_logistic(features.sparse["tfidf"][rows_fit], y, settings.c, seed)
     teacher_coef, teacher_intercept = fit_logistic(features.dense["teacher"][rows_fit], y, settings.c, seed)
@@ -432,7 +421,6 @@ def scoring_speed(corpus: Labelled, split: Split, n: int, student: LexicalEmbedd
     runs = {
         "student, reference-classifier": (lambda t: heads["student"].score_texts(student, t), texts),
         "student hybrid, reference-classifier": (lambda t: heads["student hybrid"].score_texts(student, t), texts),
-        "student hybrid, L2 TF-IDF rows, reference-classifier": (l2_hybrid_scores, texts),
         "student, reference-similarity": (lambda t: similarity.score_texts(student, t), texts),
         "TF-IDF, reference-classifier": (lambda t: vectorizer.transform(t) @ tfidf_coef + tfidf_intercept, texts),
         "fastText predict": (fasttext_model.score, texts),
@@ -454,9 +442,6 @@ def build_features_for(corpus: Labelled, split: Split, vectors: np.ndarray, stud
     for key, student in students.items():
         features.dense[key] = student.encode(corpus.texts)
         features.sparse[key] = lexical_features(student, corpus.texts)
-    # The engine's lexical term is an L1-normalised bag; the same n-grams as the student's own
-    # L2-normalised TF-IDF rows (its input) are measured beside it.
-    features.sparse["student_tfidf"] = students["student"].tfidf(corpus.texts)
     vectorizer = tfidf_vectorizer([corpus.texts[i] for i in split.train])
     features.sparse["tfidf"] = vectorizer.transform(corpus.texts).tocsr()
     return features, vectorizer
@@ -471,9 +456,7 @@ def tune(corpus: Labelled, split: Split, n: int, features: Features, student: Le
             + [("negatives", k, dense, []) for k in (1_000, 2_000, 1_000_000)]
             + [("fasttext_epoch", 25, ["fastText"], []), ("fasttext_lr", 1.0, ["fastText"], []), ("fasttext_balanced", True, ["fastText"], []),
                ("fasttext_lr", 0.1, ["fastText"], [])]
-            + [("c", c, ["teacher", "student hybrid"], []) for c in (1.0, 10.0, 100.0)]
-            + [("lexical_scale", x, ["teacher", "student hybrid"], []) for x in (10.0, 100.0)]
-            + [("c", c, ["teacher", "student hybrid, L2 TF-IDF rows"], []) for c in (1.0, 10.0)])
+            + [("c", c, ["teacher", "student hybrid"], []) for c in (1.0, 10.0, 100.0)])
     rows = []
     for knob, value, classifiers, similarities in plan:
         settings = HeadSettings(**{**base.__dict__, knob: value})
@@ -521,7 +504,7 @@ def bars(rows: list[dict], speed: dict[str, dict] | None) -> list[str]:
     hybrid = ap.get(("reference-classifier", "student hybrid"))
     teacher = ap["reference-classifier", "teacher"]
     out = []
-    for name, head in (("student", student), ("student hybrid", hybrid), ("student hybrid, L2 TF-IDF rows", ap.get(("reference-classifier", "student hybrid, L2 TF-IDF rows")))):
+    for name, head in (("student", student), ("student hybrid", hybrid)):
         if head is None:
             continue
         ratio = head["ap"] / teacher["ap"]
@@ -536,8 +519,7 @@ def bars(rows: list[dict], speed: dict[str, dict] | None) -> list[str]:
     out.append(f"- student similarity AP / teacher similarity AP = {ratio:.3f} (bar 0.9): {'holds' if ratio >= 0.9 else 'fails'}")
     if speed:
         fasttext_rate = speed["fastText predict"]["docs_per_cpu_s"]
-        for key in ("student, reference-classifier", "student hybrid, reference-classifier", "student hybrid, L2 TF-IDF rows, reference-classifier",
-                    "student, reference-similarity"):
+        for key in ("student, reference-classifier", "student hybrid, reference-classifier", "student, reference-similarity"):
             ratio = speed[key]["docs_per_cpu_s"] / fasttext_rate
             out.append(f"- {key}: {ratio:.2f} x fastText predict docs/CPU-s (bar 1): {'holds' if ratio >= 1 else 'fails'}")
     return out
@@ -558,12 +540,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--c", type=float, default=HeadSettings.c)
     parser.add_argument("--negatives", type=int, default=HeadSettings.negatives)
     parser.add_argument("--top-k", type=int, default=HeadSettings.top_k)
-    parser.add_argument("--lexical-scale", type=float, default=HeadSettings.lexical_scale)
     parser.add_argument("--output", type=Path, default=CACHE_DIR / "curation.json", help="where the JSON results go")
     args = parser.parse_args(argv)
     if args.quick:
         args.limit, args.n, args.sample_size = args.limit or 4_000, [100, 300], min(args.sample_size, 2_000)
-    settings = HeadSettings(c=args.c, negatives=args.negatives, top_k=args.top_k, lexical_scale=args.lexical_scale)
+    settings = HeadSettings(c=args.c, negatives=args.negatives, top_k=args.top_k)
     teacher = Teacher()
     cache = TeacherCache(teacher)
     report: dict = {"settings": settings.__dict__, "sample_size": args.sample_size, "seed": args.seed, "corpora": {}}
