@@ -13,7 +13,7 @@ every document and the sums of its contextual token vectors over the training do
 
 On the held-out documents, every system is compared with the teacher: neighbour recall@10,
 Spearman of cosines over 20k random pairs, and linear-probe accuracy on the labels. Our
-student is trained by `engine.distill.train_student`, the function `distilled_model` runs.
+student is trained by `engine.training.train_student`, the function `distilled_model` calls.
 luxical 1.1.2 is trained by its own recipe (its vocabulary builder, initialisation, AdamW
 with one beta, warmup-stable-decay schedule and Gram-KL loss at tau 3) on the same
 documents, teacher vectors and step budget.
@@ -34,14 +34,14 @@ import io  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, field, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from bench.corpora import kernel_docs_files, python_docs_files, read_source, sample_labels  # noqa: E402
 from embedding_assets.engine import LexicalEmbedder  # noqa: E402
-from embedding_assets.engine.distill import DistillConfig, distill, embed  # noqa: E402
+from embedding_assets.engine.config import DistillConfig  # noqa: E402
 from embedding_assets.engine.evaluation import (  # noqa: E402
     cosine_spearman,
     hybrid_probe_accuracy,
@@ -50,12 +50,12 @@ from embedding_assets.engine.evaluation import (  # noqa: E402
     probe_labels,
     tfidf_probe_accuracy,
 )
-from embedding_assets.engine.features import build_features  # noqa: E402
-from embedding_assets.engine.network import forward, init_layers, l2_normalize  # noqa: E402
-from embedding_assets.engine.prior import TokenSums, unigram_prior  # noqa: E402
-from embedding_assets.engine.quantization import calibrate_limit  # noqa: E402
+from embedding_assets.engine.features import Features, build_features  # noqa: E402
+from embedding_assets.engine.network import init_layers  # noqa: E402
+from embedding_assets.engine.prior import TokenSums  # noqa: E402
 from embedding_assets.engine.tfidf import count_matrix, tfidf_rows  # noqa: E402
 from embedding_assets.engine.tokenization import make_front_end  # noqa: E402
+from embedding_assets.engine.training import train_student  # noqa: E402
 from embedding_assets.resources.teacher import Teacher  # noqa: E402
 
 HELD_OUT = 2_000
@@ -174,7 +174,7 @@ class Recipe:
     max_ngram_length: int = 5
     min_document_frequency: int = 2
     front_end: str = "wordpiece"
-    distill: DistillConfig = DistillConfig()
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 def fidelity(student: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
@@ -197,38 +197,33 @@ class Probe:
         return probe_accuracy(train_x, self.train_y, test_x, self.test_y)
 
 
-def train_ours(corpus: Corpus, teacher: np.ndarray, recipe: Recipe, tokenizer_json: str, sums: TokenSums | None = None) -> tuple[LexicalEmbedder, dict]:
-    texts = [corpus.texts[i] for i in np.flatnonzero(corpus.train)]
-    heldout_texts = [corpus.texts[i] for i in np.flatnonzero(corpus.heldout)]
+def train_ours(corpus: Corpus, teacher: np.ndarray, recipe: Recipe, tokenizer_json: str, sums: TokenSums | None = None,
+               features: Features | None = None) -> tuple[LexicalEmbedder, dict]:
+    """Our student, trained by `train_student` (the call `distilled_model` makes) at the recipe's settings.
+
+    The vocabulary is built from the training documents; the held-out ones are only encoded with it.
+    `features` (rows in corpus order) replaces that, e.g. with the features the pipeline built.
+    """
     started = time.perf_counter()
-    feats = build_features(
-        tokenizer_json, [str(i) for i in range(len(texts))], [texts[i : i + 4096] for i in range(0, len(texts), 4096)],
-        vocabulary_size=recipe.vocabulary_size, max_ngram_length=recipe.max_ngram_length,
-        min_document_frequency=recipe.min_document_frequency, counter_capacity=2_000_000, front_end=recipe.front_end,
-    )
+    if features is None:
+        texts = [corpus.texts[i] for i in np.flatnonzero(corpus.train)]
+        feats = build_features(
+            tokenizer_json, [str(i) for i in range(len(texts))], [texts[i : i + 4096] for i in range(0, len(texts), 4096)],
+            vocabulary_size=recipe.vocabulary_size, max_ngram_length=recipe.max_ngram_length,
+            min_document_frequency=recipe.min_document_frequency, counter_capacity=2_000_000, front_end=recipe.front_end,
+        )
+        front_end = make_front_end(feats.vocabulary.front_end, tokenizer_json)
+        features = replace(feats, tfidf=tfidf_rows(count_matrix(front_end, feats.vocabulary, corpus.texts), feats.vocabulary.idf),
+                           ids=[str(i) for i in range(len(corpus.texts))])
     features_seconds = time.perf_counter() - started
-    front_end = make_front_end(feats.vocabulary.front_end, tokenizer_json)
-    heldout_tfidf = tfidf_rows(count_matrix(front_end, feats.vocabulary, heldout_texts), feats.vocabulary.idf)
-    teacher_heldout = teacher[corpus.heldout]
-    curve = []
-
-    def on_epoch(epoch, module, history):
-        import torch
-
-        curve.append(fidelity(embed(module, heldout_tfidf, torch.device("cpu")), teacher_heldout)["recall_at_10"])
-
-    prior = unigram_prior(feats.vocabulary, sums) if sums is not None and recipe.distill.token_prior else None
-    layers, history = distill(feats.tfidf, teacher[corpus.train], recipe.distill, on_epoch=on_epoch, prior=prior)
-    train_student = forward(feats.tfidf, layers)
-    fallback = l2_normalize(train_student.mean(axis=0, keepdims=True))[0]
-    embedder = LexicalEmbedder(tokenizer_json, feats.vocabulary, layers, fallback, calibrate_limit(train_student))
+    embedder, report = train_student(features, teacher, recipe.distill, texts=corpus.texts, heldout=corpus.heldout, token_sums=sums)
     return embedder, {
-        "vocabulary": feats.vocabulary.size,
-        "steps": history.steps,
+        "vocabulary": features.vocabulary.size,
+        "steps": report.steps,
         "batch_size": recipe.distill.batch_size,
         "features_seconds": round(features_seconds, 1),
-        "training_seconds": round(history.seconds, 1),
-        "recall_per_epoch": [round(x, 4) for x in curve],
+        "training_seconds": round(report.seconds, 1),
+        "recall_per_epoch": [round(e["recall_at_10"], 4) for e in report.epoch_eval if e],
     }
 
 
@@ -302,37 +297,35 @@ def evaluate(corpus: Corpus, teacher: np.ndarray, recipe: Recipe, tokenizer_json
 
 def ablations(base: Recipe) -> dict[str, Recipe]:
     """Each idea switched off (or changed) alone, from the default recipe."""
-    from dataclasses import replace
-
     d = base.distill
     return {
         "default": base,
-        "no cosine term (Gram-KL only)": replace(base, distill=replace(d, cosine_weight=0.0)),
-        "random init, Gram-KL only (the previous recipe)": replace(base, distill=replace(d, init="random", cosine_weight=0.0)),
-        "ridge start only, no training": replace(base, distill=replace(d, epochs=0)),
-        "no token prior (ridge toward zero)": replace(base, distill=replace(d, token_prior=False)),
-        "no token prior, ridge start only, no training": replace(base, distill=replace(d, token_prior=False, epochs=0)),
-        "token prior, ridge alpha 0.3": replace(base, distill=replace(d, ridge_alpha=0.3)),
-        "token prior, ridge alpha 3": replace(base, distill=replace(d, ridge_alpha=3.0)),
-        "random init, cosine term": replace(base, distill=replace(d, init="random")),
-        "ridge alpha 0.3, no training": replace(base, distill=replace(d, epochs=0, ridge_alpha=0.3)),
-        "ridge alpha 3, no training": replace(base, distill=replace(d, epochs=0, ridge_alpha=3.0)),
-        "ridge alpha 0.1, no training": replace(base, distill=replace(d, epochs=0, ridge_alpha=0.1)),
-        "ridge alpha 0.3": replace(base, distill=replace(d, ridge_alpha=0.3)),
-        "ridge alpha 0.1": replace(base, distill=replace(d, ridge_alpha=0.1)),
-        "learning rate 3e-4": replace(base, distill=replace(d, learning_rate=3e-4)),
-        "learning rate 3e-3": replace(base, distill=replace(d, learning_rate=3e-3)),
-        "15 epochs": replace(base, distill=replace(d, epochs=15)),
-        "constant learning rate (no warmup-stable-decay)": replace(base, distill=replace(d, warmup_fraction=0.0, decay_fraction=0.0)),
+        "no cosine term (Gram-KL only)": replace(base, distill=d.replace(cosine_weight=0.0)),
+        "random init, Gram-KL only (the previous recipe)": replace(base, distill=d.replace(init="random", cosine_weight=0.0)),
+        "ridge start only, no training": replace(base, distill=d.replace(epochs=0)),
+        "no token prior (ridge toward zero)": replace(base, distill=d.replace(token_prior=False)),
+        "no token prior, ridge start only, no training": replace(base, distill=d.replace(token_prior=False, epochs=0)),
+        "token prior, ridge alpha 0.3": replace(base, distill=d.replace(ridge_alpha=0.3)),
+        "token prior, ridge alpha 3": replace(base, distill=d.replace(ridge_alpha=3.0)),
+        "random init, cosine term": replace(base, distill=d.replace(init="random")),
+        "ridge alpha 0.3, no training": replace(base, distill=d.replace(epochs=0, ridge_alpha=0.3)),
+        "ridge alpha 3, no training": replace(base, distill=d.replace(epochs=0, ridge_alpha=3.0)),
+        "ridge alpha 0.1, no training": replace(base, distill=d.replace(epochs=0, ridge_alpha=0.1)),
+        "ridge alpha 0.3": replace(base, distill=d.replace(ridge_alpha=0.3)),
+        "ridge alpha 0.1": replace(base, distill=d.replace(ridge_alpha=0.1)),
+        "learning rate 3e-4": replace(base, distill=d.replace(learning_rate=3e-4)),
+        "learning rate 3e-3": replace(base, distill=d.replace(learning_rate=3e-3)),
+        "15 epochs": replace(base, distill=d.replace(epochs=15)),
+        "constant learning rate (no warmup-stable-decay)": replace(base, distill=d.replace(warmup_fraction=0.0, decay_fraction=0.0)),
         "vocabulary 520k": replace(base, vocabulary_size=520_000, min_document_frequency=1),
         "vocabulary 50k": replace(base, vocabulary_size=50_000),
         "n-grams up to 3": replace(base, max_ngram_length=3),
         "word front end (hashed word n-grams)": replace(base, front_end="words"),
-        "batch 2048": replace(base, distill=replace(d, batch_size=2048)),
-        "temperature 1": replace(base, distill=replace(d, temperature=1.0)),
-        "hidden 512-512": replace(base, distill=replace(d, hidden_dims=(512, 512))),
-        "hidden 512-512, no training": replace(base, distill=replace(d, hidden_dims=(512, 512), epochs=0)),
-        "one hidden layer": replace(base, distill=replace(d, hidden_dims=(256,))),
+        "batch 2048": replace(base, distill=d.replace(batch_size=2048)),
+        "temperature 1": replace(base, distill=d.replace(temperature=1.0)),
+        "hidden 512-512": replace(base, distill=d.replace(hidden_dims=(512, 512))),
+        "hidden 512-512, no training": replace(base, distill=d.replace(hidden_dims=(512, 512), epochs=0)),
+        "one hidden layer": replace(base, distill=d.replace(hidden_dims=(256,))),
     }
 
 

@@ -7,15 +7,16 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
+from embedding_assets import paths
 from embedding_assets.assets.ingest import training_sample
 from embedding_assets.engine.features import build_features
 from embedding_assets.engine.ngrams import PAD
 from embedding_assets.engine.tokenization import load_tokenizer
 from embedding_assets.progress import throughput
 from embedding_assets.resources import Storage, Teacher
+from embedding_assets.stored import read_sample
 from embedding_assets.lineage import CODE_VERSIONS, OWNERS, latest_metadata_value, short_hash
 
-FEATURES_FILE = "features.safetensors"
 
 
 class FeaturesConfig(dg.Config):
@@ -27,11 +28,6 @@ class FeaturesConfig(dg.Config):
         default="wordpiece",
         description="Tokens the n-grams are made of: the teacher's WordPiece (luxical-compatible) or lowercased words hashed to ids (faster; not exportable to luxical).",
     )
-
-
-def read_sample(storage: Storage, columns: list[str]):
-    with storage.open_parquet("training_sample.parquet") as parquet:
-        return parquet.read(columns=columns)
 
 
 def idf_bands(built, per_band: int = 8) -> str:
@@ -76,7 +72,7 @@ def features(context: dg.AssetExecutionContext, config: FeaturesConfig, storage:
     )
     seconds = time.perf_counter() - started
     data = built.to_bytes()
-    uri = storage.write_bytes(data, FEATURES_FILE)
+    uri = storage.write_bytes(data, *paths.FEATURES)
     nnz = np.diff(built.tfidf.indptr)
     lengths = np.bincount((built.vocabulary.ngrams != np.uint32(0xFFFFFFFF)).sum(axis=1), minlength=config.max_ngram_length + 1)
     return dg.MaterializeResult(

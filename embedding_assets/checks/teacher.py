@@ -3,10 +3,11 @@
 import dagster as dg
 import numpy as np
 
-from embedding_assets.assets.features import read_sample
-from embedding_assets.assets.teacher import TEACHER_FILE, read_embeddings, teacher_embeddings
+from embedding_assets import paths
+from embedding_assets.assets.teacher import teacher_embeddings
 from embedding_assets.engine.quantization import calibrate_limit, dequantize_uint8, quantize_uint8
 from embedding_assets.resources import QualityGates, Storage, Teacher
+from embedding_assets.stored import read_embeddings, read_sample
 
 
 @dg.asset_check(
@@ -15,7 +16,7 @@ from embedding_assets.resources import QualityGates, Storage, Teacher
     description="Ids and order equal the sample's; dimension as configured; no NaN or inf; norms 1; uint8 round trip within half a bin.",
 )
 def teacher_embeddings_valid(storage: Storage, teacher: Teacher, gates: QualityGates) -> dg.AssetCheckResult:
-    ids, vectors, _ = read_embeddings(storage, TEACHER_FILE)
+    ids, vectors, _ = read_embeddings(storage, *paths.TEACHER_EMBEDDINGS)
     sample_ids = read_sample(storage, ["id"])["id"].to_pylist()
     cap = gates.failing_ids_cap
     expected_dim = teacher.embedding_dim()

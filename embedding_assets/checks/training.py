@@ -3,18 +3,19 @@
 import dagster as dg
 import numpy as np
 
-from embedding_assets.assets.features import FEATURES_FILE, read_sample
-from embedding_assets.assets.training import MODEL_FILE, distilled_model
+from embedding_assets import paths
+from embedding_assets.assets.training import distilled_model
 from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.engine.features import Features
 from embedding_assets.resources import QualityGates, Storage
+from embedding_assets.stored import read_sample
 
 RELOAD_DOCUMENTS = 256
 
 
 @dg.asset_check(asset=distilled_model, blocking=True, description="Held-out recall@10 and Spearman against the teacher at or above their floors, and clearly above the untrained network.")
 def distilled_model_fidelity(storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
-    evaluation = LexicalEmbedder.from_bytes(storage.read_bytes(MODEL_FILE)).provenance["evaluation"]
+    evaluation = LexicalEmbedder.from_bytes(storage.read_bytes(*paths.MODEL)).provenance["evaluation"]
     student, untrained = evaluation["student"], evaluation["untrained_student"]
     gain = student["recall_at_10"] - untrained["recall_at_10"]
     failed = []
@@ -45,9 +46,9 @@ def distilled_model_artifact(storage: Storage) -> dg.AssetCheckResult:
 
     from embedding_assets.engine.distill import StudentModule, csr_batch
 
-    model = LexicalEmbedder.from_bytes(storage.read_bytes(MODEL_FILE))
+    model = LexicalEmbedder.from_bytes(storage.read_bytes(*paths.MODEL))
     bad_layers = [i for i, w in enumerate(model.layers) if not np.isfinite(w).all()]
-    feats = Features.from_bytes(storage.read_bytes(FEATURES_FILE))
+    feats = Features.from_bytes(storage.read_bytes(*paths.FEATURES))
     sample = read_sample(storage, ["text"])
     rows = np.flatnonzero(np.diff(feats.tfidf.indptr) > 0)[:RELOAD_DOCUMENTS]
     encoded = model.encode([sample["text"][int(i)].as_py() for i in rows])

@@ -3,6 +3,9 @@
 Only arrays and JSON are read, so a model file can never run code. The config records the
 format version and a SHA-256 over the config and every tensor; loading recomputes it and
 checks every shape, and says which part is wrong.
+
+Reading makes no copy of the tensors: they are views into the buffer, and a file is mapped
+into memory (`parse_file`), so loading a model costs about its file size in memory, not twice.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ import hashlib
 import json
 import struct
 
+import os
+
 import numpy as np
-from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
 from embedding_assets.engine.errors import ArtifactError
@@ -20,6 +24,10 @@ from embedding_assets.engine.errors import ArtifactError
 FORMAT = "embedding_assets.lexical_embedder"
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+DTYPES = {
+    "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "U16": np.uint16, "I16": np.int16, "F16": np.float16,
+    "U32": np.uint32, "I32": np.int32, "F32": np.float32, "U64": np.uint64, "I64": np.int64, "F64": np.float64,
+}
 
 
 def content_hash(config: dict, tensors: dict[str, np.ndarray]) -> str:
@@ -42,20 +50,56 @@ def dump(config: dict, tensors: dict[str, np.ndarray], fmt: str = FORMAT) -> byt
     )
 
 
-def _header(data: bytes) -> dict:
+def _header(data) -> dict:
     if len(data) < 8:
         raise ArtifactError(f"not a safetensors file: only {len(data)} bytes")
-    (size,) = struct.unpack("<Q", data[:8])
+    (size,) = struct.unpack("<Q", bytes(data[:8]))
     if size > MAX_HEADER_BYTES or 8 + size > len(data):
         raise ArtifactError("not a safetensors file: header length is out of range (truncated or another format)")
     try:
-        return json.loads(data[8 : 8 + size])
+        header = json.loads(bytes(data[8 : 8 + size]))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"not a safetensors file: header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise ArtifactError("not a safetensors file: header is not a JSON object")
+    return header
 
 
-def parse(data: bytes, fmt: str = FORMAT) -> tuple[dict, dict[str, np.ndarray]]:
-    """The config and tensors of a model file, after checking format, version and hash."""
+def _tensor_views(data: np.ndarray, header: dict) -> dict[str, np.ndarray]:
+    """Each tensor as a view into `data` (uint8), after checking its dtype, shape and byte range."""
+    (size,) = struct.unpack("<Q", bytes(data[:8]))
+    start, available = 8 + size, len(data) - 8 - size
+    tensors, ranges = {}, []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = np.dtype(DTYPES[info["dtype"]])
+            shape = tuple(int(d) for d in info["shape"])
+            begin, end = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"tensors are unreadable: tensor {name!r} has a bad header entry ({exc!r})") from exc
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if min(shape, default=0) < 0 or not 0 <= begin <= end <= available or end - begin != count * dtype.itemsize:
+            raise ArtifactError(f"tensors are unreadable: tensor {name!r} of shape {shape} does not fit bytes {begin}..{end} of {available}")
+        ranges.append((begin, end, name))
+        view = data[start + begin : start + end].view(dtype)
+        tensors[name] = (view if view.flags.aligned else view.copy()).reshape(shape)
+    ranges.sort()
+    for (_, end, name), (begin, _, other) in zip(ranges, ranges[1:]):
+        if begin < end:
+            raise ArtifactError(f"tensors are unreadable: tensors {name!r} and {other!r} overlap")
+    return tensors
+
+
+def parse(data, fmt: str = FORMAT) -> tuple[dict, dict[str, np.ndarray]]:
+    """The config and tensors of a model file's bytes (or a uint8 array over them), after checking format, version and hash.
+
+    The tensors are views into `data`, without a copy.
+    """
+    if not isinstance(data, np.ndarray):
+        # One writable copy: torch and the compiled kernels take writable arrays only.
+        data = np.frombuffer(bytearray(data), dtype=np.uint8)
     header = _header(data)
     try:
         config = json.loads(header.get("__metadata__", {})["config"])
@@ -68,13 +112,21 @@ def parse(data: bytes, fmt: str = FORMAT) -> tuple[dict, dict[str, np.ndarray]]:
         raise ArtifactError(
             f"format version {version!r} is newer than this build reads (up to {FORMAT_VERSION}); upgrade embedding_assets"
         )
-    try:
-        tensors = load_tensors(data)
-    except Exception as exc:  # safetensors raises its own error types for malformed files
-        raise ArtifactError(f"tensors are unreadable: {exc}") from exc
+    tensors = _tensor_views(data, header)
     if config.get("sha256") != content_hash(config, tensors):
         raise ArtifactError("content hash does not match: the file was modified after it was written")
     return config, tensors
+
+
+def parse_file(path: str | os.PathLike, fmt: str = FORMAT) -> tuple[dict, dict[str, np.ndarray]]:
+    """`parse` of a local file mapped into memory: pages are read as the tensors are touched, and never copied.
+
+    The mapping is copy-on-write, so the arrays are writable (as numba's compiled kernels expect)
+    while a write, were there one, would never reach the file.
+    """
+    if os.path.getsize(path) == 0:
+        raise ArtifactError("not a safetensors file: only 0 bytes")
+    return parse(np.asarray(np.memmap(path, dtype=np.uint8, mode="c")), fmt)
 
 
 def require(tensors: dict[str, np.ndarray], name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:

@@ -24,42 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embedding_assets.engine.config import DistillConfig
 from embedding_assets.engine.network import init_layers
 from embedding_assets.engine.ridge import ridge_layers
 
-INITS = ("ridge", "random")
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    hidden_dims: tuple[int, ...] = (256, 256)
-    output_dim: int | None = None  # None: the teacher's dimension
-    epochs: int = 5
-    batch_size: int = 512
-    learning_rate: float = 1e-3
-    warmup_fraction: float = 0.05
-    decay_fraction: float = 0.3
-    temperature: float = 3.0
-    weight_decay: float = 0.0
-    cosine_weight: float = 1.0
-    init: str = "ridge"
-    ridge_alpha: float = 1.0
-    token_prior: bool = True  # shrink the ridge start toward the prior, when the caller passes one
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (the loss compares documents within a batch), got {self.batch_size}")
-        if self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
-        if any(d < 1 for d in self.hidden_dims) or (self.output_dim is not None and self.output_dim < 1):
-            raise ValueError(f"layer sizes must be >= 1, got hidden {self.hidden_dims}, output {self.output_dim}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        if not self.ridge_alpha > 0 or self.cosine_weight < 0:
-            raise ValueError(f"ridge_alpha must be > 0 and cosine_weight >= 0, got {self.ridge_alpha}, {self.cosine_weight}")
+__all__ = ["DistillConfig", "TrainingHistory", "distill"]
 
 
 @dataclass
@@ -96,7 +65,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, config: Dist
 
 
 def initial_layers(tfidf: sp.csr_matrix, teacher: np.ndarray, config: DistillConfig, prior: np.ndarray | None = None) -> list[np.ndarray]:
-    dims = [tfidf.shape[1], *config.hidden_dims, config.output_dim or teacher.shape[1]]
+    dims = [tfidf.shape[1], *config.hidden_dims, config.output_size(teacher.shape[1])]
     if config.init == "ridge":
         return ridge_layers(tfidf, teacher, dims, config.ridge_alpha, config.seed, prior=prior if config.token_prior else None)
     return init_layers(dims, config.seed)
@@ -164,7 +133,7 @@ def distill(
     n = tfidf.shape[0]
     if n < config.batch_size:
         raise ValueError(f"{n} training documents are fewer than one batch of {config.batch_size}")
-    if config.cosine_weight and (config.output_dim or teacher.shape[1]) != teacher.shape[1]:
+    if config.cosine_weight and config.output_size(teacher.shape[1]) != teacher.shape[1]:
         raise ValueError(f"the cosine term needs the output dim to equal the teacher's ({teacher.shape[1]}); truncate the teacher instead")
     torch.manual_seed(config.seed)
     dev = torch.device(device)

@@ -22,7 +22,7 @@ from embedding_assets.engine.hashtable import KeyTable
 from embedding_assets.engine.network import finish
 from embedding_assets.engine.ngrams import prefix_keys
 from embedding_assets.engine.quantization import quantize_uint8
-from embedding_assets.engine.storage import read_bytes, write_bytes_atomic
+from embedding_assets.engine.storage import is_url, read_bytes, write_bytes_atomic
 from embedding_assets.engine.tfidf import Vocabulary, count_matrix, tfidf_rows
 from embedding_assets.engine.tokenization import WORDPIECE, load_tokenizer, make_front_end
 
@@ -226,7 +226,11 @@ class LexicalEmbedder:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LexicalEmbedder:
-        config, tensors = artifact.parse(data)
+        """A model from its file's bytes (read from S3, say); `load` maps a local file instead of reading it."""
+        return cls._from_parts(*artifact.parse(data))
+
+    @classmethod
+    def _from_parts(cls, config: dict, tensors: dict[str, np.ndarray]) -> LexicalEmbedder:
         try:
             dims = [int(d) for d in config["dims"]]
             max_n = int(config["max_ngram_length"])
@@ -253,12 +257,15 @@ class LexicalEmbedder:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LexicalEmbedder:
+        """A model from a local path, memory-mapped (its arrays are views into the file's pages), or from a URL (s3://...)."""
         try:
-            data = read_bytes(path)
-        except FileNotFoundError as exc:
+            parts = artifact.parse(read_bytes(path)) if is_url(path) else artifact.parse_file(path)
+        except (FileNotFoundError, IsADirectoryError) as exc:
             raise ArtifactError(f"no model file at {path}") from exc
+        except ArtifactError as exc:
+            raise ArtifactError(f"{path}: {exc}") from exc
         try:
-            return cls.from_bytes(data)
+            return cls._from_parts(*parts)
         except ArtifactError as exc:
             raise ArtifactError(f"{path}: {exc}") from exc
 

@@ -3,7 +3,8 @@
     tf-idf (sparse) -> W0 -> ReLU -> L2 norm -> [W_i -> ReLU -> L2 norm]* -> W_last -> L2 norm
 
 Weights are stored as (in, out) matrices, so the first layer's row j is the vector that
-n-gram j contributes. The training module (`distill.py`) computes the same function in torch.
+n-gram j contributes. The training module (`distill.py`) computes the same function in torch; this module imports
+no torch, so that encoding does not load it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -24,21 +24,6 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 def forward(tfidf: sp.csr_matrix, layers: Sequence[np.ndarray]) -> np.ndarray:
     """Embeddings of TF-IDF rows; rows the network maps to zero stay zero."""
     return finish(np.asarray(tfidf @ layers[0], dtype=np.float32), layers[1:])
-
-
-def bag_sum(indptr: np.ndarray, columns: np.ndarray, weights: np.ndarray, first_layer: torch.Tensor) -> np.ndarray:
-    """Rows of `first_layer` summed per document, each scaled by its weight: CSR @ dense.
-
-    torch's EmbeddingBag kernel is multi-threaded and vectorised; scipy's CSR product runs on
-    one core and measured about 4x slower here.
-    """
-    return torch.nn.functional.embedding_bag(
-        torch.from_numpy(columns.astype(np.int64, copy=False)),
-        first_layer,
-        torch.from_numpy(indptr[:-1].astype(np.int64, copy=False)),
-        mode="sum",
-        per_sample_weights=torch.from_numpy(weights.astype(np.float32, copy=False)),
-    ).numpy()
 
 
 def finish(hidden: np.ndarray, layers: Sequence[np.ndarray]) -> np.ndarray:

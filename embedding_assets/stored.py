@@ -1,0 +1,36 @@
+"""Reading back what the assets stored, for the assets downstream and for the checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from embedding_assets import paths
+from embedding_assets.resources import Storage
+
+
+def embeddings_schema(dim: int, value_type: pa.DataType, metadata: dict[str, str]) -> pa.Schema:
+    return pa.schema(
+        [pa.field("id", pa.string(), nullable=False), pa.field("embedding", pa.list_(value_type, dim), nullable=False)],
+        metadata=metadata,
+    )
+
+
+def embedding_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors).ravel()), vectors.shape[1])
+
+
+def read_embeddings(storage: Storage, *parts: str) -> tuple[list[str], np.ndarray, dict[bytes, bytes]]:
+    """Ids, vectors and file metadata of an embeddings parquet file."""
+    with storage.open_parquet(*parts) as parquet:
+        table = parquet.read()
+        metadata = parquet.schema_arrow.metadata or {}
+    column = table["embedding"].combine_chunks()
+    dim = column.type.list_size
+    vectors = column.flatten().to_numpy().reshape(-1, dim)
+    return table["id"].to_pylist(), vectors, metadata
+
+
+def read_sample(storage: Storage, columns: list[str]) -> pa.Table:
+    with storage.open_parquet(*paths.TRAINING_SAMPLE) as parquet:
+        return parquet.read(columns=columns)
