@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,bench,k8s]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[train,test,bench,k8s]'
 	touch $@
 
 setup: $(VENV)/.installed
