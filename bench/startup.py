@@ -46,7 +46,7 @@ before_load = mib("VmRSS")
 model = LexicalEmbedder.load(sys.argv[1])
 t2 = time.perf_counter()
 load_peak = mib("VmHWM")
-vectors = model.encode(json.loads(sys.argv[2]))
+vectors = model.encode(json.load(open(sys.argv[2])))
 t3 = time.perf_counter()
 import embedding_assets
 print(json.dumps({"source": embedding_assets.__file__, "import_s": t1 - t0, "load_s": t2 - t1, "encode_s": t3 - t2,
@@ -139,10 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from bench.corpora import sample_texts
 
-    texts = json.dumps(sample_texts()[:1000])
     heavy = json.dumps(HEAVY)
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         tmp = Path(tmp)
+        texts = str(tmp / "texts.json")
+        Path(texts).write_text(json.dumps(sample_texts()[:1000]))
         model = tmp / "model.safetensors"
         size_mib = build_model(model) / 2**20
         trees = {f"before ({args.before})": tree_at(args.before, tmp / "before"), "after (working tree)": working_tree(tmp / "after")}

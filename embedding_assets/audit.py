@@ -17,7 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from embedding_assets.assets.training import MODEL_FILE
+from embedding_assets.paths import MODEL_FILE, scored_corpus_path
 from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import Storage
@@ -99,7 +99,7 @@ def model_chain(instance: dg.DagsterInstance, storage: Storage, model_version: s
 def shard_chain(instance: dg.DagsterInstance, storage: Storage, shard: str) -> dict:
     scored = materialization(instance, "scored_corpus", shard)
     meta = scored["metadata"]
-    with storage.open_parquet("scored_corpus", f"{shard}.parquet") as parquet:
+    with storage.open_parquet(*scored_corpus_path(shard)) as parquet:
         file_lineage = {k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
     classifier = materialization(instance, "quality_classifier", version=meta["classifier_version"])
     settings = json.loads(file_lineage.get("curation_settings") or "{}")
@@ -122,9 +122,9 @@ def find_document(instance: dg.DagsterInstance, storage: Storage, doc_id: str) -
     import pyarrow.compute as pc
 
     for shard in sorted(instance.get_dynamic_partitions(corpus_shards.name)):
-        if not storage.exists("scored_corpus", f"{shard}.parquet"):
+        if not storage.exists(*scored_corpus_path(shard)):
             continue
-        with storage.open_parquet("scored_corpus", f"{shard}.parquet") as parquet:
+        with storage.open_parquet(*scored_corpus_path(shard)) as parquet:
             for batch in parquet.iter_batches(columns=["id", "score", "keep", "model_version", "classifier_version"], batch_size=65536):
                 hits = pc.index(batch.column("id"), doc_id).as_py()
                 if hits >= 0:

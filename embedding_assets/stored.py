@@ -32,5 +32,5 @@ def read_embeddings(storage: Storage, *parts: str) -> tuple[list[str], np.ndarra
 
 
 def read_sample(storage: Storage, columns: list[str]) -> pa.Table:
-    with storage.open_parquet(*paths.TRAINING_SAMPLE) as parquet:
+    with storage.open_parquet(paths.TRAINING_SAMPLE_FILE) as parquet:
         return parquet.read(columns=columns)

@@ -1,4 +1,5 @@
-"""How the pipeline reaches S3: one set of settings for the dagster-aws client and for s3fs.
+"""How the pipeline reaches S3: one set of settings for the dagster-aws client (the storage's reads and
+writes) and for s3fs (the corpus source, which lists and streams shards of several formats through fsspec).
 
 Credentials are deliberately not settings: boto3 and s3fs find them in the environment
 (AWS_ACCESS_KEY_ID, ...), a profile, or the instance role, so they never sit in code or run config.
@@ -92,7 +93,7 @@ class S3Settings(dg.Config):
         )
 
     def filesystem(self):
-        """An s3fs filesystem with the same settings, for streaming reads and listings."""
+        """An s3fs filesystem with the same settings, for the corpus source's listings and shard reads."""
         import s3fs
 
         client_kwargs = {k: v for k, v in {"endpoint_url": self.endpoint_url, "region_name": self.region_name}.items() if v}

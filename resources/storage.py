@@ -1,5 +1,8 @@
 """Where the pipeline keeps what it makes: a local directory (default) or an s3:// prefix.
 
+Reads and writes on S3 go through one client, the boto3 one dagster-aws builds from the S3
+settings: parquet is streamed by ranged GETs, so a reader of a footer reads the footer only.
+
 Every write is atomic. Locally, a temporary file in the target directory is renamed over the
 target. On S3, bytes go up as one object through the dagster-aws client: a single PUT, or
 above boto3's multipart threshold a multipart upload that either completes or is aborted.
@@ -31,6 +34,47 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from embedding_assets.engine.storage import remove_orphaned_temps, temp_file, write_bytes_atomic
 from embedding_assets.resources.s3 import S3_ERRORS, S3Settings, describe_s3_error, is_s3, is_transient, split_s3_uri
+
+READ_BUFFER_BYTES = 8 * 1024 * 1024  # one ranged GET reads at least this much
+
+
+class S3ObjectReader(io.RawIOBase):
+    """One S3 object as a seekable, read-only file, read by ranged GETs.
+
+    Every GET names the ETag seen when the reader was opened, so an object replaced while it is
+    read fails the read (412) instead of mixing two versions.
+    """
+
+    def __init__(self, client, bucket: str, key: str):
+        super().__init__()
+        self._client, self._bucket, self._key = client, bucket, key
+        head = client.head_object(Bucket=bucket, Key=key)
+        self._size, self._etag, self._position = int(head["ContentLength"]), head["ETag"], 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        start = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(start + offset, 0)
+        return self._position
+
+    def readinto(self, buffer) -> int:
+        if self._position >= self._size or not len(buffer):
+            return 0
+        last = min(self._position + len(buffer), self._size) - 1
+        response = self._client.get_object(Bucket=self._bucket, Key=self._key, Range=f"bytes={self._position}-{last}", IfMatch=self._etag)
+        data = response["Body"].read()
+        memoryview(buffer)[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
 
 # For the assets that read and write storage: a step that failed on a transient storage error is
 # run again after 1 s, then after 3 s more (on top of the clients' own retries).
@@ -161,7 +205,8 @@ class Storage(dg.ConfigurableResource):
         uri = self.uri(*parts)
         try:
             if is_s3(uri):
-                with self.s3.filesystem().open(uri, "rb") as f:
+                bucket, key = split_s3_uri(uri)
+                with io.BufferedReader(S3ObjectReader(self._client(), bucket, key), buffer_size=READ_BUFFER_BYTES) as f:
                     yield pq.ParquetFile(f)
             else:
                 yield pq.ParquetFile(uri)

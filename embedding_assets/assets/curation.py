@@ -8,11 +8,11 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
-from embedding_assets.assets.features import read_sample
-from embedding_assets.assets.ingest import raw_corpus, raw_corpus_path, training_sample
-from embedding_assets.assets.reference import ANNOTATIONS_FILE, NEGATIVE, REFERENCE, REFERENCE_FILE, annotations, reference_set, text_hash
-from embedding_assets.assets.teacher import embedding_column
-from embedding_assets.assets.training import MODEL_FILE, distilled_model
+from embedding_assets.assets.ingest import raw_corpus, training_sample
+from embedding_assets.assets.reference import NEGATIVE, REFERENCE, annotations, reference_set, text_hash
+from embedding_assets.assets.training import distilled_model
+from embedding_assets.paths import ANNOTATIONS_FILE, HEAD_CARD_FILE, HEAD_FILE, MODEL_FILE, REFERENCE_FILE, raw_corpus_path, scored_corpus_path
+from embedding_assets.stored import embedding_column, read_sample
 from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.engine.curation import NONE, CurationHead, head_card, lexical_features, linear_head, no_head, similarity_head
 from embedding_assets.engine.errors import ArtifactError
@@ -25,8 +25,6 @@ from embedding_assets.resources import Storage
 from embedding_assets.resources.curation import Curation, CurationSettingsError
 from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
 
-HEAD_FILE = "quality_classifier.safetensors"
-HEAD_CARD_FILE = "quality_classifier.md"
 # Texts are scored on at most this many characters (the raw_corpus gate's default ceiling); the
 # rest is cut and counted, so one huge document costs bounded time and memory.
 MAX_SCORED_CHARS = 1_000_000
@@ -351,7 +349,7 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
                 )
 
     hasher = BatchHasher()
-    uri, rows = storage.write_parquet(hasher.wrap(scored_batches()), schema, "scored_corpus", f"{shard}.parquet")
+    uri, rows = storage.write_parquet(hasher.wrap(scored_batches()), schema, *scored_corpus_path(shard))
     seconds = time.perf_counter() - started
     scoring = (
         {

@@ -72,7 +72,7 @@ def features(context: dg.AssetExecutionContext, config: FeaturesConfig, storage:
     )
     seconds = time.perf_counter() - started
     data = built.to_bytes()
-    uri = storage.write_bytes(data, *paths.FEATURES)
+    uri = storage.write_bytes(data, paths.FEATURES_FILE)
     nnz = np.diff(built.tfidf.indptr)
     lengths = np.bincount((built.vocabulary.ngrams != np.uint32(0xFFFFFFFF)).sum(axis=1), minlength=config.max_ngram_length + 1)
     return dg.MaterializeResult(

@@ -12,6 +12,7 @@ from pydantic import Field
 from embedding_assets.engine.errors import InputError, SourceUnavailable
 from embedding_assets.engine.tokenization import load_tokenizer
 from embedding_assets.partitions import corpus_shards
+from embedding_assets.paths import TRAINING_SAMPLE_FILE, raw_corpus_path
 from embedding_assets.progress import throughput, token_counts
 from embedding_assets.resources import CorpusSource, Storage, Teacher
 from embedding_assets.resources.s3 import is_transient
@@ -24,10 +25,6 @@ SAMPLE_COLUMNS = ("id", "text", "label", "shard", "split")
 def retryable(exc: InputError) -> bool:
     """A shard that could not be reached for a passing reason is worth another try; bad content is not."""
     return isinstance(exc, SourceUnavailable) and is_transient(exc.__cause__)
-
-
-def raw_corpus_path(shard: str) -> tuple[str, str]:
-    return ("raw_corpus", f"{shard}.parquet")
 
 
 def id_hash(ids: list[str], salt: str) -> np.ndarray:
@@ -158,7 +155,7 @@ def training_sample(context: dg.AssetExecutionContext, config: SampleConfig, sto
     split = np.where(bucket < np.uint64(round(config.heldout_fraction * 10_000)), "heldout", "train")
     sample = kept.drop_columns(["sample_hash"]).append_column("split", pa.array(split, pa.string()))
     hasher = BatchHasher()
-    uri, rows = storage.write_parquet(hasher.wrap(sample.to_batches()), sample.schema, "training_sample.parquet")
+    uri, rows = storage.write_parquet(hasher.wrap(sample.to_batches()), sample.schema, TRAINING_SAMPLE_FILE)
     heldout = int((split == "heldout").sum())
     labels = pc.value_counts(sample["label"]).to_pylist()
     shard_versions = {shard: latest_data_version(context.instance, "raw_corpus", shard) for shard in shards}

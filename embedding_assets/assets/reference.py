@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedding_assets.assets.ingest import id_hash, raw_corpus, raw_corpus_path
+from embedding_assets.assets.ingest import id_hash, raw_corpus
+from embedding_assets.paths import ANNOTATIONS_FILE, REFERENCE_FILE, raw_corpus_path
 from embedding_assets.corpus import SHARD_SUFFIXES, list_shards, read_shard
 from embedding_assets.engine.errors import InputError
 from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher
@@ -22,8 +23,6 @@ from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import QualityGates, Storage
 from embedding_assets.resources.curation import Curation
 
-REFERENCE_FILE = "reference_set.parquet"
-ANNOTATIONS_FILE = "annotations.parquet"
 REFERENCE = "reference"
 NEGATIVE = "negative"
 ANNOTATION_SUFFIXES = (".parquet", ".jsonl", ".csv")

@@ -53,7 +53,7 @@ def teacher_model(teacher: Teacher, storage: Storage) -> dg.MaterializeResult:
             allow_retries=False,
         )
     identity = teacher.identity()
-    uri = storage.write_bytes(json.dumps(identity, indent=1, sort_keys=True).encode(), *paths.TEACHER_MODEL)
+    uri = storage.write_bytes(json.dumps(identity, indent=1, sort_keys=True).encode(), paths.TEACHER_MODEL_FILE)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(identity["sha256"]),
         metadata={"uri": dg.MetadataValue.path(uri), **{k: str(v) for k, v in identity.items()}},
@@ -84,7 +84,7 @@ def teacher_embeddings(
     sample = read_sample(storage, ["id", "text", "split"])
     ids, texts = sample["id"].to_pylist(), sample["text"].to_pylist()
     identity = teacher.identity()
-    pinned = json.loads(storage.read_bytes(*paths.TEACHER_MODEL))
+    pinned = json.loads(storage.read_bytes(paths.TEACHER_MODEL_FILE))
     if pinned["sha256"] != identity["sha256"]:
         raise dg.Failure(
             f"the teacher configured now ({identity}) is not the one teacher_model recorded ({pinned}); "
@@ -97,7 +97,7 @@ def teacher_embeddings(
         chunk_size=config.chunk_size, device=compute.torch_device, precision=compute.precision, log=context.log.info,
     )
     vectors, dim = result.vectors, result.vectors.shape[1]
-    storage.write_bytes(result.token_sums.to_bytes(), *paths.TEACHER_TOKEN_SUMS)
+    storage.write_bytes(result.token_sums.to_bytes(), paths.TEACHER_TOKEN_SUMS_FILE)
     schema = embeddings_schema(dim, pa.float32(), {
         "model": identity["model"],
         "model_sha256": identity["sha256"],
@@ -107,7 +107,7 @@ def teacher_embeddings(
         "max_seq_length": str(teacher.max_seq_length),
     })
     table = pa.table([sample["id"], embedding_column(vectors)], schema=schema)
-    uri, rows = storage.write_parquet(table.to_batches(), schema, *paths.TEACHER_EMBEDDINGS)
+    uri, rows = storage.write_parquet(table.to_batches(), schema, paths.TEACHER_EMBEDDINGS_FILE)
     removed = TeacherChunks(storage, result.key).remove_others()
     return dg.MaterializeResult(
         data_version=dg.DataVersion(short_hash(identity["sha256"], "\n".join(ids), vectors.tobytes())),

@@ -17,7 +17,6 @@ from embedding_assets.lineage import CODE_VERSIONS, OWNERS, latest_data_version,
 from embedding_assets.placement import GPU_POD_TAGS, GPU_POOL
 from embedding_assets.plots import training_curves
 
-MODEL_FILE = paths.MODEL[0]  # read by curation and the audit
 UPSTREAM = ("training_sample", "features", "teacher_model", "teacher_embeddings")
 
 
@@ -53,12 +52,12 @@ def distilled_model(
     from embedding_assets.engine.prior import TokenSums
     from embedding_assets.engine.training import train_student
 
-    feats = Features.from_bytes(storage.read_bytes(*paths.FEATURES))
-    teacher_ids, teacher_vectors, teacher_meta = read_embeddings(storage, *paths.TEACHER_EMBEDDINGS)
+    feats = Features.from_bytes(storage.read_bytes(paths.FEATURES_FILE))
+    teacher_ids, teacher_vectors, teacher_meta = read_embeddings(storage, paths.TEACHER_EMBEDDINGS_FILE)
     sample = read_sample(storage, ["id", "text", "label", "split"])
     if not feats.ids == teacher_ids == sample["id"].to_pylist():
         raise dg.Failure("features, teacher_embeddings and training_sample disagree on the documents; re-materialise them together")
-    sums = TokenSums.from_bytes(storage.read_bytes(*paths.TEACHER_TOKEN_SUMS)) if config.token_prior and config.init == "ridge" else None
+    sums = TokenSums.from_bytes(storage.read_bytes(paths.TEACHER_TOKEN_SUMS_FILE)) if config.token_prior and config.init == "ridge" else None
     started = time.perf_counter()
     try:
         embedder, report = train_student(
@@ -68,9 +67,9 @@ def distilled_model(
         )
     except ValueError as exc:
         raise dg.Failure(f"cannot train the student: {exc}", allow_retries=False) from exc
-    uri = storage.write_bytes(embedder.to_bytes(), *paths.MODEL)
+    uri = storage.write_bytes(embedder.to_bytes(), paths.MODEL_FILE)
     card = render(embedder)
-    storage.write_bytes(card.encode(), *paths.MODEL_CARD)
+    storage.write_bytes(card.encode(), paths.MODEL_CARD_FILE)
     return dg.MaterializeResult(data_version=dg.DataVersion(embedder.version), metadata={
         "training_curves": dg.MetadataValue.md(training_curves(report.epoch_loss, report.epoch_eval)),
         "evaluation": dg.MetadataValue.md(evaluation_table(report.evaluation)),

@@ -4,11 +4,10 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from embedding_assets.assets.curation import HEAD_FILE, calibration_rows, quality_classifier, scored_corpus
-from embedding_assets.assets.features import read_sample
-from embedding_assets.assets.ingest import raw_corpus_path
-from embedding_assets.assets.training import MODEL_FILE
+from embedding_assets.assets.curation import calibration_rows, quality_classifier, scored_corpus
 from embedding_assets.checks.expectations import validate
+from embedding_assets.paths import HEAD_FILE, MODEL_FILE, raw_corpus_path, scored_corpus_path
+from embedding_assets.stored import read_sample
 from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.engine.curation import CurationHead
 from embedding_assets.resources import QualityGates, Storage
@@ -64,7 +63,7 @@ def quality_classifier_calibration(storage: Storage, gates: QualityGates) -> dg.
 
 
 def read_scored(storage: Storage, shard: str) -> pd.DataFrame:
-    with storage.open_parquet("scored_corpus", f"{shard}.parquet") as parquet:
+    with storage.open_parquet(*scored_corpus_path(shard)) as parquet:
         table = parquet.read(columns=["id", "embedding", "score", "keep"])
     frame = table.select(["id", "score", "keep"]).to_pandas()
     frame["embedding_dim"] = table["embedding"].type.list_size

@@ -13,7 +13,7 @@ from embedding_assets.resources import QualityGates, Storage
 
 @dg.asset_check(asset=features, blocking=True, description="Vocabulary size within bounds; every IDF finite and > 0.")
 def features_vocabulary(storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
-    feats = Features.from_bytes(storage.read_bytes(*paths.FEATURES))
+    feats = Features.from_bytes(storage.read_bytes(paths.FEATURES_FILE))
     idf = feats.vocabulary.idf.astype(np.float64)
     frame = pd.DataFrame({"idf": np.where(np.isfinite(idf), idf, np.nan), "document_frequency": feats.document_frequency})
 
@@ -30,7 +30,7 @@ def features_vocabulary(storage: Storage, gates: QualityGates) -> dg.AssetCheckR
 
 @dg.asset_check(asset=features, blocking=True, description="Share of sample documents with at least one known n-gram; n-grams per document.")
 def features_coverage(storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
-    feats = Features.from_bytes(storage.read_bytes(*paths.FEATURES))
+    feats = Features.from_bytes(storage.read_bytes(paths.FEATURES_FILE))
     nnz = np.diff(feats.tfidf.indptr)
     coverage = float(np.mean(nnz > 0)) if len(nnz) else 0.0
     uncovered = [feats.ids[i] for i in np.flatnonzero(nnz == 0)[: gates.failing_ids_cap]]

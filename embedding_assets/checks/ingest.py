@@ -3,7 +3,8 @@
 import dagster as dg
 import numpy as np
 
-from embedding_assets.assets.ingest import raw_corpus, raw_corpus_path
+from embedding_assets.assets.ingest import raw_corpus
+from embedding_assets.paths import raw_corpus_path
 from embedding_assets.checks.expectations import validate
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import QualityGates, Storage

@@ -3,7 +3,8 @@
 import dagster as dg
 import numpy as np
 
-from embedding_assets.assets.reference import ANNOTATIONS_FILE, NEGATIVE, REFERENCE, REFERENCE_FILE, annotations, reference_set
+from embedding_assets.assets.reference import NEGATIVE, REFERENCE, annotations, reference_set
+from embedding_assets.paths import ANNOTATIONS_FILE, REFERENCE_FILE
 from embedding_assets.lineage import latest_metadata_value
 from embedding_assets.resources import Curation, QualityGates, Storage
 

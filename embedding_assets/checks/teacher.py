@@ -16,7 +16,7 @@ from embedding_assets.stored import read_embeddings, read_sample
     description="Ids and order equal the sample's; dimension as configured; no NaN or inf; norms 1; uint8 round trip within half a bin.",
 )
 def teacher_embeddings_valid(storage: Storage, teacher: Teacher, gates: QualityGates) -> dg.AssetCheckResult:
-    ids, vectors, _ = read_embeddings(storage, *paths.TEACHER_EMBEDDINGS)
+    ids, vectors, _ = read_embeddings(storage, paths.TEACHER_EMBEDDINGS_FILE)
     sample_ids = read_sample(storage, ["id"])["id"].to_pylist()
     cap = gates.failing_ids_cap
     expected_dim = teacher.embedding_dim()

@@ -15,7 +15,7 @@ RELOAD_DOCUMENTS = 256
 
 @dg.asset_check(asset=distilled_model, blocking=True, description="Held-out recall@10 and Spearman against the teacher at or above their floors, and clearly above the untrained network.")
 def distilled_model_fidelity(storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
-    evaluation = LexicalEmbedder.from_bytes(storage.read_bytes(*paths.MODEL)).provenance["evaluation"]
+    evaluation = LexicalEmbedder.from_bytes(storage.read_bytes(paths.MODEL_FILE)).provenance["evaluation"]
     student, untrained = evaluation["student"], evaluation["untrained_student"]
     gain = student["recall_at_10"] - untrained["recall_at_10"]
     failed = []
@@ -46,9 +46,9 @@ def distilled_model_artifact(storage: Storage) -> dg.AssetCheckResult:
 
     from embedding_assets.engine.distill import StudentModule, csr_batch
 
-    model = LexicalEmbedder.from_bytes(storage.read_bytes(*paths.MODEL))
+    model = LexicalEmbedder.from_bytes(storage.read_bytes(paths.MODEL_FILE))
     bad_layers = [i for i, w in enumerate(model.layers) if not np.isfinite(w).all()]
-    feats = Features.from_bytes(storage.read_bytes(*paths.FEATURES))
+    feats = Features.from_bytes(storage.read_bytes(paths.FEATURES_FILE))
     sample = read_sample(storage, ["text"])
     rows = np.flatnonzero(np.diff(feats.tfidf.indptr) > 0)[:RELOAD_DOCUMENTS]
     encoded = model.encode([sample["text"][int(i)].as_py() for i in rows])
