@@ -12,8 +12,12 @@ working tree. Then, in fresh processes on each tree, in turn:
 
 Each reports wall seconds (import, load, encode), RSS and peak RSS (VmHWM) and which heavy
 modules ended up in `sys.modules`; the table shows the median of `--runs` runs after one
-warm-up run per tree (which fills numba's on-disk cache). The load row is the peak RSS that
-`load` added over the process before it, as a multiple of the model file's size.
+warm-up run per tree (which fills numba's on-disk cache).
+
+- **load memory**: in a fresh process, a small model (2,000 n-grams, the same tokenizer) is
+  loaded first, to pay the one-time costs of any load (the tokenizer library, numba's runtime);
+  then the peak RSS that loading the bench's model adds over the process before it, as a
+  multiple of the model file's size.
 """
 
 from __future__ import annotations
@@ -52,6 +56,19 @@ import embedding_assets
 print(json.dumps({"source": embedding_assets.__file__, "import_s": t1 - t0, "load_s": t2 - t1, "encode_s": t3 - t2,
                   "rss_before_load_mib": before_load, "load_peak_mib": load_peak, "rss_mib": mib("VmRSS"), "peak_mib": mib("VmHWM"),
                   "modules": [m for m in json.loads(sys.argv[3]) if m in sys.modules], "rows": len(vectors)}))
+"""
+
+LOAD = r"""
+import json, sys
+def mib(field):
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith(field + ":")) / 1024
+from embedding_assets.engine import LexicalEmbedder
+LexicalEmbedder.load(sys.argv[2])
+before = mib("VmRSS")
+model = LexicalEmbedder.load(sys.argv[1])
+import embedding_assets
+print(json.dumps({"source": embedding_assets.__file__, "extra_peak_mib": mib("VmHWM") - before, "extra_rss_mib": mib("VmRSS") - before}))
 """
 
 DEFINITIONS = r"""
@@ -109,7 +126,7 @@ def run(tree: Path, script: str, *args: str) -> dict:
     return result
 
 
-def build_model(path: Path) -> int:
+def build_model(path: Path, vocabulary_size: int = 520_000) -> int:
     """A model of the bench's shape on the sample's n-grams, random weights; returns its file size."""
     import numpy as np
 
@@ -121,7 +138,7 @@ def build_model(path: Path) -> int:
 
     texts = sample_texts()
     tokenizer_json = plain_tokenizer_json()
-    feats = build_features(tokenizer_json, [str(i) for i in range(len(texts))], [texts[i : i + 2048] for i in range(0, len(texts), 2048)], 520_000, MAX_N, 2, 2_000_000)
+    feats = build_features(tokenizer_json, [str(i) for i in range(len(texts))], [texts[i : i + 2048] for i in range(0, len(texts), 2048)], vocabulary_size, MAX_N, 2, 2_000_000)
     model = LexicalEmbedder(tokenizer_json, feats.vocabulary, init_layers([feats.vocabulary.size, *HIDDEN], 0),
                             np.full(HIDDEN[-1], HIDDEN[-1] ** -0.5, np.float32), 0.3, first_layer_dtype="float16")
     model.save(path)
@@ -146,27 +163,34 @@ def main(argv: list[str] | None = None) -> int:
         Path(texts).write_text(json.dumps(sample_texts()[:1000]))
         model = tmp / "model.safetensors"
         size_mib = build_model(model) / 2**20
+        small = tmp / "small.safetensors"
+        build_model(small, 2_000)
         trees = {f"before ({args.before})": tree_at(args.before, tmp / "before"), "after (working tree)": working_tree(tmp / "after")}
         results = {}
         for name, tree in trees.items():
             run(tree, ENCODE, str(model), texts, heavy)  # warm-up: numba's cache, the page cache
             run(tree, DEFINITIONS, heavy)
-            results[name] = {"encode": [], "definitions": []}
+            results[name] = {"encode": [], "definitions": [], "load": []}
         for _ in range(args.runs):  # interleaved, so that a busy moment hits both trees alike
             for name, tree in trees.items():
                 results[name]["encode"].append(run(tree, ENCODE, str(model), texts, heavy))
                 results[name]["definitions"].append(run(tree, DEFINITIONS, heavy))
+                results[name]["load"].append(run(tree, LOAD, str(model), str(small)))
         shutil.rmtree(tmp / "before", ignore_errors=True)
 
     print(f"model file {size_mib:.0f} MiB; 1,000 sample docstrings encoded; median of {args.runs} fresh processes per row\n")
-    print("| path | tree | import s | load s | encode s | RSS MiB | peak RSS MiB | load's peak over the process before it | heavy modules loaded |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    print("| path | tree | import s | load s | encode s | RSS MiB | peak RSS MiB | heavy modules loaded |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
     for name, runs in results.items():
         enc, dfn = runs["encode"], runs["definitions"]
-        load_extra = median(enc, "load_peak_mib") - median(enc, "rss_before_load_mib")
         print(f"| engine: load + encode | {name} | {median(enc, 'import_s'):.2f} | {median(enc, 'load_s'):.2f} | {median(enc, 'encode_s'):.2f} | "
-              f"{median(enc, 'rss_mib'):.0f} | {median(enc, 'peak_mib'):.0f} | {load_extra:.0f} MiB = {load_extra / size_mib:.2f}x the file | {', '.join(enc[-1]['modules'])} |")
-        print(f"| definitions | {name} | {median(dfn, 'import_s'):.2f} |  |  | {median(dfn, 'rss_mib'):.0f} | {median(dfn, 'peak_mib'):.0f} |  | {', '.join(dfn[-1]['modules'])} |")
+              f"{median(enc, 'rss_mib'):.0f} | {median(enc, 'peak_mib'):.0f} | {', '.join(enc[-1]['modules'])} |")
+        print(f"| definitions | {name} | {median(dfn, 'import_s'):.2f} |  |  | {median(dfn, 'rss_mib'):.0f} | {median(dfn, 'peak_mib'):.0f} | {', '.join(dfn[-1]['modules'])} |")
+    print("\n| tree | peak RSS a load adds | x the model file | RSS it keeps |")
+    print("|---|---:|---:|---:|")
+    for name, runs in results.items():
+        peak, kept = median(runs["load"], "extra_peak_mib"), median(runs["load"], "extra_rss_mib")
+        print(f"| {name} | {peak:.0f} MiB | {peak / size_mib:.2f}x | {kept:.0f} MiB |")
     return 0
 
 
