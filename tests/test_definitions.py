@@ -40,6 +40,7 @@ def test_wheel_installs_without_generic_top_level_modules(tmp_path):
     top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top_level == {"embedding_assets"}
     assert "embedding_assets/jobs/__init__.py" in names and "embedding_assets/resources/storage.py" in names
+    assert "embedding_assets/assets/training.py" in names and "embedding_assets/checks/training.py" in names
     assert any(n.startswith("embedding_assets/data/sample_corpus/") for n in names)
     assert "embedding_assets/data/sample_reference/networking.parquet" in names
     target = tmp_path / "site"
