@@ -64,12 +64,11 @@ from embedding_assets.engine.curation import (  # noqa: E402
     reference_similarity,
     similarity_head,
 )
-from embedding_assets.engine.distill import DistillConfig, distill  # noqa: E402
+from embedding_assets.engine.config import DistillConfig  # noqa: E402
+from embedding_assets.engine.training import train_student as engine_train_student  # noqa: E402
 from embedding_assets.engine.evaluation import neighbour_recall  # noqa: E402
 from embedding_assets.engine.features import build_features  # noqa: E402
-from embedding_assets.engine.network import forward, l2_normalize  # noqa: E402
-from embedding_assets.engine.prior import TokenSums, unigram_prior  # noqa: E402
-from embedding_assets.engine.quantization import calibrate_limit  # noqa: E402
+from embedding_assets.engine.prior import TokenSums  # noqa: E402
 from embedding_assets.sample_corpus import NETWORKING_LABELS  # noqa: E402
 from embedding_assets.resources.teacher import Teacher  # noqa: E402
 
@@ -237,16 +236,12 @@ def cached_student(teacher: Teacher, corpus: str, key: str, texts: list[str], ve
 
 
 def train_student(tokenizer_json: str, texts: list[str], vectors: np.ndarray, sums: TokenSums) -> tuple[LexicalEmbedder, dict]:
-    """The student as `features` and `distilled_model` build it, at the product's defaults."""
+    """The student as `features` and `distilled_model` build it, at the product's defaults: the engine's `train_student`."""
     started = time.perf_counter()
     feats = build_features(tokenizer_json, [str(i) for i in range(len(texts))], [texts[i : i + 4096] for i in range(0, len(texts), 4096)],
                            vocabulary_size=200_000, max_ngram_length=5, min_document_frequency=2, counter_capacity=2_000_000)
-    config = DistillConfig()
-    layers, history = distill(feats.tfidf, vectors, config, prior=unigram_prior(feats.vocabulary, sums))
-    train_embeddings = forward(feats.tfidf, layers)
-    fallback = l2_normalize(train_embeddings.mean(axis=0, keepdims=True))[0]
-    embedder = LexicalEmbedder(tokenizer_json, feats.vocabulary, layers, fallback, calibrate_limit(train_embeddings), first_layer_dtype="float16")
-    return embedder, {"documents": len(texts), "vocabulary": feats.vocabulary.size, "steps": history.steps,
+    embedder, report = engine_train_student(feats, vectors, DistillConfig(), texts=texts, token_sums=sums)
+    return embedder, {"documents": len(texts), "vocabulary": feats.vocabulary.size, "steps": report.steps,
                       "seconds": round(time.perf_counter() - started, 1)}
 
 

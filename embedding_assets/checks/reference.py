@@ -68,7 +68,7 @@ def annotations_contract(storage: Storage, gates: QualityGates) -> dg.AssetCheck
         failed.append("no annotated document is held out, so the head cannot be measured")
     distinct = len(set(table["label"].to_pylist())) if "label" in table.column_names else None
     if distinct is not None and distinct < 2:
-        failed.append(f"every annotation has the same label; a classifier needs two kinds")
+        failed.append("every annotation has the same label; a classifier needs two kinds")
     return dg.AssetCheckResult(
         passed=not failed,
         metadata={"failed": failed, "annotated_documents": table.num_rows, "heldout_documents": heldout, "distinct_labels": distinct if distinct is not None else "n/a (scores)"},
