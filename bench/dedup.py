@@ -440,7 +440,7 @@ def planted_part(model: LexicalEmbedder, originals: int, threshold: float, ancho
     if minhash:
         print(f"\nStudent recall / MinHash recall: {ours['recall'] / max(minhash['recall'], 1e-9):.2f}x; student precision {ours['precision']:.3f}.")
     for name, seconds in timings.items():
-        print(f"- {name}: {seconds:.2f} CPU-s for {len(texts):,} documents (clustering and search; embedding not counted)")
+        print(f"- {name}: {seconds:.2f} CPU-s for {len(texts):,} documents (ours: clustering and search; MinHash: hashing, LSH and verification; embedding not counted)")
 
 
 def scale_part(model: LexicalEmbedder, sizes: list[int], threshold: float) -> None:

@@ -85,7 +85,9 @@ def blocks(vectors: np.ndarray, max_block: int = 4096, seed: int = 0) -> Iterato
             if len(rows):
                 yield rows
             continue
-        parts = min(16, math.ceil(len(rows) / max_block))
+        # Parts aimed at half the cap: k-means parts are uneven, and this keeps most of them under it
+        # without another level of splitting.
+        parts = min(16, math.ceil(2 * len(rows) / max_block))
         x = vectors[rows]
         kmeans = faiss.Kmeans(x.shape[1], parts, niter=10, seed=seed, spherical=True, max_points_per_centroid=256, min_points_per_centroid=1)
         kmeans.train(x)
