@@ -140,3 +140,12 @@ def test_a_row_whose_neighbours_are_all_claimed_is_not_a_group_of_one():
     # 0 ~ 1 and 1 ~ 2, but 0 !~ 2: 0 heads {0, 1}; 2 is near no representative and stays alone.
     representative, cosine = clustering.greedy_groups(3, np.array([0, 1]), np.array([1, 2]), np.array([0.95, 0.93], np.float32), np.arange(3))
     assert list(representative) == [0, 0, -1] and cosine[1] == np.float32(0.95)
+
+
+def test_top_columns_are_what_sets_a_cluster_apart():
+    import scipy.sparse as sp
+
+    # Column 0 is in every row; column 1 only in cluster 0, column 2 only in cluster 1.
+    rows = sp.csr_matrix(np.array([[1, 1, 0], [1, 1, 0], [1, 0, 1], [1, 0, 1]], dtype=np.float32))
+    top = clustering.top_columns(rows, np.array([0, 0, 1, 1]), 2, per_cluster=2)
+    assert [t.tolist() for t in top] == [[1], [2]]

@@ -96,7 +96,7 @@ def cluster_table(embedder, ids, texts, cluster, cosine, k) -> dg.TableMetadataV
     schema = dg.TableSchema(columns=[
         dg.TableColumn("cluster", "int"), dg.TableColumn("size", "int"),
         dg.TableColumn("typical_documents", "string", "closest to the centroid: id and first 80 characters"),
-        dg.TableColumn("top_ngrams", "string", "highest mean TF-IDF in the cluster"),
+        dg.TableColumn("top_ngrams", "string", "mean TF-IDF in the cluster most above its corpus-sample mean"),
     ])
     return dg.MetadataValue.table(rows, schema=schema)
 

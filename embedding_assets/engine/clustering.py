@@ -59,13 +59,16 @@ def typical_rows(cluster: np.ndarray, cosine: np.ndarray, k: int, per_cluster: i
 
 
 def top_columns(rows, cluster: np.ndarray, k: int, per_cluster: int = 5) -> list[np.ndarray]:
-    """For each cluster, the columns of a sparse matrix (e.g. TF-IDF) with the highest mean in it."""
+    """For each cluster, the columns of a sparse matrix (e.g. TF-IDF) whose mean in the cluster
+    most exceeds their mean over all rows: what sets the cluster apart, not what every row has."""
     import scipy.sparse as sp
 
     membership = sp.csr_matrix((np.ones(len(cluster), dtype=np.float32), (cluster, np.arange(len(cluster)))), shape=(k, len(cluster)))
+    sizes = np.maximum(np.bincount(cluster, minlength=k), 1)[:, None]
     sums = (membership @ rows).toarray()
-    tops = np.argsort(-sums, axis=1, kind="stable")[:, :per_cluster]
-    return [top[sums[c, top] > 0] for c, top in enumerate(tops)]
+    lift = sums / sizes - sums.sum(axis=0) / len(cluster)
+    tops = np.argsort(-lift, axis=1, kind="stable")[:, :per_cluster]
+    return [top[lift[c, top] > 0] for c, top in enumerate(tops)]
 
 
 def size_entropy(cluster: np.ndarray, k: int) -> float:
