@@ -21,7 +21,7 @@ from embedding_assets.lineage import CODE_VERSIONS, latest_data_version
 from embedding_assets.resources import Teacher
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAINING = ["training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "quality_classifier"]
+TRAINING = ["training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "quality_classifier", "clusters"]
 
 
 @pytest.fixture(scope="module")
