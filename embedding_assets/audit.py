@@ -31,6 +31,9 @@ CHECKS = {
     "annotations": ("annotations_contract",),
     "quality_classifier": ("quality_classifier_calibration",),
     "scored_corpus": ("scored_corpus_contract", "scored_corpus_drift"),
+    "clusters": ("clusters_not_empty",),
+    "near_duplicates": ("near_duplicates_groups",),
+    "selection": ("selection_explained",),
 }
 
 
@@ -118,6 +121,48 @@ def shard_chain(instance: dg.DagsterInstance, storage: Storage, shard: str) -> d
     }
 
 
+def rows_with_id(storage: Storage, name: str, doc_id: str) -> list[dict]:
+    """The rows of a stored table whose id is `doc_id`, read batch by batch."""
+    import pyarrow.compute as pc
+
+    rows = []
+    with storage.open_parquet(name) as parquet:
+        for batch in parquet.iter_batches(batch_size=65536):
+            rows += batch.filter(pc.equal(batch.column("id"), doc_id)).to_pylist()
+    return rows
+
+
+def selection_decision(instance: dg.DagsterInstance, storage: Storage, doc_id: str) -> dict | None:
+    """The document's line of the final keep list, with its duplicate group when it has one."""
+    from embedding_assets.assets.selection import NEAR_DUPLICATES_FILE, SELECTION_FILE
+
+    if not storage.exists(SELECTION_FILE):
+        return None
+    found = rows_with_id(storage, SELECTION_FILE, doc_id)
+    if not found:
+        return None
+    decision = found[0]
+    group = rows_with_id(storage, NEAR_DUPLICATES_FILE, doc_id)
+    if group:
+        decision["duplicate_group"] = group[0]
+    reason = decision["reason"]
+    if reason is None:
+        decision["why"] = f"kept in the final selection (cluster {decision['cluster']})"
+    elif reason == "score":
+        decision["why"] = "dropped from the final selection: the curation head did not keep it"
+    elif reason.startswith("duplicate_of:"):
+        g = decision["duplicate_group"]
+        decision["why"] = (
+            f"dropped from the final selection as a near-duplicate of {g['representative_id']} in shard {g['representative_shard']} "
+            f"(cosine {g['cosine_to_representative']:.4f}; this document is in shard {g['shard']}; group {g['group']}, cluster {decision['cluster']})"
+        )
+    else:
+        decision["why"] = f"dropped from the final selection by the cap of cluster {decision['cluster']}"
+    decision["selection"] = materialization(instance, "selection")
+    decision["near_duplicates"] = materialization(instance, "near_duplicates")
+    return decision
+
+
 def find_document(instance: dg.DagsterInstance, storage: Storage, doc_id: str) -> dict:
     import pyarrow.compute as pc
 
@@ -141,7 +186,11 @@ def find_document(instance: dg.DagsterInstance, storage: Storage, doc_id: str) -
                         if row["score"] >= threshold and not row["keep"]:
                             why += " but its text is empty"
                         why += f", so it was {decision}"
-                    return {"document": {**row, "shard": shard, "threshold": threshold, "decision": decision, "why": why}, **chain}
+                    return {
+                        "document": {**row, "shard": shard, "threshold": threshold, "decision": decision, "why": why},
+                        "final_selection": selection_decision(instance, storage, doc_id),
+                        **chain,
+                    }
     raise AuditError(f"document {doc_id!r} is in no scored shard")
 
 
@@ -162,6 +211,8 @@ def summary(report: dict) -> str:
     if "document" in report:
         d = report["document"]
         lines.append(f"  document {d['id']} in shard {d['shard']}: {d['why']}")
+        if report.get("final_selection"):
+            lines.append(f"  {report['final_selection']['why']}")
     if "curation" in report:
         settings = ", ".join(f"{k} {v}" for k, v in sorted(report["curation"]["settings"].items()) if k != "mode")
         lines.append(f"  curation: mode {report['curation']['mode']}; {settings}")

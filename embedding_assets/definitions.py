@@ -8,15 +8,17 @@ from embedding_assets.assets.curation import quality_classifier, scored_corpus
 from embedding_assets.assets.features import features
 from embedding_assets.assets.ingest import raw_corpus, training_sample
 from embedding_assets.assets.reference import annotations, reference_set
+from embedding_assets.assets.selection import clusters, near_duplicates, selection
 from embedding_assets.assets.teacher import teacher_embeddings, teacher_model
 from embedding_assets.assets.training import distilled_model
 from embedding_assets.checks import curation as curation_checks
 from embedding_assets.checks import features as features_checks
 from embedding_assets.checks import ingest as ingest_checks
 from embedding_assets.checks import reference as reference_checks
+from embedding_assets.checks import selection as selection_checks
 from embedding_assets.checks import teacher as teacher_checks
 from embedding_assets.checks import training as training_checks
-from embedding_assets.jobs import ingest_corpus, prepare_curation, refresh_shard, score_corpus, train_embedder
+from embedding_assets.jobs import ingest_corpus, prepare_curation, refresh_shard, score_corpus, select_corpus, train_embedder
 from embedding_assets.jobs.sensors import corpus_shard_sensor, scored_corpus_refresh
 from embedding_assets.resources import Compute, CorpusSource, Curation, QualityGates, Storage, Teacher
 from embedding_assets.resources.s3 import S3Settings
@@ -73,12 +75,13 @@ def resources_from_env() -> dict:
 
 
 ALL_ASSETS = [raw_corpus, training_sample, features, teacher_model, teacher_embeddings, distilled_model, reference_set, annotations, quality_classifier, scored_corpus]
-ALL_CHECKS = dg.load_asset_checks_from_modules([ingest_checks, features_checks, teacher_checks, training_checks, reference_checks, curation_checks])
+ALL_ASSETS += [clusters, near_duplicates, selection]
+ALL_CHECKS = dg.load_asset_checks_from_modules([ingest_checks, features_checks, teacher_checks, training_checks, reference_checks, curation_checks, selection_checks])
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
     asset_checks=ALL_CHECKS,
-    jobs=[ingest_corpus, prepare_curation, train_embedder, score_corpus, refresh_shard],
+    jobs=[ingest_corpus, prepare_curation, train_embedder, score_corpus, refresh_shard, select_corpus],
     sensors=[corpus_shard_sensor, scored_corpus_refresh],
     resources=resources_from_env(),
 )

@@ -23,7 +23,10 @@ CODE_VERSIONS = {
     "reference_set": "1",
     "annotations": "1",
     "quality_classifier": "3",
-    "scored_corpus": "2",
+    "scored_corpus": "3",
+    "clusters": "1",
+    "near_duplicates": "1",
+    "selection": "1",
 }
 
 

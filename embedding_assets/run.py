@@ -1,4 +1,4 @@
-"""Materialise the whole graph on a corpus: every shard, the curation inputs, training, then every shard scored.
+"""Materialise the whole graph on a corpus: every shard, the curation inputs, training, every shard scored, then the selection.
 
     python -m embedding_assets.run [--corpus DIR_OR_S3] [--storage DIR_OR_S3] [--sample-size N]
         [--reference DIR_OR_S3 [--negative-reference DIR_OR_S3]] [--annotations PATH]

@@ -13,6 +13,7 @@ from embedding_assets.assets.curation import quality_classifier, scored_corpus
 from embedding_assets.assets.features import features
 from embedding_assets.assets.ingest import raw_corpus, training_sample
 from embedding_assets.assets.reference import annotations, reference_set
+from embedding_assets.assets.selection import clusters, near_duplicates, selection
 from embedding_assets.assets.teacher import teacher_embeddings, teacher_model
 from embedding_assets.assets.training import distilled_model
 
@@ -57,9 +58,9 @@ prepare_curation = dg.define_asset_job(
 
 train_embedder = dg.define_asset_job(
     "train_embedder",
-    selection=dg.AssetSelection.assets(training_sample, features, teacher_model, teacher_embeddings, distilled_model, quality_classifier),
+    selection=dg.AssetSelection.assets(training_sample, features, teacher_model, teacher_embeddings, distilled_model, quality_classifier, clusters),
     executor_def=EXECUTOR,
-    description="From the corpus sample to the distilled model and the curation head.",
+    description="From the corpus sample to the distilled model, the curation head and the clusters the scored shards are assigned to.",
 )
 
 score_corpus = dg.define_asset_job(
@@ -76,13 +77,20 @@ refresh_shard = dg.define_asset_job(
     description="Ingest one new or rewritten shard and score it; what the corpus sensor requests.",
 )
 
+select_corpus = dg.define_asset_job(
+    "select_corpus",
+    selection=dg.AssetSelection.assets(near_duplicates, selection),
+    executor_def=EXECUTOR,
+    description="Near-duplicate groups across every scored shard, then the final keep list.",
+)
+
 CURATION_INPUTS = {"reference-classifier": reference_set, "reference-similarity": reference_set, "annotations": annotations}
 
 
 def pipeline(curation_mode: str) -> list[tuple]:
     """The jobs that materialise the whole graph, in order, each with the assets it runs (None: all):
-    every shard, the input the curation mode reads, training, then every shard scored."""
+    every shard, the input the curation mode reads, training, every shard scored, then the selection."""
     steps = [(ingest_corpus, None)]
     if curation_mode in CURATION_INPUTS:
         steps.append((prepare_curation, [CURATION_INPUTS[curation_mode].key.to_user_string()]))
-    return [*steps, (train_embedder, None), (score_corpus, None)]
+    return [*steps, (train_embedder, None), (score_corpus, None), (select_corpus, None)]

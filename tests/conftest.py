@@ -34,20 +34,27 @@ def sample_texts() -> list[str]:
 
 
 def write_small_corpus(directory: Path, docs_per_shard: int = 200) -> dict[str, list[str]]:
-    """Three parquet shards spread across the sample, one jsonl and one txt shard; returns ids per shard."""
+    """Three parquet shards spread across the sample, one jsonl and one txt shard; returns ids per shard.
+
+    The txt shard's last line is the longest document of the first shard with its last word cut:
+    a near-duplicate across shards.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     ids: dict[str, list[str]] = {}
+    texts: list[str] = []
     for path in sorted(SAMPLE_CORPUS_DIR.glob("*.parquet"))[:3]:
         table = pq.read_table(path)
         table = table.take(list(range(0, table.num_rows, table.num_rows // docs_per_shard))[:docs_per_shard])
         pq.write_table(table, directory / path.name)
         ids[path.stem] = table["id"].to_pylist()
+        texts = texts or table["text"].to_pylist()
     extra = pq.read_table(sorted(SAMPLE_CORPUS_DIR.glob("*.parquet"))[3]).to_pylist()[::45][:60]
     with open(directory / "notes.jsonl", "w", encoding="utf-8") as f:
         for row in extra[:40]:
             f.write(json.dumps({"id": row["id"], "text": row["text"], "label": row["label"], "origin": "jsonl"}) + "\n")
     ids["notes"] = [row["id"] for row in extra[:40]]
     lines = [row["text"].replace("\n", " ") for row in extra[40:]]
+    lines.append(" ".join(max(texts, key=lambda t: len(t.split())).split()[:-1]))
     (directory / "lines.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     ids["lines"] = [f"lines:{i + 1}" for i in range(len(lines))]
     return ids
@@ -64,12 +71,13 @@ TEST_RUN_CONFIG = {
         "training_sample": {"config": {"size": 560, "heldout_fraction": 0.25}},
         "features": {"config": {"vocabulary_size": 50_000}},
         "distilled_model": {"config": {"epochs": 8, "batch_size": 128, "hidden_dims": [128]}},
+        "clusters": {"config": {"k": 8}},
     }
 }
 
 
 def materialize_pipeline(instance: dg.DagsterInstance, resources: dict, shards: list[str], run_config=TEST_RUN_CONFIG):
-    """Ingest every shard, train, then score every shard, as the jobs do; returns the run results."""
+    """Ingest every shard, train and cluster, score every shard, then select, as the jobs do; returns the run results."""
     from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS
     from embedding_assets.partitions import corpus_shards
 
@@ -78,10 +86,11 @@ def materialize_pipeline(instance: dg.DagsterInstance, resources: dict, shards: 
     results = []
     for shard in shards:
         results.append(dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["raw_corpus"], partition_key=shard, instance=instance, resources=resources))
-    training = ["training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "quality_classifier"]
+    training = ["training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "quality_classifier", "clusters"]
     results.append(dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=training, instance=instance, resources=resources, run_config=run_config))
     for shard in shards:
         results.append(dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["scored_corpus"], partition_key=shard, instance=instance, resources=resources))
+    results.append(dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["near_duplicates", "selection"], instance=instance, resources=resources))
     assert all(r.success for r in results)
     return results
 

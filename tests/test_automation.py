@@ -162,7 +162,7 @@ def test_refresh_requests_every_scored_shard_after_retraining_and_nothing_when_u
         result = dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=selection, partition_key=partition, instance=instance, resources=resources, run_config=run_config or {})
         assert result.success
 
-    materialize(["quality_classifier"])
+    materialize(["quality_classifier", "clusters"])
     for shard in shards:
         materialize(["scored_corpus"], shard)
     result, asked = requested(instance)

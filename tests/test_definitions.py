@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = {"raw_corpus", "training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "reference_set", "annotations", "quality_classifier", "scored_corpus"}
+ASSETS = {"raw_corpus", "training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "reference_set", "annotations", "quality_classifier", "scored_corpus", "clusters", "near_duplicates", "selection"}
 
 
 def test_definitions_hold_every_asset_and_job():
@@ -17,7 +17,7 @@ def test_definitions_hold_every_asset_and_job():
 
     keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
     assert keys == ASSETS
-    for job in ("ingest_corpus", "prepare_curation", "train_embedder", "score_corpus", "refresh_shard"):
+    for job in ("ingest_corpus", "prepare_curation", "train_embedder", "score_corpus", "refresh_shard", "select_corpus"):
         defs.resolve_job_def(job)
 
 

@@ -80,6 +80,7 @@ def test_every_output_lands_in_the_bucket(s3_pipeline):
     expected = {f"storage/{name}" for name in (
         "training_sample.parquet", "features.safetensors", "teacher_model.json", "teacher_embeddings.parquet",
         "teacher_token_sums.safetensors", "distilled_model.safetensors", "distilled_model.md", "quality_classifier.safetensors", "quality_classifier.md",
+        "clusters.safetensors", "near_duplicates.parquet", "selection.parquet",
     )}
     expected |= {f"storage/{stage}/{shard}.parquet" for stage in ("raw_corpus", "scored_corpus") for shard in shards}
     chunks = {key for key in keys if key.startswith("storage/teacher_chunks/")}

@@ -121,15 +121,15 @@ def test_webserver_shows_the_graph_and_materialises_a_shard_through_graphql(webs
     data = wait_for_asset_graph(port)
     nodes = data["assetNodes"]
     by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
-    assert set(by_key) == {"raw_corpus", "training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "reference_set", "annotations", "quality_classifier", "scored_corpus"}
+    assert set(by_key) == {"raw_corpus", "training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "reference_set", "annotations", "quality_classifier", "scored_corpus", "clusters", "near_duplicates", "selection"}
     for spec in (spec for asset in ALL_ASSETS for spec in asset.specs):
         node = by_key[spec.key.to_user_string()]
         assert node["groupName"] == spec.group_name and set(node["kinds"]) == set(spec.kinds), spec.key
-    assert {n["groupName"] for n in nodes} == {"ingest", "training", "curation"}
+    assert {n["groupName"] for n in nodes} == {"ingest", "training", "curation", "selection"}
     assert "pytorch" in by_key["distilled_model"]["kinds"]
     checks = {(key, c["name"]): c["blocking"] for key, n in by_key.items() for c in n["assetChecksOrError"]["checks"]}
     assert set(checks) == {(k.asset_key.to_user_string(), k.name) for c in ALL_CHECKS for k in c.check_keys}
-    assert len(checks) == 12 and all(checks.values())
+    assert len(checks) == 15 and all(checks.values())
 
     # Launch what the UI's "Materialize" button launches: raw_corpus and its checks for one new shard.
     (repository,) = data["repositoriesOrError"]["nodes"]

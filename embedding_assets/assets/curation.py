@@ -10,10 +10,12 @@ import pyarrow as pa
 
 from embedding_assets.assets.ingest import raw_corpus, training_sample
 from embedding_assets.assets.reference import NEGATIVE, REFERENCE, annotations, reference_set, text_hash
+from embedding_assets.assets.selection import clusters, current_centroids
 from embedding_assets.assets.training import distilled_model
 from embedding_assets.paths import ANNOTATIONS_FILE, HEAD_CARD_FILE, HEAD_FILE, MODEL_FILE, REFERENCE_FILE, raw_corpus_path, scored_corpus_path
 from embedding_assets.stored import embedding_column, read_sample
 from embedding_assets.engine import LexicalEmbedder
+from embedding_assets.engine.clustering import assign_clusters
 from embedding_assets.engine.curation import NONE, CurationHead, head_card, lexical_features, linear_head, no_head, similarity_head
 from embedding_assets.engine.errors import ArtifactError
 from embedding_assets.partitions import corpus_shards
@@ -266,6 +268,9 @@ def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
             pa.field("keep", pa.bool_()),
             pa.field("model_version", pa.string(), nullable=False),
             pa.field("classifier_version", pa.string(), nullable=False),
+            # Null when no clusters exist for this model yet; near_duplicates then refuses the shard.
+            pa.field("cluster", pa.int32(), nullable=True),
+            pa.field("centroid_cosine", pa.float32(), nullable=True),
         ],
         metadata=metadata,
     )
@@ -273,11 +278,11 @@ def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
 
 @dg.asset(
     partitions_def=corpus_shards,
-    deps=[raw_corpus, distilled_model, quality_classifier],
+    deps=[raw_corpus, distilled_model, quality_classifier, clusters],
     group_name="curation",
     kinds={"parquet"},
     owners=OWNERS,
-    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id", "string"), dg.TableColumn("embedding", "fixed_size_list<uint8>[dim]", "quantised student embedding"), dg.TableColumn("score", "float32", "the curation head's score: a probability in [0, 1] (classifier modes), a mean top-k cosine (reference-similarity) or a predicted annotation score; null when no curation is configured"), dg.TableColumn("keep", "bool", "score >= the calibrated threshold and the text is not empty; null when no curation is configured"), dg.TableColumn("model_version", "string", "distilled_model version that embedded the document"), dg.TableColumn("classifier_version", "string", "quality_classifier (curation head) version that scored it")])},
+    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id", "string"), dg.TableColumn("embedding", "fixed_size_list<uint8>[dim]", "quantised student embedding"), dg.TableColumn("score", "float32", "the curation head's score: a probability in [0, 1] (classifier modes), a mean top-k cosine (reference-similarity) or a predicted annotation score; null when no curation is configured"), dg.TableColumn("keep", "bool", "score >= the calibrated threshold and the text is not empty; null when no curation is configured"), dg.TableColumn("model_version", "string", "distilled_model version that embedded the document"), dg.TableColumn("classifier_version", "string", "quality_classifier (curation head) version that scored it"), dg.TableColumn("cluster", "int32", "nearest clusters centroid; null before clusters exist for the model"), dg.TableColumn("centroid_cosine", "float32", "cosine to that centroid")])},
     code_version=CODE_VERSIONS["scored_corpus"],
     retry_policy=STORAGE_RETRY_POLICY,
     op_tags=SHARD_POD_TAGS,
@@ -294,6 +299,9 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
             f"quality_classifier was fitted on model {head.model_version}, but distilled_model is {embedder.version}; re-materialise quality_classifier",
             allow_retries=False,
         )
+    centroids, clusters_version = current_centroids(storage, embedder.version)
+    if centroids is None:
+        context.log.warning(f"no clusters for model {embedder.version}: the cluster columns of {shard} stay null; materialise clusters, then this shard")
     lineage = {
         "shard": shard,
         "raw_shard_version": latest_data_version(context.instance, "raw_corpus", shard) or "unknown",
@@ -304,6 +312,7 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
         "threshold": repr(head.threshold),
         "quantization_limit": repr(embedder.quantization_limit),
         "code_versions": json.dumps(CODE_VERSIONS, sort_keys=True),
+        "clusters_version": clusters_version,
     }
     schema = scored_schema(embedder.dim, lineage)
     kept = truncated = empty = 0
@@ -334,6 +343,10 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
                     score_column, keep_column = pa.array(scores, pa.float32()), pa.array(keep, pa.bool_())
                 else:
                     score_column, keep_column = pa.nulls(n, pa.float32()), pa.nulls(n, pa.bool_())
+                if centroids is not None:
+                    cluster, centroid_cosine = (pa.array(a) for a in assign_clusters(vectors, centroids))
+                else:
+                    cluster, centroid_cosine = pa.nulls(n, pa.int32()), pa.nulls(n, pa.float32())
                 done += n
                 progress.update(done, f"{kept:,} kept" if head.scores else "embedded")
                 yield pa.record_batch(
@@ -344,6 +357,8 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
                         keep_column,
                         pa.array([embedder.version] * n, pa.string()),
                         pa.array([head.version] * n, pa.string()),
+                        cluster,
+                        centroid_cosine,
                     ],
                     schema=schema,
                 )
@@ -374,6 +389,7 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
             "empty_texts": empty,
             "model_version": embedder.version,
             "classifier_version": head.version,
+            "clustered": centroids is not None,
             **throughput(seconds, rows, latest_metadata_value(context.instance, "raw_corpus", "tokens", shard)),
             # Of this step's process: stays flat as shards grow, since batches stream.
             "peak_rss_mb": round(peak_rss_mb(), 1),

@@ -1,0 +1,386 @@
+"""Selection: clusters of the corpus, semantic near-duplicates within them, and the final keep list."""
+
+import json
+import time
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from embedding_assets.assets.ingest import id_hash, raw_corpus
+from embedding_assets.paths import raw_corpus_path
+from embedding_assets.assets.training import distilled_model
+from embedding_assets.engine import clustering
+from embedding_assets.engine.errors import ArtifactError
+from embedding_assets.engine.ngrams import PAD
+from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, short_hash
+from embedding_assets.partitions import corpus_shards
+from embedding_assets.progress import peak_rss_mb, throughput
+from embedding_assets.resources import Storage
+from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
+
+CLUSTERS_FILE = "clusters.safetensors"
+NEAR_DUPLICATES_FILE = "near_duplicates.parquet"
+SELECTION_FILE = "selection.parquet"
+# From bench.dedup's planted pairs: 0.88 is the lowest threshold whose pairs keep precision >= 0.95;
+# 0.9 leaves a margin (README).
+DEFAULT_THRESHOLD = 0.9
+
+
+def read_model(storage: Storage):
+    # curation imports this module (scored_corpus depends on clusters), so its reader is fetched late.
+    from embedding_assets.assets.curation import read_model as read
+
+    return read(storage)
+
+
+def read_clusters(storage: Storage, data: bytes | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """The stored clusters: (config with model_version, k, seed..., centroids, sample sizes)."""
+    try:
+        return clustering.clusters_from_bytes(storage.read_bytes(CLUSTERS_FILE) if data is None else data)
+    except ArtifactError as exc:
+        raise dg.Failure(f"{storage.uri(CLUSTERS_FILE)}: {exc}", allow_retries=False) from exc
+
+
+def current_centroids(storage: Storage, model_version: str) -> tuple[np.ndarray | None, str]:
+    """The centroids and their version (the file's hash, the data version of `clusters`) when they
+    were fitted on this model version; else (None, "none")."""
+    if not storage.exists(CLUSTERS_FILE):
+        return None, "none"
+    data = storage.read_bytes(CLUSTERS_FILE)
+    config, centroids, _ = read_clusters(storage, data)
+    return (centroids, short_hash(data)) if config.get("model_version") == model_version else (None, "none")
+
+
+def corpus_sample(storage: Storage, shards: list[str], size: int, seed: int) -> tuple[list[str], list[str]]:
+    """Bottom-k of a seeded id hash across shards (ids, texts), reading only those two columns."""
+    kept_ids: list[str] = []
+    kept_texts: list[str] = []
+    kept_hash = np.empty(0, dtype=np.uint64)
+    for shard in shards:
+        with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
+            for batch in parquet.iter_batches(batch_size=8192, columns=["id", "text"]):
+                ids = batch.column("id").to_pylist()
+                hashes = id_hash(ids, f"clusters:{seed}")
+                candidates = np.flatnonzero(hashes < kept_hash.max()) if len(kept_hash) >= size else np.arange(len(ids))
+                texts = batch.column("text").take(pa.array(candidates, pa.int64())).to_pylist()
+                kept_ids += [ids[i] for i in candidates]
+                kept_texts += texts
+                kept_hash = np.concatenate([kept_hash, hashes[candidates]])
+                if len(kept_hash) > size:
+                    order = np.lexsort((np.array(kept_ids, dtype=object), kept_hash))[:size]
+                    kept_ids = [kept_ids[i] for i in order]
+                    kept_texts = [kept_texts[i] for i in order]
+                    kept_hash = kept_hash[order]
+    order = np.lexsort((np.array(kept_ids, dtype=object), kept_hash))
+    return [kept_ids[i] for i in order], [kept_texts[i] for i in order]
+
+
+class ClustersConfig(dg.Config):
+    k: int = Field(default=32, description="Number of k-means clusters.")
+    sample_size: int = Field(default=100_000, description="Most corpus documents k-means is fitted on (bottom-k of a seeded id hash).")
+    seed: int = Field(default=0, description="Seed of the sample hash and of k-means.")
+    iterations: int = Field(default=20, description="k-means iterations.")
+
+
+def cluster_table(embedder, ids, texts, cluster, cosine, k) -> dg.TableMetadataValue:
+    sizes = np.bincount(cluster, minlength=k)
+    typical = clustering.typical_rows(cluster, cosine, k, per_cluster=3)
+    top = clustering.top_columns(embedder.tfidf(texts), cluster, k, per_cluster=5)
+    ngrams = embedder.vocabulary.ngrams
+    rows = []
+    for c in range(k):
+        grams = [embedder.tokenizer.decode([int(t) for t in ngrams[i] if t != PAD]) for i in top[c]]
+        docs = [f"{ids[i]}: {' '.join(texts[i].split())[:80]}" for i in typical[c]]
+        rows.append(dg.TableRecord({"cluster": c, "size": int(sizes[c]), "typical_documents": " | ".join(docs), "top_ngrams": ", ".join(grams)}))
+    schema = dg.TableSchema(columns=[
+        dg.TableColumn("cluster", "int"), dg.TableColumn("size", "int"),
+        dg.TableColumn("typical_documents", "string", "closest to the centroid: id and first 80 characters"),
+        dg.TableColumn("top_ngrams", "string", "mean TF-IDF in the cluster most above its corpus-sample mean"),
+    ])
+    return dg.MetadataValue.table(rows, schema=schema)
+
+
+@dg.asset(
+    deps=[distilled_model, raw_corpus],
+    group_name="selection",
+    kinds={"faiss", "safetensors"},
+    owners=OWNERS,
+    code_version=CODE_VERSIONS["clusters"],
+    retry_policy=STORAGE_RETRY_POLICY,
+    description="Spherical k-means (faiss, seeded) on student embeddings of a hashed corpus sample: the centroids every scored shard assigns its documents to.",
+)
+def clusters(context: dg.AssetExecutionContext, config: ClustersConfig, storage: Storage) -> dg.MaterializeResult:
+    if config.k < 1 or config.sample_size < 1:
+        raise dg.Failure(f"k and sample_size must be >= 1; got k={config.k}, sample_size={config.sample_size}", allow_retries=False)
+    if config.k > config.sample_size:
+        raise dg.Failure(f"cluster count k={config.k} is larger than sample_size={config.sample_size}; lower k", allow_retries=False)
+    shards = sorted(context.instance.get_dynamic_partitions(corpus_shards.name))
+    missing = [s for s in shards if not storage.exists(*raw_corpus_path(s))]
+    if missing:
+        raise dg.Failure(f"raw_corpus{missing} has not been materialised; materialise it first", allow_retries=False)
+    started = time.perf_counter()
+    embedder = read_model(storage)
+    ids, texts = corpus_sample(storage, shards, config.sample_size, config.seed)
+    if config.k > len(ids):
+        raise dg.Failure(
+            f"cluster count k={config.k} is larger than the sample: the corpus has only {len(ids)} documents across {len(shards)} shards; lower k",
+            allow_retries=False,
+        )
+    vectors = embedder.encode(texts)
+    centroids = clustering.spherical_kmeans(vectors, config.k, config.seed, config.iterations)
+    cluster, cosine = clustering.assign_clusters(vectors, centroids)
+    sizes = np.bincount(cluster, minlength=config.k)
+    header = {"model_version": embedder.version, "k": config.k, "seed": config.seed, "sample_documents": len(ids), "sample_version": short_hash(*ids)}
+    data = clustering.clusters_to_bytes(centroids, sizes, header)
+    uri = storage.write_bytes(data, CLUSTERS_FILE)
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(short_hash(data)),
+        metadata={
+            "uri": dg.MetadataValue.path(uri),
+            "model_version": embedder.version,
+            "k": config.k,
+            "sample_documents": len(ids),
+            "size_min": int(sizes.min()),
+            "size_median": float(np.median(sizes)),
+            "size_max": int(sizes.max()),
+            "size_entropy_bits": round(clustering.size_entropy(cluster, config.k), 4),
+            "mean_centroid_cosine": round(float(cosine.mean()), 4),
+            "clusters": cluster_table(embedder, ids, texts, cluster, cosine, config.k),
+            **throughput(time.perf_counter() - started, len(ids)),
+        },
+    )
+
+
+class NearDuplicatesConfig(dg.Config):
+    threshold: float = Field(default=DEFAULT_THRESHOLD, description="Cosine at or above which two documents of a cluster are near-duplicates; in (0, 1].")
+    max_block: int = Field(default=4096, description="Largest set of documents compared all-pairs; bigger clusters are split by k-means first.")
+    seed: int = Field(default=0, description="Seed of the k-means that splits big clusters.")
+
+
+NEAR_DUPLICATES_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("shard", pa.string(), nullable=False),
+    pa.field("group", pa.int64(), nullable=False),
+    pa.field("representative_id", pa.string(), nullable=False),
+    pa.field("representative_shard", pa.string(), nullable=False),
+    pa.field("cosine_to_representative", pa.float32(), nullable=False),
+])
+
+
+def scored_shards(context, storage: Storage, model_version: str) -> list[str]:
+    """Every shard, once its scored file is there and was made with the current model and clusters
+    (read from the files' footers)."""
+    shards = sorted(context.instance.get_dynamic_partitions(corpus_shards.name))
+    centroids, clusters_version = current_centroids(storage, model_version)
+    if centroids is None:
+        raise dg.Failure(f"clusters has not been materialised for model {model_version}; materialise clusters, then scored_corpus", allow_retries=False)
+    for shard in shards:
+        if not storage.exists("scored_corpus", f"{shard}.parquet"):
+            raise dg.Failure(f"scored_corpus[{shard}] has not been materialised; materialise it first", allow_retries=False)
+        with storage.open_parquet("scored_corpus", f"{shard}.parquet") as parquet:
+            meta = {k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
+        if meta.get("model_version") != model_version:
+            raise dg.Failure(
+                f"scored_corpus[{shard}] holds embeddings of model {meta.get('model_version')}, but the current distilled_model is {model_version}; re-materialise scored_corpus[{shard}]",
+                allow_retries=False,
+            )
+        if meta.get("clusters_version") != clusters_version:
+            raise dg.Failure(
+                f"scored_corpus[{shard}] holds cluster ids of clusters version {meta.get('clusters_version')}, but the current clusters are {clusters_version}; re-materialise scored_corpus[{shard}]",
+                allow_retries=False,
+            )
+    return shards
+
+
+def read_columns(storage: Storage, shards: list[str], columns: list[str]) -> tuple[pa.Table, np.ndarray]:
+    """The named columns of every scored shard, one table, and each row's shard index."""
+    tables, shard_index = [], []
+    for i, shard in enumerate(shards):
+        with storage.open_parquet("scored_corpus", f"{shard}.parquet") as parquet:
+            table = parquet.read(columns=columns)
+        tables.append(table)
+        shard_index.append(np.full(table.num_rows, i, dtype=np.int32))
+    return pa.concat_tables(tables).combine_chunks(), np.concatenate(shard_index) if shard_index else np.empty(0, np.int32)
+
+
+def scores_of(table: pa.Table) -> np.ndarray:
+    """Scores as float64 with NaN where there is none (no curation configured)."""
+    return pc.fill_null(table["score"].cast(pa.float64()), float("nan")).to_numpy()
+
+
+def share_table(rows: list[dict], key: str) -> dg.TableMetadataValue:
+    schema = dg.TableSchema(columns=[dg.TableColumn(key, "string"), dg.TableColumn("documents", "int"), dg.TableColumn("duplicates", "int", "members dropped for a representative"), dg.TableColumn("duplicate_share", "float")])
+    return dg.MetadataValue.table([dg.TableRecord(r) for r in rows], schema=schema)
+
+
+@dg.asset(
+    deps=["scored_corpus", clusters],
+    group_name="selection",
+    kinds={"faiss", "parquet"},
+    owners=OWNERS,
+    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in NEAR_DUPLICATES_SCHEMA])},
+    code_version=CODE_VERSIONS["near_duplicates"],
+    retry_policy=STORAGE_RETRY_POLICY,
+    description="Groups of documents whose student embeddings have cosine >= the threshold, searched only within clusters (big ones split further), each with a representative: highest score, then lowest id.",
+)
+def near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesConfig, storage: Storage) -> dg.MaterializeResult:
+    if not 0 < config.threshold <= 1:
+        raise dg.Failure(f"near_duplicates threshold must be in (0, 1], got {config.threshold}", allow_retries=False)
+    if config.max_block < 2:
+        raise dg.Failure(f"max_block must be >= 2, got {config.max_block}", allow_retries=False)
+    started = time.perf_counter()
+    model_version = read_model(storage).version
+    shards = scored_shards(context, storage, model_version)
+    table, shard_index = read_columns(storage, shards, ["id", "embedding", "cluster", "score"])
+    dim = table.schema.field("embedding").type.list_size
+    codes = table["embedding"].combine_chunks().flatten().to_numpy().reshape(-1, dim)
+    cluster = table["cluster"].to_numpy()
+    ids = table["id"]
+    rank = clustering.rank_by_score(scores_of(table), ids.to_numpy(zero_copy_only=False))
+    found = clustering.duplicates_by_cluster(codes, cluster, rank, config.threshold, config.max_block, config.seed)
+    del codes
+    members = np.flatnonzero(found.representative >= 0)
+    representatives = found.representative[members]
+    # Groups numbered by their representative's position in the corpus: stable for the same input.
+    group = np.unique(representatives, return_inverse=True)[1]
+    shard_names = pa.array(shards, pa.string())
+    out = pa.table(
+        {
+            "id": ids.take(pa.array(members)),
+            "shard": shard_names.take(pa.array(shard_index[members])),
+            "group": pa.array(group.astype(np.int64)),
+            "representative_id": ids.take(pa.array(representatives)),
+            "representative_shard": shard_names.take(pa.array(shard_index[representatives])),
+            "cosine_to_representative": pa.array(found.cosine[members], pa.float32()),
+        },
+        schema=NEAR_DUPLICATES_SCHEMA.with_metadata({"model_version": model_version, "threshold": repr(config.threshold), "shards": json.dumps(shards)}),
+    )
+    hasher = BatchHasher()
+    uri, rows = storage.write_parquet(hasher.wrap(out.to_batches()), out.schema, NEAR_DUPLICATES_FILE)
+    dropped = np.zeros(len(cluster), dtype=bool)
+    dropped[members[representatives != members]] = True
+    per_shard = [
+        {"shard": s, "documents": int((shard_index == i).sum()), "duplicates": int(dropped[shard_index == i].sum())} for i, s in enumerate(shards)
+    ]
+    k = int(cluster.max()) + 1 if len(cluster) else 0
+    sizes, dups = np.bincount(cluster, minlength=k), np.bincount(cluster[dropped], minlength=k)
+    per_cluster = [{"cluster": str(c), "documents": int(sizes[c]), "duplicates": int(dups[c])} for c in range(k)]
+    for r in per_shard + per_cluster:
+        r["duplicate_share"] = round(r["duplicates"] / max(r["documents"], 1), 4)
+    seconds = time.perf_counter() - started
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(short_hash(hasher.version, model_version)),
+        metadata={
+            "dagster/row_count": rows,
+            "uri": dg.MetadataValue.path(uri),
+            "model_version": model_version,
+            "threshold": config.threshold,
+            "documents": len(cluster),
+            "groups": int(group.max()) + 1 if len(group) else 0,
+            "duplicates": int(dropped.sum()),
+            "duplicate_share": round(float(dropped.mean()) if len(dropped) else 0.0, 4),
+            "compared_pairs": found.compared_pairs,
+            "all_pairs": len(cluster) * (len(cluster) - 1) // 2,
+            "largest_block": found.largest_block,
+            "duplicate_share_by_shard": share_table(per_shard, "shard"),
+            "duplicate_share_by_cluster": share_table(sorted(per_cluster, key=lambda r: -r["duplicate_share"]), "cluster"),
+            **throughput(seconds, len(cluster)),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+        },
+    )
+
+
+class SelectionConfig(dg.Config):
+    cluster_cap: int | None = Field(default=None, description="Most documents kept per cluster (best scores first); none: no cap.")
+    temperature: float | None = Field(
+        default=None,
+        description="Balance clusters: keep shares proportional to cluster size**t, t in [0, 1] (1 keeps all, 0 the same number per cluster); none: no balancing.",
+    )
+
+
+SELECTION_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("shard", pa.string(), nullable=False),
+    pa.field("cluster", pa.int32(), nullable=False),
+    pa.field("keep", pa.bool_(), nullable=False),
+    pa.field("reason", pa.string(), nullable=True),
+])
+
+
+@dg.asset(
+    deps=[near_duplicates],
+    group_name="selection",
+    kinds={"parquet"},
+    owners=OWNERS,
+    metadata={"dagster/column_schema": dg.TableSchema(columns=[
+        dg.TableColumn("id", "string"), dg.TableColumn("shard", "string"), dg.TableColumn("cluster", "int32"), dg.TableColumn("keep", "bool"),
+        dg.TableColumn("reason", "string", "null when kept; else score, duplicate_of:<id> or cluster_cap"),
+    ])},
+    code_version=CODE_VERSIONS["selection"],
+    retry_policy=STORAGE_RETRY_POLICY,
+    description="The final keep list over every shard: the score threshold, then non-representative near-duplicates dropped, then an optional per-cluster cap or temperature; each drop with its reason.",
+)
+def selection(context: dg.AssetExecutionContext, config: SelectionConfig, storage: Storage) -> dg.MaterializeResult:
+    if config.cluster_cap is not None and config.cluster_cap < 1:
+        raise dg.Failure(f"cluster_cap must be >= 1 or unset, got {config.cluster_cap}", allow_retries=False)
+    if config.temperature is not None and not 0 <= config.temperature <= 1:
+        raise dg.Failure(f"temperature must be in [0, 1] or unset, got {config.temperature}", allow_retries=False)
+    started = time.perf_counter()
+    model_version = read_model(storage).version
+    with storage.open_parquet(NEAR_DUPLICATES_FILE) as parquet:
+        duplicates = parquet.read(columns=["id", "representative_id"])
+        meta = {k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
+    if meta.get("model_version") != model_version:
+        raise dg.Failure(f"near_duplicates was found with model {meta.get('model_version')}, the current model is {model_version}; re-materialise near_duplicates", allow_retries=False)
+    shards = scored_shards(context, storage, model_version)
+    if json.loads(meta.get("shards", "[]")) != shards:
+        raise dg.Failure(f"near_duplicates covers shards {meta.get('shards')}, the corpus has {shards}; re-materialise near_duplicates", allow_retries=False)
+    table, shard_index = read_columns(storage, shards, ["id", "cluster", "score", "keep"])
+    n = table.num_rows
+    cluster = table["cluster"].to_numpy()
+    # A null keep means no curation is configured: the score stage passes every document.
+    passes_score = pc.fill_null(table["keep"], True).to_numpy(zero_copy_only=False)
+    dropped_members = duplicates.filter(pc.not_equal(duplicates["id"], duplicates["representative_id"]))
+    position = pc.index_in(dropped_members["id"], value_set=table["id"].combine_chunks()).to_numpy(zero_copy_only=False)
+    duplicate_of = np.full(n, None, dtype=object)
+    duplicate_of[position] = dropped_members["representative_id"].to_numpy(zero_copy_only=False)
+    is_duplicate = np.zeros(n, dtype=bool)
+    is_duplicate[position] = True
+    eligible = passes_score & ~is_duplicate
+    rank = clustering.rank_by_score(scores_of(table), table["id"].to_numpy(zero_copy_only=False))
+    k = int(cluster.max()) + 1 if n else 0
+    keep = clustering.balanced_keep(cluster, eligible, rank, k, config.cluster_cap, config.temperature)
+    reason = np.full(n, None, dtype=object)
+    reason[~passes_score] = "score"
+    duplicate_rows = passes_score & is_duplicate
+    reason[duplicate_rows] = ["duplicate_of:" + r for r in duplicate_of[duplicate_rows]]
+    reason[eligible & ~keep] = "cluster_cap"
+    out = pa.table(
+        {"id": table["id"], "shard": pa.array(shards, pa.string()).take(pa.array(shard_index)), "cluster": table["cluster"], "keep": pa.array(keep), "reason": pa.array(reason, pa.string())},
+        schema=SELECTION_SCHEMA.with_metadata({"model_version": model_version, "near_duplicates_threshold": meta.get("threshold", ""), "config": config.model_dump_json()}),
+    )
+    hasher = BatchHasher()
+    uri, rows = storage.write_parquet(hasher.wrap(out.to_batches()), out.schema, SELECTION_FILE)
+    threshold_only = passes_score
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(short_hash(hasher.version, model_version)),
+        metadata={
+            "dagster/row_count": rows,
+            "uri": dg.MetadataValue.path(uri),
+            "kept": int(keep.sum()),
+            "keep_fraction": round(float(keep.mean()) if n else 0.0, 4),
+            "dropped_score": int((~passes_score).sum()),
+            "dropped_duplicate": int(duplicate_rows.sum()),
+            "dropped_cluster_cap": int((eligible & ~keep).sum()),
+            "cluster_cap": config.cluster_cap if config.cluster_cap is not None else "none",
+            "temperature": config.temperature if config.temperature is not None else "none",
+            "kept_cluster_entropy_bits": round(clustering.size_entropy(cluster[keep], k), 4),
+            "threshold_only_cluster_entropy_bits": round(clustering.size_entropy(cluster[threshold_only], k), 4),
+            "max_cluster_entropy_bits": round(float(np.log2(max(k, 1))), 4),
+            "kept_by_shard": {s: int(keep[shard_index == i].sum()) for i, s in enumerate(shards)},
+            **throughput(time.perf_counter() - started, n),
+        },
+    )
