@@ -110,7 +110,7 @@ def test_annotations_train_a_head_on_judged_corpus_documents(trained, tmp_path):
 
     # Scores instead of labels: a regression head, scores within the annotated range.
     graded = tmp_path / "graded.csv"
-    graded.write_text("id,score\n" + "".join(f"{i},{3.0 if labels[i] else 1.0 + (n % 2)}\n" for n, i in enumerate(judged)))
+    graded.write_text("id,score\n" + "".join(f"{i},{3.0 if labels[i] else 1.0}\n" for i in judged))
     head = curate_all(trained, Curation(mode="annotations", annotations=str(graded)), ["annotations"])
     assert head.kind == "ridge" and head.score_range == (1.0, 3.0)
     scores = np.array(scored(trained["storage"])["score"].to_pylist())
