@@ -5,7 +5,9 @@
     python -m embedding_assets.audit <document id>           # where a document is, its score, keep and why
 
 It reads the Dagster instance in DAGSTER_HOME (materialisations, data versions, check results)
-and the stored files, prints the chain and writes it as JSON (--json, default audit.json).
+and the stored files, prints the chain and writes it as JSON (--json, default audit.json). The
+storage is --storage, else EMBEDDING_ASSETS_STORAGE, else where the instance recorded its outputs
+(so it works from any directory).
 Every link is found by its data version, so the chain is the one that really produced the output.
 """
 
@@ -39,6 +41,19 @@ CHECKS = {
 
 class AuditError(LookupError):
     pass
+
+
+def recorded_storage_base(instance: dg.DagsterInstance) -> str | None:
+    """The storage base the instance's latest model (or any scored shard) was written under, from its `uri` metadata."""
+    for key, suffix in (("distilled_model", MODEL_FILE), ("scored_corpus", None)):
+        records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(key)), limit=1).records
+        if not records or "uri" not in records[0].asset_materialization.metadata:
+            continue
+        uri = str(records[0].asset_materialization.metadata["uri"].value)
+        tail = f"/{suffix}" if suffix else f"/scored_corpus/{uri.rsplit('/', 1)[-1]}"
+        if uri.endswith(tail):
+            return uri[: -len(tail)]
+    return None
 
 
 def _plain(value):
@@ -166,9 +181,11 @@ def selection_decision(instance: dg.DagsterInstance, storage: Storage, doc_id: s
 def find_document(instance: dg.DagsterInstance, storage: Storage, doc_id: str) -> dict:
     import pyarrow.compute as pc
 
+    searched = 0
     for shard in sorted(instance.get_dynamic_partitions(corpus_shards.name)):
         if not storage.exists(*scored_corpus_path(shard)):
             continue
+        searched += 1
         with storage.open_parquet(*scored_corpus_path(shard)) as parquet:
             for batch in parquet.iter_batches(columns=["id", "score", "keep", "model_version", "classifier_version"], batch_size=65536):
                 hits = pc.index(batch.column("id"), doc_id).as_py()
@@ -191,7 +208,9 @@ def find_document(instance: dg.DagsterInstance, storage: Storage, doc_id: str) -
                         "final_selection": selection_decision(instance, storage, doc_id),
                         **chain,
                     }
-    raise AuditError(f"document {doc_id!r} is in no scored shard")
+    if not searched:
+        raise AuditError(f"no scored shard of this instance is in the storage {storage.uri()}; pass --storage with the storage the pipeline wrote to")
+    raise AuditError(f"document {doc_id!r} is in none of the {searched} scored shards under {storage.uri()}")
 
 
 def audit(target: str, instance: dg.DagsterInstance, storage: Storage) -> dict:
@@ -240,17 +259,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Trace a scored shard, the model or a document back to its sources.")
     parser.add_argument("target", help="scored_corpus/<shard>, distilled_model, quality_classifier, or a document id")
     parser.add_argument("--json", type=Path, default=Path("audit.json"), help="where to write the full chain as JSON")
+    parser.add_argument("--storage", help="directory or s3:// prefix the pipeline wrote to (default: EMBEDDING_ASSETS_STORAGE, else where the instance recorded its outputs)")
     args = parser.parse_args(argv)
-    from embedding_assets.definitions import resources_from_env
+    from embedding_assets.definitions import s3_settings_from_env
+    from embedding_assets.engine.errors import ArtifactError
 
     if not os.environ.get("DAGSTER_HOME"):
         print("set DAGSTER_HOME to the instance whose history to audit", file=sys.stderr)
         return 2
     instance = dg.DagsterInstance.get()
+    base = args.storage or os.environ.get("EMBEDDING_ASSETS_STORAGE") or recorded_storage_base(instance) or "data/storage"
+    storage = Storage(base=base, s3=s3_settings_from_env())
     try:
-        report = audit(args.target, instance, resources_from_env()["storage"])
+        report = audit(args.target, instance, storage)
     except AuditError as exc:
         print(f"audit: {exc}", file=sys.stderr)
+        return 1
+    except (dg.Failure, ArtifactError, OSError) as exc:
+        message = getattr(exc, "description", None) or f"{type(exc).__name__}: {exc}"
+        print(f"audit: cannot read the stored files under {storage.uri()}: {message}; pass --storage with the storage the pipeline wrote to", file=sys.stderr)
         return 1
     args.json.write_text(json.dumps(report, indent=1, sort_keys=True, default=str))
     print(summary(report))

@@ -5,6 +5,8 @@ per line with `id` and `text`) or txt (one document per non-blank line, id `<sha
 Every batch that comes out has `id: string`, `text: string` and the shard's other columns.
 What breaks the schema (a missing column, a null or non-string id or text, bytes that are not
 UTF-8, malformed JSON, a corrupt file) raises `InputError` naming the shard, row and column.
+Rows count from 1 (row 1 is the first row of the file); jsonl and txt name the line of the file,
+also from 1, blank lines included.
 What breaks content rules (duplicate ids, empty texts, ...) is the raw_corpus checks' job.
 A shard that cannot be listed or read (a missing bucket, an endpoint that went away, a file
 deleted after it was listed) raises `SourceUnavailable`, an `InputError` naming its URL.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 import fsspec
@@ -38,29 +41,53 @@ def _resolve(url: str, fs: fsspec.AbstractFileSystem | None) -> tuple[fsspec.Abs
     return fs, fs._strip_protocol(url)
 
 
-def list_shards(location: str, fs: fsspec.AbstractFileSystem | None = None) -> dict[str, str]:
-    """Shard key (the file name without its suffix) -> URL of every shard file under `location`."""
+@dataclass
+class Listing:
+    """What a corpus location holds: shard key -> URL, and every other file with why it is not a shard."""
+
+    shards: dict[str, str]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def scan_location(location: str, fs: fsspec.AbstractFileSystem | None = None) -> Listing:
+    """The shard files directly under `location` (not in subdirectories; no hidden files), and the files left out.
+
+    A shard's key is its file name without the suffix; when two files share a stem (`a.jsonl`
+    and `a.txt`), each is keyed by its whole name instead, so neither hides the other.
+    """
     fs, root = _resolve(location, fs)
     try:
         # On S3 a prefix with no objects, and a missing bucket, are both "not a directory".
-        paths = sorted(fs.find(root)) if fs.isdir(root) else None
+        entries = sorted(fs.ls(root, detail=True), key=lambda e: e["name"]) if fs.isdir(root) else None
     except FILESYSTEM_ERRORS as exc:
         raise SourceUnavailable(f"corpus location {location} cannot be listed: {type(exc).__name__}: {exc}") from exc
-    if paths is None:
+    if entries is None:
         raise InputError(f"corpus location {location} does not exist or is not a directory")
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    shards: dict[str, str] = {}
-    for path in paths:
+    found: list[tuple[str, str, str]] = []
+    skipped: dict[str, str] = {}
+    for entry in entries:
+        path = entry["name"].rstrip("/")
         name = PurePosixPath(path).name
-        suffix = PurePosixPath(name).suffix
-        if suffix not in SHARD_SUFFIXES or name.startswith("."):
+        if name.startswith(".") or not name or path == root.rstrip("/"):
             continue
-        key = name[: -len(suffix)]
+        if entry.get("type") == "directory":
+            skipped[name + "/"] = "a subdirectory: only files directly under the corpus location are shards"
+            continue
+        suffix = PurePosixPath(name).suffix
+        if suffix.lower() not in SHARD_SUFFIXES:
+            skipped[name] = f"not a shard file type (expected one of {', '.join(SHARD_SUFFIXES)})"
+            continue
         url = path if protocol == "file" else f"{protocol}://{path}"
-        if key in shards:
-            raise InputError(f"two shards are both named {key!r}: {shards[key]} and {url}")
-        shards[key] = url
-    return shards
+        found.append((name[: -len(suffix)], name, url))
+    stems = [stem for stem, _, _ in found]
+    shards = {(stem if stems.count(stem) == 1 else name): url for stem, name, url in found}
+    return Listing(shards, skipped)
+
+
+def list_shards(location: str, fs: fsspec.AbstractFileSystem | None = None) -> dict[str, str]:
+    """Shard key -> URL of every shard file directly under `location` (see `scan_location`)."""
+    return scan_location(location, fs).shards
 
 
 def shard_fingerprints(location: str, fs: fsspec.AbstractFileSystem | None = None) -> dict[str, str]:
@@ -82,21 +109,26 @@ def shard_fingerprints(location: str, fs: fsspec.AbstractFileSystem | None = Non
 def read_shard(url: str, batch_size: int = 8192, fs: fsspec.AbstractFileSystem | None = None) -> Iterator[pa.RecordBatch]:
     """Stream a shard's documents, checked against the corpus contract."""
     shard = PurePosixPath(url).name
-    suffix = PurePosixPath(url).suffix
+    suffix = PurePosixPath(url).suffix.lower()
     readers = {".parquet": _parquet_batches, ".jsonl": _jsonl_batches, ".txt": _txt_batches}
     if suffix not in readers:
         raise InputError(f"shard {shard}: unsupported file type {suffix!r} (expected one of {SHARD_SUFFIXES})")
     fs, path = _resolve(url, fs)
     row = 0
     try:
-        for batch in readers[suffix](fs, path, shard, batch_size):
-            yield _conform(batch, shard, row)
+        for batch, lines in readers[suffix](fs, path, shard, batch_size):
+            yield _conform(batch, shard, row, lines)
             row += batch.num_rows
     except FILESYSTEM_ERRORS as exc:
-        raise SourceUnavailable(f"shard {shard}: cannot read {url} after row {row}: {type(exc).__name__}: {exc}") from exc
+        raise SourceUnavailable(f"shard {shard}: cannot read {url} after {row} rows: {type(exc).__name__}: {exc}") from exc
 
 
-def _conform(batch: pa.RecordBatch, shard: str, first_row: int) -> pa.RecordBatch:
+def _where(index: int, first_row: int, lines: list[int] | None) -> str:
+    """Row `index` of a batch, as the file counts it: its line (jsonl) or its row, both from 1."""
+    return f"line {lines[index]}" if lines is not None else f"row {first_row + index + 1}"
+
+
+def _conform(batch: pa.RecordBatch, shard: str, first_row: int, lines: list[int] | None) -> pa.RecordBatch:
     columns = {}
     for name in REQUIRED_COLUMNS:
         if name not in batch.schema.names:
@@ -109,8 +141,8 @@ def _conform(batch: pa.RecordBatch, shard: str, first_row: int) -> pa.RecordBatc
         elif not pa.types.is_string(column.type):
             raise InputError(f"shard {shard}: column {name!r} has type {column.type}, expected string")
         if column.null_count:
-            row = first_row + column.is_null().to_pylist().index(True)
-            raise InputError(f"shard {shard}: row {row}: {name} is null")
+            index = column.is_null().to_pylist().index(True)
+            raise InputError(f"shard {shard}: {_where(index, first_row, lines)}: {name} is null")
         columns[name] = column
     for name in batch.schema.names:
         if name not in columns:
@@ -125,7 +157,8 @@ def _parquet_batches(fs, path: str, shard: str, batch_size: int) -> Iterator[pa.
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(f"shard {shard}: not a readable parquet file ({exc})") from exc
         try:
-            yield from parquet.iter_batches(batch_size=batch_size)
+            for batch in parquet.iter_batches(batch_size=batch_size):
+                yield batch, None
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(f"shard {shard}: corrupt parquet data ({exc})") from exc
 
@@ -139,9 +172,7 @@ def _lines(fs, path: str, shard: str) -> Iterator[tuple[int, str]]:
                 raise InputError(f"shard {shard}: line {number}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
 
 
-def _jsonl_batches(fs, path: str, shard: str, batch_size: int) -> Iterator[pa.RecordBatch]:
-    rows: list[dict] = []
-    numbers: list[int] = []
+def _json_records(fs, path: str, shard: str) -> Iterator[tuple[int, dict]]:
     for number, line in _lines(fs, path, shard):
         if not line.strip():
             continue
@@ -151,18 +182,64 @@ def _jsonl_batches(fs, path: str, shard: str, batch_size: int) -> Iterator[pa.Re
             raise InputError(f"shard {shard}: line {number}: malformed JSON ({exc.msg})") from exc
         if not isinstance(record, dict):
             raise InputError(f"shard {shard}: line {number}: expected a JSON object, got {type(record).__name__}")
+        yield number, record
+
+
+JSON_KINDS = {str: "string", bool: "boolean", int: "integer", float: "number", list: "array", dict: "object"}
+
+
+def _jsonl_schema(fs, path: str, shard: str) -> pa.Schema:
+    """The file's columns: every key of every line, in order of first appearance, with one type each.
+
+    Read in a first pass over the whole file, so a key that first appears late (or is missing from
+    the first line) is a column like any other. A key whose values mix JSON types (other than
+    integers with numbers) is refused, naming the first line of each type.
+    """
+    kinds: dict[str, dict[str, int]] = {}
+    examples: dict[str, object] = {}
+    for number, record in _json_records(fs, path, shard):
+        for key, value in record.items():
+            seen = kinds.setdefault(key, {})
+            if value is None:
+                continue
+            seen.setdefault(JSON_KINDS.get(type(value), type(value).__name__), number)
+            examples.setdefault(key, value)
+    fields = []
+    for key, seen in kinds.items():
+        found = set(seen)
+        if found == {"integer", "number"}:
+            fields.append(pa.field(key, pa.float64()))
+            continue
+        if len(found) > 1:
+            where = ", ".join(f"{kind} on line {line}" for kind, line in sorted(seen.items(), key=lambda kv: kv[1]))
+            raise InputError(f"shard {shard}: line {max(seen.values())}: column {key!r} mixes types across lines ({where})")
+        if not found:
+            fields.append(pa.field(key, pa.null()))
+            continue
+        try:
+            fields.append(pa.field(key, pa.infer_type([examples[key]])))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise InputError(f"shard {shard}: line {seen[next(iter(found))]}: column {key!r}: {exc}") from exc
+    return pa.schema(fields)
+
+
+def _jsonl_batches(fs, path: str, shard: str, batch_size: int) -> Iterator[tuple[pa.RecordBatch, list[int]]]:
+    schema = _jsonl_schema(fs, path, shard)
+    rows: list[dict] = []
+    numbers: list[int] = []
+    for number, record in _json_records(fs, path, shard):
         rows.append(record)
         numbers.append(number)
         if len(rows) == batch_size:
-            yield _records_batch(rows, numbers, shard)
+            yield _records_batch(rows, numbers, shard, schema), numbers
             rows, numbers = [], []
     if rows:
-        yield _records_batch(rows, numbers, shard)
+        yield _records_batch(rows, numbers, shard, schema), numbers
 
 
-def _records_batch(rows: list[dict], numbers: list[int], shard: str) -> pa.RecordBatch:
+def _records_batch(rows: list[dict], numbers: list[int], shard: str, schema: pa.Schema) -> pa.RecordBatch:
     try:
-        return pa.RecordBatch.from_pylist(rows)
+        return pa.RecordBatch.from_pylist(rows, schema=schema)
     except UnicodeEncodeError as exc:
         # A JSON escape such as "\ud800" decodes to a lone surrogate, which is not text.
         for number, row in zip(numbers, rows):
@@ -172,10 +249,10 @@ def _records_batch(rows: list[dict], numbers: list[int], shard: str) -> pa.Recor
                 raise InputError(f"shard {shard}: line {number}: a string holds a lone surrogate, not valid Unicode") from exc
         raise InputError(f"shard {shard}: lines {numbers[0]}-{numbers[-1]}: not valid Unicode ({exc})") from exc
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise InputError(f"shard {shard}: lines {numbers[0]}-{numbers[-1]}: a column mixes types across lines ({exc})") from exc
+        raise InputError(f"shard {shard}: lines {numbers[0]}-{numbers[-1]}: a value does not fit its column's type ({exc})") from exc
 
 
-def _txt_batches(fs, path: str, shard: str, batch_size: int) -> Iterator[pa.RecordBatch]:
+def _txt_batches(fs, path: str, shard: str, batch_size: int) -> Iterator[tuple[pa.RecordBatch, None]]:
     stem = PurePosixPath(shard).stem
     ids: list[str] = []
     texts: list[str] = []
@@ -184,7 +261,7 @@ def _txt_batches(fs, path: str, shard: str, batch_size: int) -> Iterator[pa.Reco
             ids.append(f"{stem}:{number}")
             texts.append(line.rstrip("\r\n"))
         if len(ids) == batch_size:
-            yield pa.record_batch({"id": ids, "text": texts})
+            yield pa.record_batch({"id": ids, "text": texts}), None
             ids, texts = [], []
     if ids:
-        yield pa.record_batch({"id": ids, "text": texts})
+        yield pa.record_batch({"id": ids, "text": texts}), None

@@ -20,7 +20,8 @@ from embedding_assets.checks import teacher as teacher_checks
 from embedding_assets.checks import training as training_checks
 from embedding_assets.jobs import ingest_corpus, prepare_curation, refresh_shard, score_corpus, select_corpus, train_embedder
 from embedding_assets.jobs.sensors import corpus_shard_sensor, scored_corpus_refresh
-from embedding_assets.resources import Compute, CorpusSource, Curation, QualityGates, Storage, Teacher
+from embedding_assets.resources import Compute, CorpusSource, Curation, Storage, Teacher
+from embedding_assets.resources.gates import gates_from_env
 from embedding_assets.resources.s3 import S3Settings
 from embedding_assets.resources.teacher import DEFAULT_TEACHER
 from embedding_assets.sample_corpus import NETWORKING_LABELS, SAMPLE_CORPUS_DIR
@@ -70,7 +71,7 @@ def resources_from_env() -> dict:
             precision=env("EMBEDDING_ASSETS_PRECISION", "fp16"),
             cpu_threads=int(env("EMBEDDING_ASSETS_CPU_THREADS") or 0),
         ),
-        "gates": QualityGates(),
+        "gates": gates_from_env(),
     }
 
 

@@ -25,6 +25,9 @@ def corpus_shard_sensor(context: dg.SensorEvaluationContext, corpus: CorpusSourc
     except InputError as exc:
         return dg.SkipReason(str(exc))
     changed = sorted(key for key, fingerprint in current.items() if seen.get(key) != fingerprint)
+    if changed:
+        for name, why in corpus.listing().skipped.items():
+            context.log.warning(f"{corpus.location}: {name} is not a shard: {why}")
     known = set(context.instance.get_dynamic_partitions(corpus_shards.name))
     new = [key for key in changed if key not in known]
     return dg.SensorResult(

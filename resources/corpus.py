@@ -8,7 +8,7 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from embedding_assets.corpus import list_shards, read_shard, shard_fingerprints
+from embedding_assets.corpus import Listing, read_shard, scan_location, shard_fingerprints
 from embedding_assets.resources.s3 import S3Settings, is_s3
 from embedding_assets.sample_corpus import SAMPLE_CORPUS_DIR
 
@@ -29,8 +29,12 @@ class CorpusSource(dg.ConfigurableResource):
         """The filesystem the shards live on: s3fs with the S3 settings, or None for the URL's default."""
         return self.s3.filesystem() if is_s3(self.location) else None
 
+    def listing(self) -> Listing:
+        """The shard files under the location, and the files that are not shards, each with why."""
+        return scan_location(self.location, self.filesystem())
+
     def shards(self) -> dict[str, str]:
-        return list_shards(self.location, self.filesystem())
+        return self.listing().shards
 
     def fingerprints(self) -> dict[str, str]:
         """Shard key -> size and ETag or mtime of its file, to tell a rewritten shard from an unchanged one."""

@@ -1,7 +1,15 @@
-"""Thresholds of the data-quality gates between stages, with defaults that suit the sample corpus."""
+"""Thresholds of the data-quality gates between stages, with defaults that suit the sample corpus.
+
+Every field is also an environment variable, `EMBEDDING_ASSETS_GATE_<FIELD>` (`gates_from_env`).
+"""
+
+import os
+from fnmatch import fnmatchcase
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, field_validator
+
+DRIFT_SEVERITIES = ("warn", "block")
 
 
 class QualityGates(dg.ConfigurableResource):
@@ -27,7 +35,53 @@ class QualityGates(dg.ConfigurableResource):
     min_heldout_spearman: float = Field(default=0.2, description="Floor of the held-out Spearman of predicted and annotated scores (annotations with scores).")
     sample_keep_tolerance: float = Field(default=0.02, description="Largest gap between the sample's keep fraction and the target.")
     # scored_corpus
-    shard_keep_tolerance: float = Field(default=0.15, description="Largest gap between a shard's keep fraction and the target.")
-    max_score_psi: float = Field(default=0.25, description="Largest population stability index of a shard's scores against the sample's.")
+    shard_keep_tolerance: float = Field(default=0.15, description="Largest gap between a shard's keep fraction and what it is compared with (its previous scoring, or its drift reference).")
+    max_score_psi: float = Field(default=0.25, description="Largest population stability index of a shard's scores against its previous scoring by the same head.")
     min_rows_for_drift: int = Field(default=100, description="Shards with fewer rows are too small for a PSI to mean anything and are not judged on it.")
+    drift_severity: str = Field(default="warn", description="What a drifted shard does: warn (the check fails with WARN severity; the run goes on) or block (ERROR: the run fails).")
+    drift_references: dict[str, float] = Field(
+        default_factory=dict,
+        description="Expected keep fraction per source: shard-name pattern (fnmatch, e.g. 'perl-*') -> keep fraction. A matching shard is compared with it instead of its own history.",
+    )
     failing_ids_cap: int = Field(default=20, description="Most offending ids listed in a check's metadata.")
+
+    @field_validator("drift_severity")
+    @classmethod
+    def _severity(cls, value: str) -> str:
+        if value not in DRIFT_SEVERITIES:
+            raise ValueError(f"drift_severity must be one of {DRIFT_SEVERITIES}, got {value!r}")
+        return value
+
+    def drift_reference(self, shard: str) -> tuple[str, float] | None:
+        """The first drift reference whose pattern matches the shard: (pattern, expected keep fraction)."""
+        for pattern, fraction in self.drift_references.items():
+            if fnmatchcase(shard, pattern):
+                return pattern, fraction
+        return None
+
+
+def gates_from_env(environ=os.environ) -> QualityGates:
+    """QualityGates with each `EMBEDDING_ASSETS_GATE_<FIELD>` that is set; drift references as `pattern=fraction,...`."""
+    values: dict = {}
+    for name, spec in QualityGates.model_fields.items():
+        variable = f"EMBEDDING_ASSETS_GATE_{name.upper()}"
+        raw = environ.get(variable)
+        if raw is None or raw == "":
+            continue
+        if name == "drift_references":
+            try:
+                values[name] = {pattern.strip(): float(fraction) for pattern, fraction in (item.rsplit("=", 1) for item in raw.split(",") if item.strip())}
+            except ValueError as exc:
+                raise ValueError(f"{variable}={raw!r}: expected pattern=fraction pairs separated by commas, e.g. 'perl-*=0.05,debian-*=0.3'") from exc
+        elif spec.annotation in (int, float):
+            try:
+                values[name] = spec.annotation(raw)
+            except ValueError as exc:
+                raise ValueError(f"{variable}={raw!r}: expected {'an integer' if spec.annotation is int else 'a number'}") from exc
+        else:
+            values[name] = raw
+    try:
+        return QualityGates(**values)
+    except Exception as exc:
+        names = ", ".join(f"EMBEDDING_ASSETS_GATE_{name.upper()}" for name in values)
+        raise ValueError(f"bad gate setting ({names}): {exc}") from exc

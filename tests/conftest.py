@@ -146,7 +146,7 @@ def trained(pipeline, tmp_path):
     corpus.mkdir()
     resources = {**pipeline["resources"], "storage": Storage(base=str(storage)), "corpus": CorpusSource(location=str(corpus))}
     with dg.instance_for_test() as instance:
-        yield {"storage": storage, "corpus": corpus, "resources": resources, "instance": instance}
+        yield {"storage": storage, "corpus": corpus, "resources": resources, "instance": instance, "pipeline_corpus": pipeline["resources"]["corpus"]}
 
 
 def free_port() -> int:

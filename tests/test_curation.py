@@ -41,14 +41,15 @@ def curate(trained, curation: Curation, selection: list[str], partition: str | N
         selection=selection,
         partition_key=partition,
         instance=trained["instance"],
-        resources={**trained["resources"], "curation": curation},
+        # The shards are the pipeline's: the corpus-wide lookups read the shards its location holds.
+        resources={**trained["resources"], "corpus": trained["pipeline_corpus"], "curation": curation},
         raise_on_error=False,
     )
 
 
 def curate_all(trained, curation: Curation, inputs: list[str]) -> CurationHead:
     result = curate(trained, curation, [*inputs, "quality_classifier"])
-    assert result.success, failure_text(result)
+    assert result.success, (failure_text(result), [(e.check_name, e.metadata) for e in result.get_asset_check_evaluations() if not e.passed])
     assert all(e.passed for e in result.get_asset_check_evaluations()), [(e.check_name, e.metadata) for e in result.get_asset_check_evaluations()]
     for shard in SHARDS:
         scored = curate(trained, curation, ["scored_corpus"], shard)

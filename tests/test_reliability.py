@@ -57,8 +57,8 @@ def corrupt_parquet(path: Path) -> None:
 REJECTED = [
     ("bool-ids.parquet", write_parquet(pa.table({"id": [True, False], "text": ["a", "b"]})), r"bool-ids\.parquet: column 'id' has type bool"),
     ("list-ids.jsonl", write_bytes(b'{"id": [1], "text": "a"}\n'), r"list-ids\.jsonl: column 'id' has type list"),
-    ("null-id.jsonl", write_bytes(b'{"id": "a", "text": "x"}\n{"id": null, "text": "y"}\n'), r"null-id\.jsonl: row 1: id is null"),
-    ("mixed-ids.jsonl", write_bytes(b'{"id": "a", "text": "x"}\n{"id": 2, "text": "y"}\n'), r"mixed-ids\.jsonl: lines 1-2: a column mixes types"),
+    ("null-id.jsonl", write_bytes(b'{"id": "a", "text": "x"}\n{"id": null, "text": "y"}\n'), r"null-id\.jsonl: line 2: id is null"),
+    ("mixed-ids.jsonl", write_bytes(b'{"id": "a", "text": "x"}\n{"id": 2, "text": "y"}\n'), r"mixed-ids\.jsonl: line 2: column 'id' mixes types across lines \(string on line 1, integer on line 2\)"),
     ("binary-text.parquet", write_parquet(pa.table({"id": ["a"], "text": pa.array([b"\xff\xfe"], pa.binary())})), r"binary-text\.parquet: column 'text' has type binary"),
     ("latin1.jsonl", write_bytes(b'{"id": "a", "text": "ok"}\n{"id": "b", "text": "caf\xe9"}\n'), r"latin1\.jsonl: line 2: not valid UTF-8"),
     ("surrogate.jsonl", write_bytes(b'{"id": "a", "text": "ok"}\n{"id": "b", "text": "x\\ud800y"}\n'), r"surrogate\.jsonl: line 2: a string holds a lone surrogate"),

@@ -19,6 +19,7 @@ from embedding_assets.engine.clustering import assign_clusters
 from embedding_assets.engine.curation import NONE, CurationHead, head_card, lexical_features, linear_head, no_head, similarity_head
 from embedding_assets.engine.errors import ArtifactError
 from embedding_assets.partitions import corpus_shards
+from embedding_assets.interrupts import stop_on_interrupt
 from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_data_version, latest_metadata_value
 from embedding_assets.placement import SHARD_POD_TAGS
 from embedding_assets.plots import score_histogram
@@ -31,6 +32,7 @@ from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
 # rest is cut and counted, so one huge document costs bounded time and memory.
 MAX_SCORED_CHARS = 1_000_000
 MIN_CALIBRATION_DOCUMENTS = 50
+SCORE_BINS = 20
 BOOLEAN_LABELS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False, "keep": True, "drop": False}
 
 
@@ -197,6 +199,7 @@ def head_evaluation(embedder: LexicalEmbedder, head: CurationHead, data: HeadDat
         "fraction of held-out sample documents, so every shard is judged by the same rule. With no curation configured, documents are embedded, not scored."
     ),
 )
+@stop_on_interrupt
 def quality_classifier(context: dg.AssetExecutionContext, storage: Storage, curation: Curation) -> dg.MaterializeResult:
     try:
         mode = curation.check()
@@ -290,6 +293,7 @@ def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
     automation_condition=dg.AutomationCondition.eager(),
     description="Every document of a shard with its uint8 student embedding, score, keep decision and the versions that produced them.",
 )
+@stop_on_interrupt
 def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.MaterializeResult:
     shard = context.partition_key
     embedder = read_model(storage)
@@ -317,7 +321,7 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
     schema = scored_schema(embedder.dim, lineage)
     kept = truncated = empty = 0
     low, high = head.score_range
-    score_hist = np.zeros(20, dtype=np.int64)
+    score_hist = np.zeros(SCORE_BINS, dtype=np.int64)
     started = time.perf_counter()
 
     def scored_batches():
@@ -339,7 +343,7 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
                     # An empty text has nothing to judge; it is scored as such and never kept.
                     keep = head.keep(scores) & ~blank
                     kept += int(keep.sum())
-                    score_hist[:] += np.histogram(np.clip(scores, low, high), bins=20, range=(low, high))[0]
+                    score_hist[:] += np.histogram(np.clip(scores, low, high), bins=SCORE_BINS, range=(low, high))[0]
                     score_column, keep_column = pa.array(scores, pa.float32()), pa.array(keep, pa.bool_())
                 else:
                     score_column, keep_column = pa.nulls(n, pa.float32()), pa.nulls(n, pa.bool_())
@@ -372,6 +376,8 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
             "keep_fraction": round(kept / max(rows, 1), 4),
             "threshold": round(head.threshold, 6),
             "score_histogram": dg.MetadataValue.md(score_histogram([int(c) for c in score_hist], head.threshold, (low, high))),
+            # The next scoring of this shard is compared with these (scored_corpus_drift).
+            "score_bins": [int(c) for c in score_hist],
         }
         if head.scores
         else {"scores": "none: no curation is configured (set --reference, --annotations or --positive-labels)"}

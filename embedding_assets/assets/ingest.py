@@ -2,6 +2,7 @@
 
 import hashlib
 import time
+from dataclasses import dataclass, field
 
 import dagster as dg
 import numpy as np
@@ -9,17 +10,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from embedding_assets.checks.reasons import failure_reason
+from embedding_assets.engine.config import DistillConfig
 from embedding_assets.engine.errors import InputError, SourceUnavailable
 from embedding_assets.engine.tokenization import load_tokenizer
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.paths import TRAINING_SAMPLE_FILE, raw_corpus_path
 from embedding_assets.progress import throughput, token_counts
-from embedding_assets.resources import CorpusSource, Storage, Teacher
+from embedding_assets.resources import CorpusSource, Curation, Storage, Teacher
+from embedding_assets.resources.curation import CurationSettingsError
 from embedding_assets.resources.s3 import is_transient
 from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
+from embedding_assets.interrupts import stop_on_interrupt
 from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_data_version, latest_metadata_value, short_hash
 
 SAMPLE_COLUMNS = ("id", "text", "label", "shard", "split")
+RAW_CORPUS_GATES = ("raw_corpus_contract", "raw_corpus_ids_unique_across_shards")
 
 
 def retryable(exc: InputError) -> bool:
@@ -36,6 +42,92 @@ def id_hash(ids: list[str], salt: str) -> np.ndarray:
     )
 
 
+@dataclass
+class CorpusShards:
+    """The shards of the corpus as its location holds them now, as the instance knows them.
+
+    `current`: shards in the location whose raw_corpus is materialised from that very file.
+    `departed`: partitions whose file is no longer in the location (another corpus, or a removed
+    shard); their stored outputs stay, but nothing reads them. `failed`: current shards whose latest
+    materialisation failed a raw_corpus gate (or shares ids with one that did), with the reason.
+    """
+
+    current: list[str]
+    departed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def usable(self) -> list[str]:
+        return [shard for shard in self.current if shard not in self.failed]
+
+    def report(self) -> dict:
+        return {
+            "corpus_shards": len(self.current),
+            "departed_shards": self.departed[:50],
+            "excluded_shards": {shard: why for shard, why in list(self.failed.items())[:50]},
+        }
+
+
+def gate_failures(instance: dg.DagsterInstance, shard: str) -> dict[str, dict]:
+    """The raw_corpus gates that failed on the latest materialisation of `shard`: check name -> metadata."""
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=raw_corpus.key, asset_partitions=[shard]), limit=1).records
+    if not records:
+        return {}
+    failed = {}
+    # The checks that ran with that materialisation are in its run (one shard per run).
+    for entry in instance.all_logs(records[0].run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+        evaluation = entry.dagster_event.event_specific_data
+        if evaluation.asset_key == raw_corpus.key and evaluation.check_name in RAW_CORPUS_GATES and not evaluation.passed:
+            failed[evaluation.check_name] = dict(evaluation.metadata)
+    return failed
+
+
+def shards_in_location(instance: dg.DagsterInstance, corpus: CorpusSource, storage: Storage) -> list[str]:
+    """Partitions whose file the corpus location holds now and whose raw shard is stored: what a
+    corpus-wide lookup (the reference set's overlap, the annotations' join) reads; a departed one is not."""
+    try:
+        listing = corpus.shards()
+    except InputError as exc:
+        raise dg.Failure(str(exc), allow_retries=retryable(exc)) from exc
+    registered = set(instance.get_dynamic_partitions(corpus_shards.name))
+    return [shard for shard in sorted(registered & set(listing)) if storage.exists(*raw_corpus_path(shard))]
+
+
+def corpus_shards_now(instance: dg.DagsterInstance, corpus: CorpusSource, storage: Storage) -> CorpusShards:
+    """The shards a corpus-wide asset reads: refuses (naming the shard and what to run) when one of
+    the location's shards is not ingested, or was ingested from another file than the one there now."""
+    try:
+        listing = corpus.shards()
+    except InputError as exc:
+        raise dg.Failure(str(exc), allow_retries=retryable(exc)) from exc
+    registered = set(instance.get_dynamic_partitions(corpus_shards.name))
+    departed = sorted(registered - set(listing))
+    current = sorted(listing)
+    for shard in current:
+        source = latest_metadata_value(instance, "raw_corpus", "source", shard) if shard in registered else None
+        if source is None or not storage.exists(*raw_corpus_path(shard)):
+            raise dg.Failure(
+                f"raw_corpus[{shard}] ({listing[shard]}) has not been materialised into {storage.uri(*raw_corpus_path(shard))}; "
+                "materialise it first (ingest_corpus, or python -m embedding_assets.run)",
+                allow_retries=False,
+            )
+        if str(source) != listing[shard]:
+            raise dg.Failure(
+                f"raw_corpus[{shard}] was read from {source}, but the corpus location {corpus.location} now holds {listing[shard]}; "
+                f"re-materialise raw_corpus[{shard}] (ingest_corpus, or python -m embedding_assets.run), or use another DAGSTER_HOME and storage for another corpus",
+                allow_retries=False,
+            )
+    failed: dict[str, str] = {}
+    for shard in current:
+        for name, metadata in gate_failures(instance, shard).items():
+            failed[shard] = failure_reason(name, metadata)
+            # Of two shards that share ids, the gate fails on the one ingested later only: exclude its partners too.
+            for other in getattr(metadata.get("clashing_shards"), "value", None) or []:
+                if other in listing:
+                    failed.setdefault(other, f"shares ids with raw_corpus[{shard}], whose raw_corpus_ids_unique_across_shards gate failed")
+    return CorpusShards(current, departed, dict(sorted(failed.items())))
+
+
 @dg.asset(
     partitions_def=corpus_shards,
     group_name="ingest",
@@ -46,6 +138,7 @@ def id_hash(ids: list[str], salt: str) -> np.ndarray:
     retry_policy=STORAGE_RETRY_POLICY,
     description="One corpus shard, read in record batches and checked against the corpus contract (id, text, extra columns kept).",
 )
+@stop_on_interrupt
 def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage: Storage, teacher: Teacher) -> dg.MaterializeResult:
     shard = context.partition_key
     try:
@@ -104,6 +197,47 @@ class SampleConfig(dg.Config):
     label_column: str = Field(default="label", description="Shard column whose values label the documents (for probes and the classifier).")
 
 
+def later_steps_config(context: dg.AssetExecutionContext, asset: str) -> dict | None:
+    """The run config of `asset` when this run materialises it too, else None."""
+    selection = context.run.asset_selection or context.job_def.asset_layer.executable_asset_keys
+    if dg.AssetKey(asset) not in selection:
+        return None
+    return ((context.run.run_config.get("ops") or {}).get(asset) or {}).get("config") or {}
+
+
+def refuse_untrainable(context, config: SampleConfig, kept: pa.Table, split: np.ndarray, mode: str, curation: Curation) -> None:
+    """What would fail after the teacher, refused before it: too few training documents for one batch,
+    and a labels curation the sample's labels cannot train."""
+    train = int((split == "train").sum())
+    training = later_steps_config(context, "distilled_model")
+    if training is not None:
+        batch = int(training.get("batch_size", DistillConfig.model_fields["batch_size"].default))
+        if train < batch:
+            raise dg.Failure(
+                f"the training sample has {train} training documents, fewer than one batch of {batch}: "
+                f"raise the sample size (training_sample size {config.size}, --sample-size) or lower the batch size "
+                f"(distilled_model batch_size, --batch-size)",
+                allow_retries=False,
+            )
+    if mode != "labels" or later_steps_config(context, "quality_classifier") is None:
+        return
+    labels = kept["label"].to_pylist()
+    if all(label is None for label in labels):
+        raise dg.Failure(
+            f"curation mode labels needs a label column ({config.label_column!r}, training_sample label_column) in the corpus, and this corpus has none; "
+            "use --reference with --curation reference-classifier or reference-similarity, or --annotations",
+            allow_retries=False,
+        )
+    wanted = np.isin(np.array(labels, dtype=object), list(curation.positive_labels))[split == "train"]
+    if wanted.all() or not wanted.any():
+        found = sorted({label for label in labels if label is not None})
+        raise dg.Failure(
+            f"curation mode labels: {'every' if wanted.all() else 'no'} training document has one of the positive labels "
+            f"{sorted(curation.positive_labels)} (--positive-labels), so there is nothing to tell apart; the sample's labels include {found[:20]}",
+            allow_retries=False,
+        )
+
+
 @dg.asset(
     deps=[raw_corpus],
     group_name="ingest",
@@ -117,16 +251,28 @@ class SampleConfig(dg.Config):
         "(bottom-k), so adding shards only ever swaps documents in, and a train / held-out split by a second hash."
     ),
 )
-def training_sample(context: dg.AssetExecutionContext, config: SampleConfig, storage: Storage, teacher: Teacher) -> dg.MaterializeResult:
+@stop_on_interrupt
+def training_sample(
+    context: dg.AssetExecutionContext, config: SampleConfig, corpus: CorpusSource, storage: Storage, teacher: Teacher, curation: Curation
+) -> dg.MaterializeResult:
     if config.size < 2 or not 0 < config.heldout_fraction < 1:
         raise dg.Failure(f"sample size must be >= 2 and heldout_fraction in (0, 1); got {config.size}, {config.heldout_fraction}", allow_retries=False)
+    try:
+        mode = curation.check()
+    except CurationSettingsError as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from exc
     started = time.perf_counter()
-    shards = sorted(context.instance.get_dynamic_partitions(corpus_shards.name))
+    found = corpus_shards_now(context.instance, corpus, storage)
+    for shard in found.departed:
+        context.log.warning(f"raw_corpus[{shard}] is a partition whose file is no longer in {corpus.location}: not sampled")
+    for shard, why in found.failed.items():
+        context.log.warning(f"raw_corpus[{shard}] is left out of the sample: {why}")
+    shards = found.usable
+    if not shards:
+        raise dg.Failure(f"no shard of {corpus.location} passed its raw_corpus gates: {found.failed or 'no shards'}", allow_retries=False)
     kept: pa.Table | None = None
     total = 0
     for shard in shards:
-        if not storage.exists(*raw_corpus_path(shard)):
-            raise dg.Failure(f"raw_corpus[{shard}] has not been materialised; materialise it first", allow_retries=False)
         with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
             for batch in parquet.iter_batches(batch_size=8192):
                 ids = batch.column("id").to_pylist()
@@ -153,6 +299,7 @@ def training_sample(context: dg.AssetExecutionContext, config: SampleConfig, sto
         raise dg.Failure("the same document id occurs in more than one shard; ids must be unique across shards", allow_retries=False)
     bucket = id_hash(kept["id"].to_pylist(), "split") % np.uint64(10_000)
     split = np.where(bucket < np.uint64(round(config.heldout_fraction * 10_000)), "heldout", "train")
+    refuse_untrainable(context, config, kept, split, mode, curation)
     sample = kept.drop_columns(["sample_hash"]).append_column("split", pa.array(split, pa.string()))
     hasher = BatchHasher()
     uri, rows = storage.write_parquet(hasher.wrap(sample.to_batches()), sample.schema, TRAINING_SAMPLE_FILE)
@@ -166,6 +313,7 @@ def training_sample(context: dg.AssetExecutionContext, config: SampleConfig, sto
         data_version=dg.DataVersion(short_hash(hasher.version, str(config.size), str(config.seed))),
         metadata={
             "raw_shard_versions": shard_versions,
+            **found.report(),
             "dagster/row_count": rows,
             "uri": dg.MetadataValue.path(uri),
             "shards": len(shards),

@@ -14,13 +14,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedding_assets.assets.ingest import id_hash, raw_corpus
+from embedding_assets.assets.ingest import id_hash, raw_corpus, shards_in_location
 from embedding_assets.paths import ANNOTATIONS_FILE, REFERENCE_FILE, raw_corpus_path
 from embedding_assets.corpus import SHARD_SUFFIXES, list_shards, read_shard
 from embedding_assets.engine.errors import InputError
 from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher
-from embedding_assets.partitions import corpus_shards
-from embedding_assets.resources import QualityGates, Storage
+from embedding_assets.resources import CorpusSource, QualityGates, Storage
 from embedding_assets.resources.curation import Curation
 
 REFERENCE = "reference"
@@ -85,14 +84,12 @@ def refuse_bad_documents(table: pa.Table, location: str, minimum: int, what: str
             seen[value] = i
 
 
-def corpus_overlap(context, storage: Storage, table: pa.Table) -> dict:
+def corpus_overlap(context, corpus: CorpusSource, storage: Storage, table: pa.Table) -> dict:
     """Reference documents also in the corpus (same id, or same text). A shared id with another text is refused."""
     by_id = dict(zip(table["id"].to_pylist(), text_hash(table["text"].to_pylist())))
     texts = set(by_id.values())
     same_id = same_text = 0
-    for shard in sorted(context.instance.get_dynamic_partitions(corpus_shards.name)):
-        if not storage.exists(*raw_corpus_path(shard)):
-            continue
+    for shard in shards_in_location(context.instance, corpus, storage):
         with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
             for batch in parquet.iter_batches(batch_size=65536, columns=["id", "text"]):
                 ids = batch.column("id")
@@ -129,7 +126,7 @@ def corpus_overlap(context, storage: Storage, table: pa.Table) -> dict:
     code_version=CODE_VERSIONS["reference_set"],
     description="The documents to find more of (and, optionally, documents not wanted), read from their own location; what the reference-classifier and reference-similarity modes learn from.",
 )
-def reference_set(context: dg.AssetExecutionContext, curation: Curation, storage: Storage, gates: QualityGates) -> dg.MaterializeResult:
+def reference_set(context: dg.AssetExecutionContext, curation: Curation, corpus: CorpusSource, storage: Storage, gates: QualityGates) -> dg.MaterializeResult:
     mode = curation.resolved_mode()
     if not curation.reference:
         raise failure(f"no reference set is configured (curation mode {mode}): set --reference or EMBEDDING_ASSETS_REFERENCE to a directory or s3:// prefix of documents")
@@ -145,7 +142,7 @@ def reference_set(context: dg.AssetExecutionContext, curation: Curation, storage
         refuse_bad_documents(negatives, curation.negative_reference, gates.min_reference_documents, "the negative reference set")
         table = pa.concat_tables([positives, negatives])
         refuse_bad_documents(table, f"{curation.reference} and {curation.negative_reference}", 1, "the reference sets together")
-    overlap = corpus_overlap(context, storage, table)
+    overlap = corpus_overlap(context, corpus, storage, table)
     split = np.where(heldout_mask(table["id"].to_pylist(), curation.reference_holdout), "heldout", "train")
     table = table.append_column("split", pa.array(split, pa.string()))
     hasher = BatchHasher()
@@ -236,7 +233,7 @@ def read_annotation_table(location: str, fs) -> pa.Table:
     code_version=CODE_VERSIONS["annotations"],
     description="Judgements on some corpus documents (id with a label or a score, from a person or a judge model), joined to their texts in raw_corpus; what the annotations mode learns from.",
 )
-def annotations(context: dg.AssetExecutionContext, curation: Curation, storage: Storage) -> dg.MaterializeResult:
+def annotations(context: dg.AssetExecutionContext, curation: Curation, corpus: CorpusSource, storage: Storage) -> dg.MaterializeResult:
     if not curation.annotations:
         raise failure("no annotations are configured: set --annotations or EMBEDDING_ASSETS_ANNOTATIONS to a table of id with label or score")
     started = time.perf_counter()
@@ -247,9 +244,7 @@ def annotations(context: dg.AssetExecutionContext, curation: Curation, storage: 
         raise failure(f"annotations at {curation.annotations}: id {repeated!r} is annotated more than once")
     wanted = pa.array(ids, pa.string())
     found: list[pa.Table] = []
-    for shard in sorted(context.instance.get_dynamic_partitions(corpus_shards.name)):
-        if not storage.exists(*raw_corpus_path(shard)):
-            continue
+    for shard in shards_in_location(context.instance, corpus, storage):
         with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
             for batch in parquet.iter_batches(batch_size=65536, columns=["id", "text"]):
                 hits = batch.filter(pc.is_in(batch.column("id"), value_set=wanted))

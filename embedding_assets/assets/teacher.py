@@ -20,9 +20,11 @@ from pydantic import Field
 
 from embedding_assets import paths
 from embedding_assets.assets.ingest import training_sample
+from embedding_assets.interrupts import stop_on_interrupt
 from embedding_assets.progress import throughput
 from embedding_assets.resources import Compute, Storage, Teacher
 from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
+from embedding_assets.resources.teacher import model_problem
 from embedding_assets.resources.teacher_chunks import TeacherChunks, embed_in_chunks
 from embedding_assets.stored import embedding_column, embeddings_schema, read_sample
 from embedding_assets.lineage import CODE_VERSIONS, OWNERS, latest_metadata_value, short_hash
@@ -44,7 +46,11 @@ class TeacherEmbeddingsConfig(dg.Config):
         "Its data version changes when any of them does, which marks everything trained from it stale."
     ),
 )
+@stop_on_interrupt
 def teacher_model(teacher: Teacher, storage: Storage) -> dg.MaterializeResult:
+    problem = model_problem(teacher.model)  # the directory may have changed since the settings were read
+    if problem:
+        raise dg.Failure(problem, allow_retries=False)
     native = teacher.native_dim()
     if native is not None and teacher.truncate_dim > native:
         raise dg.Failure(
@@ -76,6 +82,7 @@ def teacher_model(teacher: Teacher, storage: Storage) -> dg.MaterializeResult:
         "contextual vectors over the training split (teacher_token_sums.safetensors), the prior of the student's first layer."
     ),
 )
+@stop_on_interrupt
 def teacher_embeddings(
     context: dg.AssetExecutionContext, config: TeacherEmbeddingsConfig, storage: Storage, teacher: Teacher, compute: Compute
 ) -> dg.MaterializeResult:

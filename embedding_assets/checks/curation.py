@@ -4,7 +4,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from embedding_assets.assets.curation import calibration_rows, quality_classifier, scored_corpus
+from embedding_assets.assets.curation import SCORE_BINS, calibration_rows, quality_classifier, scored_corpus
 from embedding_assets.checks.expectations import validate
 from embedding_assets.paths import HEAD_FILE, MODEL_FILE, raw_corpus_path, scored_corpus_path
 from embedding_assets.stored import read_sample
@@ -15,13 +15,6 @@ from embedding_assets.resources import QualityGates, Storage
 
 def load_head(storage: Storage) -> CurationHead:
     return CurationHead.from_bytes(storage.read_bytes(HEAD_FILE))
-
-
-def population_stability(scores: np.ndarray, reference_deciles: list[float]) -> float:
-    """PSI of `scores` over the ten bins the reference deciles cut, each holding a tenth of the reference."""
-    counts = np.bincount(np.searchsorted(np.asarray(reference_deciles), scores, side="right"), minlength=10)
-    actual = np.maximum(counts / max(len(scores), 1), 1e-4)
-    return float(np.sum((actual - 0.1) * np.log(actual / 0.1)))
 
 
 @dg.asset_check(
@@ -101,35 +94,73 @@ def scored_corpus_contract(context: dg.AssetCheckExecutionContext, storage: Stor
     return result
 
 
-@dg.asset_check(asset=scored_corpus, blocking=True, description="The shard's keep fraction near the target, and its score distribution close to the sample's (PSI).")
+def histogram_stability(counts: list[int], reference: list[int]) -> float:
+    """PSI of one histogram against another over the same bins."""
+    actual = np.maximum(np.asarray(counts, float) / max(sum(counts), 1), 1e-4)
+    expected = np.maximum(np.asarray(reference, float) / max(sum(reference), 1), 1e-4)
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+def score_bins(scores: np.ndarray, score_range: tuple[float, float]) -> list[int]:
+    low, high = score_range
+    return [int(c) for c in np.histogram(np.clip(scores, low, high), bins=SCORE_BINS, range=(low, high))[0]]
+
+
+@dg.asset_check(
+    asset=scored_corpus,
+    blocking=True,
+    description=(
+        "The shard against what it should be compared with: the keep fraction its drift reference expects (QualityGates.drift_references, "
+        "per source), else its own previous scoring; and its score distribution (PSI) against its previous scoring by the same head. "
+        "A first scoring with no reference is the baseline. Severity is QualityGates.drift_severity (warn or block)."
+    ),
+)
 def scored_corpus_drift(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
     shard = context.partition_key
     scored = read_scored(storage, shard)
     classifier = load_head(storage)
+    severity = dg.AssetCheckSeverity.WARN if gates.drift_severity == "warn" else dg.AssetCheckSeverity.ERROR
     if not classifier.scores:
         return dg.AssetCheckResult(passed=True, metadata={"shard": shard, "note": "no curation configured: nothing is scored, so nothing drifts"})
     rows = len(scored)
-    target = classifier.target_keep_fraction
     keep_fraction = float(scored["keep"].astype(bool).mean()) if rows else 0.0
-    # A small shard's keep fraction varies by chance: allow three binomial standard deviations on top.
-    allowed_gap = gates.shard_keep_tolerance + 3 * np.sqrt(target * (1 - target) / max(rows, 1))
-    judged = rows >= gates.min_rows_for_drift
-    psi = population_stability(scored["score"].to_numpy(), classifier.evaluation["sample_score_deciles"])
+    bins = score_bins(scored["score"].to_numpy(), classifier.score_range)
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=scored_corpus.key, asset_partitions=[shard]), limit=2
+    ).records
+    previous = {k: v.value for k, v in records[1].asset_materialization.metadata.items()} if len(records) > 1 else None
+    reference = gates.drift_reference(shard)
+    if reference is not None:
+        target, compared_with = reference[1], f"drift reference {reference[0]!r}"
+    elif previous is not None and previous.get("keep_fraction") is not None:
+        target, compared_with = float(previous["keep_fraction"]), f"its previous scoring (run {records[1].run_id[:8]})"
+    else:
+        target, compared_with = None, "nothing: first scoring of this shard, the baseline for the next (or set QualityGates.drift_references)"
     failed = []
-    if abs(keep_fraction - target) > allowed_gap:
-        failed.append(f"keep fraction {keep_fraction:.4f} is not {target} ± {allowed_gap:.4f}")
-    if judged and psi > gates.max_score_psi:
-        failed.append(f"score PSI {psi:.4f} > {gates.max_score_psi}")
+    allowed_gap = None
+    if target is not None:
+        # A small shard's keep fraction varies by chance: allow three binomial standard deviations on top.
+        allowed_gap = gates.shard_keep_tolerance + 3 * np.sqrt(target * (1 - target) / max(rows, 1))
+        if abs(keep_fraction - target) > allowed_gap:
+            failed.append(f"keep fraction {keep_fraction:.4f} is not {target} ± {allowed_gap:.4f} ({compared_with})")
+    psi = None
+    if previous is not None and previous.get("classifier_version") == classifier.version and previous.get("score_bins"):
+        psi = histogram_stability(bins, previous["score_bins"])
+        if rows >= gates.min_rows_for_drift and psi > gates.max_score_psi:
+            failed.append(f"score PSI {psi:.4f} > {gates.max_score_psi} against its previous scoring by the same head")
     return dg.AssetCheckResult(
         passed=not failed,
+        severity=severity,
         metadata={
             "shard": shard,
             "failed": failed,
+            "compared_with": compared_with,
+            "severity": gates.drift_severity,
             "rows": rows,
             "keep_fraction": round(keep_fraction, 4),
-            "allowed_keep_gap": round(float(allowed_gap), 4),
-            "score_psi": round(psi, 4),
+            "expected_keep_fraction": target if target is not None else "none",
+            "allowed_keep_gap": round(float(allowed_gap), 4) if allowed_gap is not None else "none",
+            "score_psi": round(psi, 4) if psi is not None else "none (no previous scoring by this head)",
             "max_score_psi": gates.max_score_psi,
-            "psi_judged": judged,
         },
     )

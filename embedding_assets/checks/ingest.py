@@ -7,7 +7,8 @@ from embedding_assets.assets.ingest import raw_corpus
 from embedding_assets.paths import raw_corpus_path
 from embedding_assets.checks.expectations import validate
 from embedding_assets.partitions import corpus_shards
-from embedding_assets.resources import QualityGates, Storage
+from embedding_assets.engine.errors import InputError
+from embedding_assets.resources import CorpusSource, QualityGates, Storage
 
 
 def read_ids_and_texts(storage: Storage, shard: str):
@@ -54,13 +55,18 @@ def raw_corpus_contract(context: dg.AssetCheckExecutionContext, storage: Storage
     )
 
 
-@dg.asset_check(asset=raw_corpus, blocking=True, description="No id of this shard occurs in another materialised shard.")
-def raw_corpus_ids_unique_across_shards(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
+@dg.asset_check(asset=raw_corpus, blocking=True, description="No id of this shard occurs in another materialised shard of the corpus location.")
+def raw_corpus_ids_unique_across_shards(context: dg.AssetCheckExecutionContext, corpus: CorpusSource, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
     shard = context.partition_key
     with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
         ids = parquet.read(columns=["id"])["id"].to_numpy(zero_copy_only=False).astype(str)
     clashes: dict[str, list[str]] = {}
-    others = [s for s in context.instance.get_dynamic_partitions(corpus_shards.name) if s != shard]
+    try:
+        in_location = set(corpus.shards())
+    except InputError:
+        in_location = set(context.instance.get_dynamic_partitions(corpus_shards.name))
+    # Partitions of a corpus that has left the location are not compared: they are not read either.
+    others = sorted(s for s in context.instance.get_dynamic_partitions(corpus_shards.name) if s != shard and s in in_location)
     for other in others:
         if not storage.exists(*raw_corpus_path(other)):
             continue

@@ -38,8 +38,11 @@ def cosine_spearman(student: np.ndarray, teacher: np.ndarray, pairs: int = 20_00
 
 
 def probe_labels(labels: Sequence[str | None], top: int) -> np.ndarray:
-    """Keep the `top` most frequent labels; others (and missing ones) become None."""
+    """Keep the `top` most frequent labels; others (and missing ones) become None. With fewer than
+    two distinct labels there is nothing to probe, and every label becomes None."""
     values, counts = np.unique([lab for lab in labels if lab is not None], return_counts=True)
+    if len(values) < 2:
+        return np.array([None] * len(labels), dtype=object)
     kept = set(values[np.lexsort((values, -counts))][:top])
     return np.array([lab if lab in kept else None for lab in labels], dtype=object)
 

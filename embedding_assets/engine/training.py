@@ -12,7 +12,6 @@ network untrained, and linear probes when labels are given. Imports torch (train
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
