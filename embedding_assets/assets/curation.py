@@ -234,13 +234,11 @@ def quality_classifier(context: dg.AssetExecutionContext, storage: Storage, cura
             "calibrated_on": "sample" if calibration.all() else "heldout",
             "calibration_documents": len(texts),
             "calibration_keep_fraction": round(float(head.keep(scores).mean()), 4),
-            "sample_score_deciles": [float(q) for q in np.quantile(scores, np.linspace(0.1, 0.9, 9))],
         }
         head = replace(head, evaluation=evaluation)
     uri = storage.write_bytes(head.to_bytes(), HEAD_FILE)
     card = head_card(head)
     storage.write_bytes(card.encode(), HEAD_CARD_FILE)
-    shown = {k: v for k, v in head.evaluation.items() if k != "sample_score_deciles"}
     return dg.MaterializeResult(
         data_version=dg.DataVersion(head.version),
         metadata={
@@ -255,7 +253,7 @@ def quality_classifier(context: dg.AssetExecutionContext, storage: Storage, cura
                 [dg.TableRecord({"setting": k, "value": str(v)}) for k, v in sorted(settings.items())],
                 dg.TableSchema(columns=[dg.TableColumn("setting", "string"), dg.TableColumn("value", "string")]),
             ),
-            **shown,
+            **head.evaluation,
             **throughput(time.perf_counter() - started, sample.num_rows, latest_metadata_value(context.instance, "training_sample", "tokens")),
         },
     )

@@ -42,6 +42,11 @@ def id_hash(ids: list[str], salt: str) -> np.ndarray:
     )
 
 
+def heldout_mask(ids: list[str], fraction: float) -> np.ndarray:
+    """Rows held out by a hash of the id, the same rule for every run and every asset."""
+    return id_hash(ids, "split") % np.uint64(10_000) < np.uint64(round(fraction * 10_000))
+
+
 @dataclass
 class CorpusShards:
     """The shards of the corpus as its location holds them now, as the instance knows them.
@@ -297,8 +302,7 @@ def training_sample(
     duplicates = pc.count_distinct(kept["id"]).as_py() != kept.num_rows
     if duplicates:
         raise dg.Failure("the same document id occurs in more than one shard; ids must be unique across shards", allow_retries=False)
-    bucket = id_hash(kept["id"].to_pylist(), "split") % np.uint64(10_000)
-    split = np.where(bucket < np.uint64(round(config.heldout_fraction * 10_000)), "heldout", "train")
+    split = np.where(heldout_mask(kept["id"].to_pylist(), config.heldout_fraction), "heldout", "train")
     refuse_untrainable(context, config, kept, split, mode, curation)
     sample = kept.drop_columns(["sample_hash"]).append_column("split", pa.array(split, pa.string()))
     hasher = BatchHasher()

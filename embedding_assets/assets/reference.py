@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedding_assets.assets.ingest import id_hash, raw_corpus, shards_in_location
+from embedding_assets.assets.ingest import heldout_mask, raw_corpus, shards_in_location
 from embedding_assets.paths import ANNOTATIONS_FILE, REFERENCE_FILE, raw_corpus_path
 from embedding_assets.corpus import SHARD_SUFFIXES, list_shards, read_shard
 from embedding_assets.engine.errors import InputError
@@ -29,11 +29,6 @@ ANNOTATION_SUFFIXES = (".parquet", ".jsonl", ".csv")
 
 def text_hash(texts: list[str]) -> list[bytes]:
     return [hashlib.blake2b(t.encode(), digest_size=12).digest() for t in texts]
-
-
-def heldout_mask(ids: list[str], fraction: float) -> np.ndarray:
-    """Rows held out by a hash of the id, the same rule for every run."""
-    return id_hash(ids, "split") % np.uint64(10_000) < np.uint64(round(fraction * 10_000))
 
 
 def failure(message: str) -> dg.Failure:

@@ -201,7 +201,7 @@ def head_card(head: CurationHead) -> str:
         "",
         "| held-out measure | value |",
         "|---|---|",
-        *[f"| {k} | {v} |" for k, v in sorted(head.evaluation.items()) if k != "sample_score_deciles"],
+        *[f"| {k} | {v} |" for k, v in sorted(head.evaluation.items())],
     ]
     return "\n".join(lines) + "\n"
 
