@@ -19,7 +19,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from embedding_assets.paths import MODEL_FILE, scored_corpus_path
+from embedding_assets.paths import MODEL_FILE, shard_file
+from embedding_assets.versions import STORED_AT, latest_version
 from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import Storage
@@ -44,13 +45,14 @@ class AuditError(LookupError):
 
 
 def recorded_storage_base(instance: dg.DagsterInstance) -> str | None:
-    """The storage base the instance's latest model (or any scored shard) was written under, from its `uri` metadata."""
-    for key, suffix in (("distilled_model", MODEL_FILE), ("scored_corpus", None)):
+    """The storage base the instance's latest model (or any scored shard) was written under, from its `uri` and `stored_at` metadata."""
+    for key in ("distilled_model", "scored_corpus"):
         records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(key)), limit=1).records
-        if not records or "uri" not in records[0].asset_materialization.metadata:
+        metadata = records[0].asset_materialization.metadata if records else {}
+        if "uri" not in metadata or STORED_AT not in metadata:
             continue
-        uri = str(records[0].asset_materialization.metadata["uri"].value)
-        tail = f"/{suffix}" if suffix else f"/scored_corpus/{uri.rsplit('/', 1)[-1]}"
+        uri = str(metadata["uri"].value)
+        tail = f"/{metadata[STORED_AT].value}/{uri.rsplit('/', 1)[-1]}"
         if uri.endswith(tail):
             return uri[: -len(tail)]
     return None
@@ -102,9 +104,9 @@ def checks(instance: dg.DagsterInstance, key: str, run_id: str) -> dict:
 def model_chain(instance: dg.DagsterInstance, storage: Storage, model_version: str | None = None) -> dict:
     model = materialization(instance, "distilled_model", version=model_version)
     provenance = {}
-    current = LexicalEmbedder.from_bytes(storage.read_bytes(MODEL_FILE))
-    if current.version == model["data_version"]:
-        provenance = current.provenance
+    stored = model["metadata"].get(STORED_AT)
+    if stored:
+        provenance = LexicalEmbedder.from_bytes(storage.read_bytes(*stored.split("/"), MODEL_FILE)).provenance
     versions = provenance.get("data_versions", {})
     chain = {"distilled_model": {**model, "training": provenance.get("training"), "evaluation": provenance.get("evaluation"), "teacher": provenance.get("teacher")}}
     for key in ("teacher_embeddings", "teacher_model", "features", "training_sample"):
@@ -117,7 +119,7 @@ def model_chain(instance: dg.DagsterInstance, storage: Storage, model_version: s
 def shard_chain(instance: dg.DagsterInstance, storage: Storage, shard: str) -> dict:
     scored = materialization(instance, "scored_corpus", shard)
     meta = scored["metadata"]
-    with storage.open_parquet(*scored_corpus_path(shard)) as parquet:
+    with storage.open_parquet(*meta[STORED_AT].split("/"), shard_file(shard)) as parquet:
         file_lineage = {k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
     classifier = materialization(instance, "quality_classifier", version=meta["classifier_version"])
     settings = json.loads(file_lineage.get("curation_settings") or "{}")
@@ -136,12 +138,12 @@ def shard_chain(instance: dg.DagsterInstance, storage: Storage, shard: str) -> d
     }
 
 
-def rows_with_id(storage: Storage, name: str, doc_id: str) -> list[dict]:
+def rows_with_id(storage: Storage, parts: tuple[str, ...], doc_id: str) -> list[dict]:
     """The rows of a stored table whose id is `doc_id`, read batch by batch."""
     import pyarrow.compute as pc
 
     rows = []
-    with storage.open_parquet(name) as parquet:
+    with storage.open_parquet(*parts) as parquet:
         for batch in parquet.iter_batches(batch_size=65536):
             rows += batch.filter(pc.equal(batch.column("id"), doc_id)).to_pylist()
     return rows
@@ -151,13 +153,14 @@ def selection_decision(instance: dg.DagsterInstance, storage: Storage, doc_id: s
     """The document's line of the final keep list, with its duplicate group when it has one."""
     from embedding_assets.assets.selection import NEAR_DUPLICATES_FILE, SELECTION_FILE
 
-    if not storage.exists(SELECTION_FILE):
+    selected, grouped = latest_version(instance, "selection"), latest_version(instance, "near_duplicates")
+    if selected is None or grouped is None:
         return None
-    found = rows_with_id(storage, SELECTION_FILE, doc_id)
+    found = rows_with_id(storage, selected.file(SELECTION_FILE), doc_id)
     if not found:
         return None
     decision = found[0]
-    group = rows_with_id(storage, NEAR_DUPLICATES_FILE, doc_id)
+    group = rows_with_id(storage, grouped.file(NEAR_DUPLICATES_FILE), doc_id)
     if group:
         decision["duplicate_group"] = group[0]
     reason = decision["reason"]
@@ -183,10 +186,11 @@ def find_document(instance: dg.DagsterInstance, storage: Storage, doc_id: str) -
 
     searched = 0
     for shard in sorted(instance.get_dynamic_partitions(corpus_shards.name)):
-        if not storage.exists(*scored_corpus_path(shard)):
+        scored = latest_version(instance, "scored_corpus", shard)
+        if scored is None or not storage.exists(*scored.file(shard_file(shard))):
             continue
         searched += 1
-        with storage.open_parquet(*scored_corpus_path(shard)) as parquet:
+        with storage.open_parquet(*scored.file(shard_file(shard))) as parquet:
             for batch in parquet.iter_batches(columns=["id", "score", "keep", "model_version", "classifier_version"], batch_size=65536):
                 hits = pc.index(batch.column("id"), doc_id).as_py()
                 if hits >= 0:

@@ -18,7 +18,7 @@ from embedding_assets.checks import reference as reference_checks
 from embedding_assets.checks import selection as selection_checks
 from embedding_assets.checks import teacher as teacher_checks
 from embedding_assets.checks import training as training_checks
-from embedding_assets.jobs import ingest_corpus, prepare_curation, refresh_shard, score_corpus, select_corpus, train_embedder
+from embedding_assets.jobs import EXECUTOR, ingest_corpus, prepare_curation, refresh_shard, score_corpus, select_corpus, train_embedder
 from embedding_assets.jobs.sensors import corpus_shard_sensor, scored_corpus_refresh
 from embedding_assets.resources import Compute, CorpusSource, Curation, Storage, Teacher
 from embedding_assets.resources.gates import gates_from_env
@@ -64,7 +64,7 @@ def resources_from_env() -> dict:
     return {
         "corpus": CorpusSource(location=corpus, s3=s3),
         "curation": curation_from_env(corpus, s3),
-        "storage": Storage(base=env("EMBEDDING_ASSETS_STORAGE", "data/storage"), s3=s3),
+        "storage": Storage(base=env("EMBEDDING_ASSETS_STORAGE", "data/storage"), s3=s3, keep_versions=int(env("EMBEDDING_ASSETS_KEEP_VERSIONS") or 3)),
         "teacher": Teacher(model=env("EMBEDDING_ASSETS_TEACHER", DEFAULT_TEACHER)),
         "compute": Compute(
             device=env("EMBEDDING_ASSETS_DEVICE", "auto"),
@@ -85,4 +85,5 @@ defs = dg.Definitions(
     jobs=[ingest_corpus, prepare_curation, train_embedder, score_corpus, refresh_shard, select_corpus],
     sensors=[corpus_shard_sensor, scored_corpus_refresh],
     resources=resources_from_env(),
+    executor=EXECUTOR,
 )

@@ -1,7 +1,7 @@
 """Where each asset keeps its files, relative to the storage base: the one place that spells them.
 
-Names are path parts for `Storage` methods: `storage.read_bytes(paths.MODEL_FILE)`,
-`storage.open_parquet(*paths.scored_corpus_path(shard))`.
+Each materialisation writes a new version folder (`embedding_assets.versions`); these are the
+names of the files inside it: `storage.read_bytes(*version.file(paths.MODEL_FILE))`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ HEAD_FILE = "quality_classifier.safetensors"
 HEAD_CARD_FILE = "quality_classifier.md"
 
 
-def raw_corpus_path(shard: str) -> tuple[str, str]:
-    return ("raw_corpus", f"{shard}.parquet")
-
-
-def scored_corpus_path(shard: str) -> tuple[str, str]:
-    return ("scored_corpus", f"{shard}.parquet")
+def shard_file(shard: str) -> str:
+    """A shard's file in a version of raw_corpus[shard] or scored_corpus[shard]."""
+    return f"{shard}.parquet"

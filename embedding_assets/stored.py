@@ -7,6 +7,7 @@ import pyarrow as pa
 
 from embedding_assets import paths
 from embedding_assets.resources import Storage
+from embedding_assets.versions import Version
 
 
 def embeddings_schema(dim: int, value_type: pa.DataType, metadata: dict[str, str]) -> pa.Schema:
@@ -31,6 +32,6 @@ def read_embeddings(storage: Storage, *parts: str) -> tuple[list[str], np.ndarra
     return table["id"].to_pylist(), vectors, metadata
 
 
-def read_sample(storage: Storage, columns: list[str]) -> pa.Table:
-    with storage.open_parquet(paths.TRAINING_SAMPLE_FILE) as parquet:
+def read_sample(storage: Storage, sample: Version, columns: list[str]) -> pa.Table:
+    with storage.open_parquet(*sample.file(paths.TRAINING_SAMPLE_FILE)) as parquet:
         return parquet.read(columns=columns)

@@ -1,6 +1,7 @@
 """Jobs: ingest shards, train the embedder and classifier, score shards, refresh a shard end to end.
 
-The executor comes from EMBEDDING_ASSETS_EXECUTOR: `multiprocess` (default; each step in its own
+The executor is the code location's (`Definitions(executor=EXECUTOR)`), so every run uses it: these
+jobs, and the runs that automation, the UI and backfills launch. It comes from EMBEDDING_ASSETS_EXECUTOR: `multiprocess` (default; each step in its own
 process, at most EMBEDDING_ASSETS_MAX_CONCURRENT at a time, default 2) or `k8s` (each step in its
 own pod through dagster-k8s, which must then be installed: the `k8s` extra).
 """
@@ -44,7 +45,6 @@ EXECUTOR = executor_from_env()
 ingest_corpus = dg.define_asset_job(
     "ingest_corpus",
     selection=dg.AssetSelection.assets(raw_corpus),
-    executor_def=EXECUTOR,
     description="Read one corpus shard into the corpus contract.",
 )
 
@@ -52,35 +52,30 @@ ingest_corpus = dg.define_asset_job(
 prepare_curation = dg.define_asset_job(
     "prepare_curation",
     selection=dg.AssetSelection.assets(reference_set, annotations),
-    executor_def=EXECUTOR,
     description="Read the reference set or the annotations the curation mode learns from, and check them.",
 )
 
 train_embedder = dg.define_asset_job(
     "train_embedder",
     selection=dg.AssetSelection.assets(training_sample, features, teacher_model, teacher_embeddings, distilled_model, quality_classifier, clusters),
-    executor_def=EXECUTOR,
     description="From the corpus sample to the distilled model, the curation head and the clusters the scored shards are assigned to.",
 )
 
 score_corpus = dg.define_asset_job(
     "score_corpus",
     selection=dg.AssetSelection.assets(scored_corpus),
-    executor_def=EXECUTOR,
     description="Score one shard with the current model and classifier.",
 )
 
 refresh_shard = dg.define_asset_job(
     "refresh_shard",
     selection=dg.AssetSelection.assets(raw_corpus, scored_corpus),
-    executor_def=EXECUTOR,
     description="Ingest one new or rewritten shard and score it; what the corpus sensor requests.",
 )
 
 select_corpus = dg.define_asset_job(
     "select_corpus",
     selection=dg.AssetSelection.assets(near_duplicates, selection),
-    executor_def=EXECUTOR,
     description="Near-duplicate groups across every scored shard, then the final keep list.",
 )
 

@@ -102,6 +102,9 @@ class Storage(dg.ConfigurableResource):
 
     base: str = Field(default="data/storage", description="Local directory or s3://bucket/prefix for all outputs.")
     s3: S3Settings = Field(default=S3Settings(), description="Endpoint, region and profile used when base is on S3.")
+    keep_versions: int = Field(
+        default=3, ge=1, description="Versions of each output kept (the newest ones); the last one that passed its gates is always kept too."
+    )
     _clients: dict = PrivateAttr(default_factory=dict)
 
     @field_validator("base")

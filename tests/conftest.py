@@ -122,6 +122,35 @@ def pipeline(small_corpus, tmp_path_factory):
         yield {"instance": instance, "resources": resources, "storage": storage_dir, "ids": ids, "results": results}
 
 
+def stored_file(storage: Path, name: str, shard: str | None = None) -> Path:
+    """The newest stored version of an output: stored_file(s, "distilled_model.safetensors"), stored_file(s, "scored_corpus", shard).
+    Version folders are named by their UTC time, so the newest sorts last."""
+    if shard is not None:
+        folder, file = storage / name / shard, f"{shard}.parquet"
+    else:
+        folder, file = storage / FOLDER_OF.get(name, name.split(".")[0]), name
+    found = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    assert found, f"no stored version under {folder}"
+    return found[-1] / file
+
+
+FOLDER_OF = {"teacher_token_sums.safetensors": "teacher_embeddings"}
+
+
+def stored_key(client, bucket: str, base: str, name: str, shard: str | None = None) -> str:
+    """stored_file's S3 twin: the key of the newest stored version under `base` in `bucket`."""
+    folder = f"{base}/{name}/{shard}/" if shard is not None else f"{base}/{FOLDER_OF.get(name, name.split('.')[0])}/"
+    file = f"{shard}.parquet" if shard is not None else name
+    keys = [
+        item["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder)
+        for item in page.get("Contents", [])
+        if item["Key"].endswith("/" + file) and item["Key"].count("/") == folder.count("/") + 1
+    ]
+    assert keys, f"no stored version under s3://{bucket}/{folder}"
+    return sorted(keys)[-1]
+
+
 def failure_text(result) -> str:
     """The message of a failed run's first step failure (error and Failure description together)."""
     failures = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
@@ -145,7 +174,10 @@ def trained(pipeline, tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     resources = {**pipeline["resources"], "storage": Storage(base=str(storage)), "corpus": CorpusSource(location=str(corpus))}
-    with dg.instance_for_test() as instance:
+    # The stored versions are only read once the instance says they passed their gates: copy its history too.
+    home = tmp_path / "dagster_home"
+    shutil.copytree(pipeline["instance"].root_directory, home)
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
         yield {"storage": storage, "corpus": corpus, "resources": resources, "instance": instance, "pipeline_corpus": pipeline["resources"]["corpus"]}
 
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from safetensors.numpy import load_file, save_file
 
-from conftest import TEST_RUN_CONFIG
+from conftest import TEST_RUN_CONFIG, stored_file
 from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS
 from embedding_assets.resources import Teacher
 from embedding_assets.resources.teacher import default_teacher_dir
@@ -33,11 +33,11 @@ def evaluation(result, check_name):
     return found.passed, {k: getattr(v, "value", v) for k, v in found.metadata.items()}
 
 
-def materialized(trained, key, partition=None):
-    instance = trained["instance"]
-    if partition:
-        return partition in instance.get_materialized_partitions(dg.AssetKey(key))
-    return instance.get_latest_materialization_event(dg.AssetKey(key)) is not None
+def materialized(result, key, partition=None):
+    """Whether the run materialised `key` (and `partition`)."""
+    return any(
+        e.asset_key == dg.AssetKey(key) and e.partition == partition for e in result.get_asset_materialization_events()
+    )
 
 
 def test_duplicate_ids_and_empty_texts_fail_the_raw_gate_and_block_scoring(trained):
@@ -49,8 +49,8 @@ def test_duplicate_ids_and_empty_texts_fail_the_raw_gate_and_block_scoring(train
     assert meta["duplicate_ids"] == ["a"]
     assert meta["empty_text_ids"] == ["b", "c"]
     assert "expect_column_values_to_be_unique[id]" in meta["failed_expectations"]
-    assert materialized(trained, "raw_corpus", "bad")
-    assert not materialized(trained, "scored_corpus", "bad")
+    assert materialized(result, "raw_corpus", "bad")
+    assert not materialized(result, "scored_corpus", "bad")
 
 
 def test_ids_shared_with_another_shard_fail_the_cross_shard_gate(trained):
@@ -60,7 +60,7 @@ def test_ids_shared_with_another_shard_fail_the_cross_shard_gate(trained):
     result = run(trained, ["raw_corpus", "scored_corpus"], partition="second")
     passed, meta = evaluation(result, "raw_corpus_ids_unique_across_shards")
     assert not passed and meta["clashing_ids"] == ["x2"] and meta["clashing_shards"] == ["first"]
-    assert not materialized(trained, "scored_corpus", "second")
+    assert not materialized(result, "scored_corpus", "second")
 
 
 def test_a_teacher_that_emits_nan_fails_its_gate_and_blocks_training(trained, tmp_path):
@@ -77,7 +77,7 @@ def test_a_teacher_that_emits_nan_fails_its_gate_and_blocks_training(trained, tm
     assert not passed
     assert "NaN or inf values" in meta["failed"]
     assert len(meta["non_finite_ids"]) > 0
-    assert not materialized(trained, "distilled_model")
+    assert not materialized(result, "distilled_model")
 
 
 def test_a_student_trained_for_zero_steps_fails_the_fidelity_gate(trained):
@@ -89,13 +89,13 @@ def test_a_student_trained_for_zero_steps_fails_the_fidelity_gate(trained):
     assert any("gain over untrained" in f for f in meta["failed"])
     assert meta["recall_at_10"] == meta["untrained_recall_at_10"]
     assert evaluation(result, "distilled_model_artifact")[0]  # the file itself is sound
-    assert not materialized(trained, "quality_classifier")
+    assert not materialized(result, "quality_classifier")
 
 
 def test_a_threshold_that_misses_its_target_fails_calibration_and_blocks_scoring(trained):
     # Half of the sample is one repeated document: every copy scores the same, so no threshold
     # can keep exactly the target share.
-    path = trained["storage"] / "training_sample.parquet"
+    path = stored_file(trained["storage"], "training_sample.parquet")
     sample = pq.read_table(path).to_pydict()
     half = len(sample["text"]) // 2
     sample["text"][:half] = [sample["text"][0]] * half
@@ -108,7 +108,7 @@ def test_a_threshold_that_misses_its_target_fails_calibration_and_blocks_scoring
     assert not passed
     assert any("calibration keep fraction" in f for f in meta["failed"])
     assert abs(meta["calibration_keep_fraction"] - 0.2) > 0.02
-    assert not materialized(trained, "scored_corpus", "next")
+    assert not materialized(result, "scored_corpus", "next")
 
 
 def test_every_gate_passes_on_the_good_pipeline(pipeline):

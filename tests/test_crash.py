@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.numpy import load as load_safetensors
 
-from conftest import local_resources
+from conftest import local_resources, stored_file
 from embedding_assets.definitions import ALL_ASSETS
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import Teacher
@@ -29,23 +29,23 @@ from embedding_assets.sample_corpus import NETWORKING_LABELS, SAMPLE_CORPUS_DIR
 CHILD = """
 import json, sys
 import dagster as dg
-from embedding_assets.definitions import ALL_ASSETS, resources_from_env
+from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS, resources_from_env
 from embedding_assets.partitions import corpus_shards
 asset, partition, run_config = sys.argv[1], sys.argv[2] or None, json.loads(sys.argv[3])
 instance = dg.DagsterInstance.get()
 if partition:
     instance.add_dynamic_partitions(corpus_shards.name, [partition])
-dg.materialize(ALL_ASSETS, selection=[asset], partition_key=partition, instance=instance, resources=resources_from_env(), run_config=run_config)
+dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=[asset], partition_key=partition, instance=instance, resources=resources_from_env(), run_config=run_config)
 """
 
 
 @pytest.fixture
 def workspace(pipeline, small_corpus, tmp_path):
-    """A copy of the materialised pipeline's storage, with the corpus and a Dagster home beside it."""
+    """A copy of the materialised pipeline's storage, with the corpus and a copy of its Dagster home beside it."""
     storage = tmp_path / "storage"
     shutil.copytree(pipeline["storage"], storage)
     home = tmp_path / "home"
-    home.mkdir()
+    shutil.copytree(pipeline["instance"].root_directory, home)
     return {"storage": storage, "corpus": small_corpus[0], "home": home, "resources": local_resources(small_corpus[0], storage)}
 
 
@@ -102,12 +102,14 @@ def assert_every_file_reads(storage: Path) -> None:
             load_safetensors(data)
 
 
-def materialize(workspace, selection, partition=None, run_config=None, instance=None, resources=None):
-    with dg.instance_for_test() as fresh:
-        instance = instance or fresh
+def materialize(workspace, selection, partition=None, run_config=None, resources=None):
+    """A run on the workspace's Dagster home, the one its killed child runs on too."""
+    with dg.instance_for_test(temp_dir=str(workspace["home"])) as instance:
         if partition:
             instance.add_dynamic_partitions(corpus_shards.name, [partition])
-        result = dg.materialize(ALL_ASSETS, selection=selection, partition_key=partition, instance=instance, resources=resources or workspace["resources"], run_config=run_config or {})
+        result = dg.materialize(
+            ALL_ASSETS + ALL_CHECKS, selection=selection, partition_key=partition, instance=instance, resources=resources or workspace["resources"], run_config=run_config or {}
+        )
     assert result.success
     return result
 
@@ -121,12 +123,17 @@ def chunk_files(storage: Path) -> dict[str, list[str]]:
     return {d.name: sorted(p.name for p in d.glob("*.parquet")) for d in sorted((storage / "teacher_chunks").iterdir())}
 
 
-def small_sample(storage: Path, size: int) -> None:
-    """A training sample of `size` short documents from a sample shard (only the teacher reads it here)."""
-    storage.mkdir(parents=True, exist_ok=True)
+def small_sample(storage: Path, home: Path, size: int) -> None:
+    """A training sample of `size` short documents from a sample shard (only the teacher reads it
+    here), stored as a version and reported to the instance as training_sample's materialisation."""
     rows = pq.read_table(sorted(SAMPLE_CORPUS_DIR.glob("*.parquet"))[0]).slice(0, size)
     sample = pa.table({"id": rows["id"], "text": pc.utf8_slice_codeunits(rows["text"], 0, 200), "label": rows["label"], "shard": ["s"] * size, "split": ["train"] * size})
-    pq.write_table(sample, storage / "training_sample.parquet")
+    folder = storage / "training_sample" / "20260101T000000000000Z-00000000"
+    folder.mkdir(parents=True)
+    pq.write_table(sample, folder / "training_sample.parquet")
+    home.mkdir(exist_ok=True)
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization("training_sample", metadata={"stored_at": f"training_sample/{folder.name}"}))
 
 
 def chunking(size: int) -> dict:
@@ -135,8 +142,7 @@ def chunking(size: int) -> dict:
 
 def test_teacher_embeddings_killed_mid_run_keeps_the_previous_file_and_resumes(small_corpus, tmp_path):
     storage = tmp_path / "storage"
-    small_sample(storage, 96)
-    (tmp_path / "home").mkdir()
+    small_sample(storage, tmp_path / "home", 96)
     workspace = {"storage": storage, "corpus": small_corpus[0], "home": tmp_path / "home", "resources": local_resources(small_corpus[0], storage)}
     materialize(workspace, ["teacher_model", "teacher_embeddings"], run_config=chunking(8))  # the previous materialisation
     before = final_files(storage)
@@ -168,8 +174,9 @@ def test_teacher_embeddings_killed_mid_run_keeps_the_previous_file_and_resumes(s
     assert meta["chunk_folders_removed"] == 1
     assert not temp_files(storage)
 
-    previous = pq.read_table(pa.BufferReader(before["teacher_embeddings.parquet"]))
-    resumed = pq.read_table(storage / "teacher_embeddings.parquet")
+    [stored_before] = [name for name in before if name.endswith("/teacher_embeddings.parquet")]
+    previous = pq.read_table(pa.BufferReader(before[stored_before]))
+    resumed = pq.read_table(stored_file(storage, "teacher_embeddings.parquet"))
     assert resumed["id"].equals(previous["id"])
     # Same documents, other chunk boundaries: the teacher batches them differently, so allow float noise.
     assert np.abs(vectors(resumed) - vectors(previous)).max() < 1e-5
@@ -196,35 +203,36 @@ def test_scored_corpus_killed_mid_write_keeps_the_previous_shard_and_reruns_to_t
     materialize(workspace, ["scored_corpus"], partition="big", resources=resources)
     storage = workspace["storage"]
     before = final_files(storage)
-    target = storage / "scored_corpus" / "big.parquet"
+    target = stored_file(storage, "scored_corpus", "big")
 
     child = start_child(workspace, "scored_corpus", "big", {})
 
     def first_batches_written():
         # The parquet header is 4 bytes; more means record batches are going into the temporary file.
-        return any(p.stat().st_size > 4 for p in target.parent.glob(".big.parquet.*.tmp"))
+        return any(p.stat().st_size > 4 for p in target.parent.parent.glob("*/.big.parquet.*.tmp"))
 
     kill_when(child, first_batches_written)
     leftovers = temp_files(storage)
-    assert [p.parent for p in leftovers] == [target.parent]  # killed before the rename: the write was cut short
+    # Killed before the rename, in a new version folder: the write was cut short, the stored version untouched.
+    assert len(leftovers) == 1 and leftovers[0].parent.parent == target.parent.parent and leftovers[0].parent != target.parent
     assert final_files(storage) == before
     assert_every_file_reads(storage)
 
     result = materialize(workspace, ["scored_corpus"], partition="big", resources=resources)
     assert metadata(result, "scored_corpus")["dagster/row_count"] == 24_000
     assert not temp_files(storage)  # the re-run removed what the killed writer left
-    rerun = pq.read_table(target)
-    previous = pq.read_table(pa.BufferReader(before["scored_corpus/big.parquet"]))
+    rerun = pq.read_table(stored_file(storage, "scored_corpus", "big"))
+    previous = pq.read_table(pa.BufferReader(before[target.relative_to(storage).as_posix()]))
     for column in ("id", "embedding", "score", "keep", "model_version", "classifier_version"):
         assert rerun[column].equals(previous[column]), column
 
 
 def test_chunks_of_another_sample_or_teacher_are_never_reused(tmp_path, small_corpus):
     storage = tmp_path / "storage"
-    small_sample(storage, 24)
+    small_sample(storage, tmp_path / "home", 24)
     resources = local_resources(small_corpus[0], storage)
     config = chunking(8)
-    workspace = {"resources": resources}
+    workspace = {"resources": resources, "home": tmp_path / "home"}
 
     def run(resources=resources):
         result = materialize(workspace, ["teacher_model", "teacher_embeddings"], run_config=config, resources=resources)
@@ -237,17 +245,17 @@ def test_chunks_of_another_sample_or_teacher_are_never_reused(tmp_path, small_co
     assert again["device"] == "none"  # nothing to embed: the teacher was not even loaded
 
     # One changed text is a new sample version: no chunk of the old one is read.
-    sample = pq.read_table(storage / "training_sample.parquet").to_pydict()
+    sample = pq.read_table(stored_file(storage, "training_sample.parquet")).to_pydict()
     sample["text"][20] = "a document that the previous chunks never saw"
-    pq.write_table(pa.table(sample), storage / "training_sample.parquet")
+    pq.write_table(pa.table(sample), stored_file(storage, "training_sample.parquet"))
     changed = run()
     assert changed["chunk_key"] != first["chunk_key"]
     assert (changed["chunks_reused"], changed["chunks_computed"]) == (0, 3)
     assert list(chunk_files(storage)) == [changed["chunk_key"]]
 
-    previous = vectors(pq.read_table(storage / "teacher_embeddings.parquet"))
+    previous = vectors(pq.read_table(stored_file(storage, "teacher_embeddings.parquet")))
     shorter_reads = {**resources, "teacher": Teacher(max_seq_length=16)}  # another teacher identity
     other = run(shorter_reads)
     assert other["chunk_key"] != changed["chunk_key"]
     assert (other["chunks_reused"], other["chunks_computed"]) == (0, 3)
-    assert np.abs(vectors(pq.read_table(storage / "teacher_embeddings.parquet")) - previous).max() > 0.01
+    assert np.abs(vectors(pq.read_table(stored_file(storage, "teacher_embeddings.parquet"))) - previous).max() > 0.01

@@ -19,7 +19,7 @@ from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 from sklearn.metrics import average_precision_score
 
-from conftest import failure_text, write_small_corpus
+from conftest import failure_text, stored_file, stored_key, write_small_corpus
 from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS
 from embedding_assets.engine.curation import CurationHead
 from embedding_assets.lineage import latest_data_version
@@ -54,20 +54,20 @@ def curate_all(trained, curation: Curation, inputs: list[str]) -> CurationHead:
     for shard in SHARDS:
         scored = curate(trained, curation, ["scored_corpus"], shard)
         assert scored.success, failure_text(scored)
-    return CurationHead.from_bytes((trained["storage"] / "quality_classifier.safetensors").read_bytes())
+    return CurationHead.from_bytes((stored_file(trained["storage"], "quality_classifier.safetensors")).read_bytes())
 
 
 def hidden_labels(storage: Path) -> dict[str, bool]:
     labels = {}
     for shard in SHARDS:
-        table = pq.read_table(storage / "raw_corpus" / f"{shard}.parquet")
+        table = pq.read_table(stored_file(storage, "raw_corpus", shard))
         if "label" in table.column_names:
             labels.update(zip(table["id"].to_pylist(), (label in NETWORKING_LABELS for label in table["label"].to_pylist())))
     return labels
 
 
 def scored(storage: Path) -> pa.Table:
-    return pa.concat_tables([pq.read_table(storage / "scored_corpus" / f"{shard}.parquet", columns=["id", "score", "keep"]) for shard in SHARDS])
+    return pa.concat_tables([pq.read_table(stored_file(storage, "scored_corpus", shard), columns=["id", "score", "keep"]) for shard in SHARDS])
 
 
 def networking_precision(storage: Path) -> tuple[float, float]:
@@ -86,14 +86,14 @@ def test_a_reference_set_finds_more_of_its_kind_in_an_unlabelled_corpus(trained,
     assert head.mode == mode and head.kind == ("logistic" if mode == "reference-classifier" else "similarity")
     assert head.settings["reference_set_version"] == latest_data_version(trained["instance"], "reference_set")
     assert head.evaluation["heldout_auc"] > 0.6
-    card = (trained["storage"] / "quality_classifier.md").read_text()
+    card = (stored_file(trained["storage"], "quality_classifier.md")).read_text()
     assert f": {mode}" in card and head.settings["reference_set_version"] in card
     precision, base_rate = networking_precision(trained["storage"])
     assert precision > 2 * base_rate, (precision, base_rate)
     table = scored(trained["storage"])
     keep = np.array(table["keep"].to_pylist())
     assert 0.1 < keep.mean() < 0.3  # calibrated to keep 0.2 of documents the head never saw
-    meta = pq.read_schema(trained["storage"] / "scored_corpus" / "notes.parquet").metadata
+    meta = pq.read_schema(stored_file(trained["storage"], "scored_corpus", "notes")).metadata
     assert meta[b"curation_mode"].decode() == mode
     assert json.loads(meta[b"curation_settings"])["reference_set_version"] == head.settings["reference_set_version"]
 
@@ -121,7 +121,7 @@ def test_annotations_train_a_head_on_judged_corpus_documents(trained, tmp_path):
 def test_without_curation_every_shard_is_embedded_and_nothing_scored(trained):
     head = curate_all(trained, Curation(), [])
     assert head.mode == "none" and not head.scores
-    table = pa.concat_tables([pq.read_table(trained["storage"] / "scored_corpus" / f"{shard}.parquet") for shard in SHARDS])
+    table = pa.concat_tables([pq.read_table(stored_file(trained["storage"], "scored_corpus", shard)) for shard in SHARDS])
     assert table["score"].null_count == table["keep"].null_count == table.num_rows
     assert table["embedding"].null_count == 0 and table["embedding"].type.list_size == 384
 
@@ -152,7 +152,7 @@ BAD_REFERENCES = [
 
 @pytest.mark.parametrize(("name", "write", "message"), BAD_REFERENCES, ids=[case[0] for case in BAD_REFERENCES])
 def test_a_bad_reference_set_is_refused_by_name_and_writes_nothing(trained, tmp_path, name, write, message):
-    corpus_id = pq.read_table(trained["storage"] / "raw_corpus" / "stdlib-docs-00.parquet")["id"][0].as_py()
+    corpus_id = pq.read_table(stored_file(trained["storage"], "raw_corpus", "stdlib-docs-00"))["id"][0].as_py()
     location = write(tmp_path / name, corpus_id)
     before = files(trained["storage"])
     result = curate(trained, Curation(mode="reference-classifier", reference=str(location)), ["reference_set", "quality_classifier"])
@@ -227,9 +227,9 @@ def test_the_run_command_curates_an_unlabelled_corpus_from_a_reference_set(tmp_p
     run = run_command(["--corpus", str(corpus), "--storage", str(storage), "--reference", str(SAMPLE_REFERENCE_DIR), "--curation", "reference-classifier"], tmp_path / "home")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "curation mode: reference-classifier" in run.stdout
-    head = CurationHead.from_bytes((storage / "quality_classifier.safetensors").read_bytes())
+    head = CurationHead.from_bytes((stored_file(storage, "quality_classifier.safetensors")).read_bytes())
     assert head.mode == "reference-classifier"
-    doc = pq.read_table(storage / "scored_corpus" / "stdlib-docs-01.parquet")["id"][0].as_py()
+    doc = pq.read_table(stored_file(storage, "scored_corpus", "stdlib-docs-01"))["id"][0].as_py()
     audit = subprocess.run(
         [sys.executable, "-m", "embedding_assets.audit", doc, "--json", str(tmp_path / "audit.json")],
         cwd=ROOT, env={**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "EMBEDDING_ASSETS_STORAGE": str(storage)}, capture_output=True, text=True, timeout=300,
@@ -256,7 +256,7 @@ def test_the_run_command_curates_an_unlabelled_corpus_on_s3(tmp_path, moto_s3):
     assert run.returncode == 0, run.stdout + run.stderr
     import io
 
-    head = CurationHead.from_bytes(client.get_object(Bucket="crawl", Key="out/quality_classifier.safetensors")["Body"].read())
+    head = CurationHead.from_bytes(client.get_object(Bucket="crawl", Key=stored_key(client, "crawl", "out", "quality_classifier.safetensors"))["Body"].read())
     assert head.mode == "reference-similarity" and head.settings["top_k"] == 5
-    shard = pq.read_table(io.BytesIO(client.get_object(Bucket="crawl", Key="out/scored_corpus/notes.parquet")["Body"].read()))
+    shard = pq.read_table(io.BytesIO(client.get_object(Bucket="crawl", Key=stored_key(client, "crawl", "out", "scored_corpus", "notes"))["Body"].read()))
     assert shard["score"].null_count == 0 and shard.schema.metadata[b"curation_mode"] == b"reference-similarity"

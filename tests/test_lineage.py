@@ -13,7 +13,7 @@ import pytest
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
-from conftest import TEST_RUN_CONFIG, local_resources, materialize_pipeline, write_small_corpus
+from conftest import TEST_RUN_CONFIG, local_resources, materialize_pipeline, write_small_corpus, stored_file
 from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS
 from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.engine.curation import CurationHead
@@ -99,15 +99,15 @@ def test_2_audit_of_a_document_and_a_shard_matches_events_and_files(lineage, tmp
     doc_id = lineage["ids"]["stdlib-docs-01"][3]
     report = audit(lineage, doc_id, tmp_path)
     document = report["document"]
-    scored = pq.read_table(storage / "scored_corpus" / "stdlib-docs-01.parquet").to_pandas().set_index("id").loc[doc_id]
-    classifier = CurationHead.from_bytes((storage / "quality_classifier.safetensors").read_bytes())
+    scored = pq.read_table(stored_file(storage, "scored_corpus", "stdlib-docs-01")).to_pandas().set_index("id").loc[doc_id]
+    classifier = CurationHead.from_bytes((stored_file(storage, "quality_classifier.safetensors")).read_bytes())
     assert document["shard"] == "stdlib-docs-01"
     assert document["score"] == pytest.approx(float(scored["score"]))
     assert document["keep"] == bool(scored["keep"]) == (document["score"] >= classifier.threshold)
     assert ("kept" if document["keep"] else "dropped") in document["why"] and "threshold" in document["why"]
     assert doc_id in report["printed"]
 
-    model = LexicalEmbedder.load(storage / "distilled_model.safetensors")
+    model = LexicalEmbedder.load(stored_file(storage, "distilled_model.safetensors"))
     instance = lineage["instance"]
     assert report["distilled_model"]["data_version"] == model.version == latest_data_version(instance, "distilled_model")
     assert report["quality_classifier"]["data_version"] == classifier.version == latest_data_version(instance, "quality_classifier")
@@ -115,8 +115,8 @@ def test_2_audit_of_a_document_and_a_shard_matches_events_and_files(lineage, tmp
     assert report["scored_corpus"]["file_lineage"]["raw_shard_version"] == report["raw_shard"]["data_version"]
     assert report["scored_corpus"]["file_lineage"]["model_version"] == model.version
     assert json.loads(report["scored_corpus"]["file_lineage"]["code_versions"]) == CODE_VERSIONS
-    assert report["features"]["data_version"] == sha16(storage / "features.safetensors")
-    teacher = json.loads((storage / "teacher_model.json").read_text())
+    assert report["features"]["data_version"] == sha16(stored_file(storage, "features.safetensors"))
+    teacher = json.loads((stored_file(storage, "teacher_model.json")).read_text())
     assert report["teacher_model"]["data_version"] == teacher["sha256"]
     assert report["distilled_model"]["training"]["seed"] == 0
     assert report["distilled_model"]["evaluation"]["student"]["recall_at_10"] > 0

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, failure_text, step_retries
+from conftest import ROOT, failure_text, step_retries, stored_file
 from embedding_assets.corpus import read_shard, scan_location
 from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS
 from embedding_assets.engine.evaluation import probe_labels
@@ -63,7 +63,7 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 
 def sample_ids(storage: Path) -> set[str]:
-    return set(pq.read_table(storage / "training_sample.parquet")["id"].to_pylist())
+    return set(pq.read_table(stored_file(storage, "training_sample.parquet"))["id"].to_pylist())
 
 
 # --- 1: a second corpus on the same instance -------------------------------------------------
@@ -189,7 +189,7 @@ def test_2_the_run_command_scores_every_shard_and_then_reports_each_failure(trai
     failures = run_jobs(defs, trained["instance"], [(score_corpus, None)], ["alpha", "beta"], {})
     assert len(failures) == 1 and failures[0].startswith("score_corpus[alpha]: ")
     assert "scored_corpus_drift failed: keep fraction" in failures[0] and "drift reference 'alpha'" in failures[0]
-    assert (trained["storage"] / "scored_corpus" / "beta.parquet").exists()  # scored after alpha failed
+    assert (stored_file(trained["storage"], "scored_corpus", "beta")).exists()  # scored after alpha failed
     assert "scored_corpus_drift failed" in capsys.readouterr().err
 
 
@@ -201,7 +201,7 @@ def test_3_empty_and_whitespace_texts_are_scored_never_kept_and_counted(trained)
     write_rows(trained["corpus"] / "blanks.parquet", rows)
     result = materialize(trained["instance"], trained["resources"], ["raw_corpus", "scored_corpus"], "blanks", checks=False)
     assert result.success
-    scored = pq.read_table(trained["storage"] / "scored_corpus" / "blanks.parquet").to_pandas().set_index("id")
+    scored = pq.read_table(stored_file(trained["storage"], "scored_corpus", "blanks")).to_pandas().set_index("id")
     assert not scored.loc["blank", "keep"] and not scored.loc["spaces", "keep"]
     assert scored.loc[["blank", "spaces"], "score"].notna().all()  # scored as such
     assert scored["keep"].sum() > 0  # the real networking documents are kept
@@ -469,7 +469,7 @@ def test_11_ctrl_c_and_sigterm_stop_the_teacher_at_once_and_its_chunks_are_reuse
     assert "teacher_embeddings was interrupted" in first.stdout
     [key] = [p.name for p in (storage / "teacher_chunks").iterdir()]
     kept = sorted(p.name for p in (storage / "teacher_chunks" / key).glob("*.parquet"))
-    assert kept and not (storage / "teacher_embeddings.parquet").exists()
+    assert kept and not (storage / "teacher_embeddings").exists()
 
     # ... then SIGTERM as soon as the next run's teacher has said what it reuses.
     second, seconds = interrupt_during_the_teacher(corpus, storage, home, signal.SIGTERM, lambda new, out: "to embed" in out)

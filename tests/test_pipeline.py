@@ -7,6 +7,7 @@ import dagster as dg
 
 from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.engine.curation import CurationHead
+from conftest import stored_file
 
 
 def materialization(instance, key, partition=None):
@@ -20,15 +21,15 @@ def materialization(instance, key, partition=None):
 
 def test_raw_corpus_keeps_every_document_and_extra_column(pipeline):
     for shard, ids in pipeline["ids"].items():
-        table = pq.read_table(pipeline["storage"] / "raw_corpus" / f"{shard}.parquet")
+        table = pq.read_table(stored_file(pipeline["storage"], "raw_corpus", shard))
         assert table["id"].to_pylist() == ids
         assert table.schema.field("text").type == "string"
         assert materialization(pipeline["instance"], "raw_corpus", shard)["dagster/row_count"] == len(ids)
-    assert "origin" in pq.read_schema(pipeline["storage"] / "raw_corpus" / "notes.parquet").names
+    assert "origin" in pq.read_schema(stored_file(pipeline["storage"], "raw_corpus", "notes")).names
 
 
 def test_training_sample_is_a_split_subset_of_the_corpus(pipeline):
-    sample = pq.read_table(pipeline["storage"] / "training_sample.parquet").to_pydict()
+    sample = pq.read_table(stored_file(pipeline["storage"], "training_sample.parquet")).to_pydict()
     all_ids = {i for ids in pipeline["ids"].values() for i in ids}
     assert len(sample["id"]) == 560 and len(set(sample["id"])) == 560
     assert set(sample["id"]) <= all_ids
@@ -37,9 +38,9 @@ def test_training_sample_is_a_split_subset_of_the_corpus(pipeline):
 
 
 def test_teacher_embeddings_follow_the_contract(pipeline):
-    path = pipeline["storage"] / "teacher_embeddings.parquet"
+    path = stored_file(pipeline["storage"], "teacher_embeddings.parquet")
     table = pq.read_table(path)
-    sample_ids = pq.read_table(pipeline["storage"] / "training_sample.parquet")["id"].to_pylist()
+    sample_ids = pq.read_table(stored_file(pipeline["storage"], "training_sample.parquet"))["id"].to_pylist()
     assert table["id"].to_pylist() == sample_ids
     assert table.schema.field("embedding").type.list_size == 384
     meta = pq.read_schema(path).metadata
@@ -49,11 +50,11 @@ def test_teacher_embeddings_follow_the_contract(pipeline):
 
 
 def test_scored_corpus_matches_its_shard_and_the_contract(pipeline):
-    model = LexicalEmbedder.load(pipeline["storage"] / "distilled_model.safetensors")
-    classifier = CurationHead.from_bytes((pipeline["storage"] / "quality_classifier.safetensors").read_bytes())
+    model = LexicalEmbedder.load(stored_file(pipeline["storage"], "distilled_model.safetensors"))
+    classifier = CurationHead.from_bytes((stored_file(pipeline["storage"], "quality_classifier.safetensors")).read_bytes())
     total = kept = 0
     for shard, ids in pipeline["ids"].items():
-        path = pipeline["storage"] / "scored_corpus" / f"{shard}.parquet"
+        path = stored_file(pipeline["storage"], "scored_corpus", shard)
         table = pq.read_table(path)
         assert table["id"].to_pylist() == ids
         assert table.schema.field("embedding").type.list_size == model.dim
@@ -70,10 +71,10 @@ def test_scored_corpus_matches_its_shard_and_the_contract(pipeline):
 
 
 def test_scores_are_what_the_reloaded_model_gives(pipeline):
-    model = LexicalEmbedder.load(pipeline["storage"] / "distilled_model.safetensors")
-    classifier = CurationHead.from_bytes((pipeline["storage"] / "quality_classifier.safetensors").read_bytes())
-    raw = pq.read_table(pipeline["storage"] / "raw_corpus" / "stdlib-docs-00.parquet")
-    scored = pq.read_table(pipeline["storage"] / "scored_corpus" / "stdlib-docs-00.parquet")
+    model = LexicalEmbedder.load(stored_file(pipeline["storage"], "distilled_model.safetensors"))
+    classifier = CurationHead.from_bytes((stored_file(pipeline["storage"], "quality_classifier.safetensors")).read_bytes())
+    raw = pq.read_table(stored_file(pipeline["storage"], "raw_corpus", "stdlib-docs-00"))
+    scored = pq.read_table(stored_file(pipeline["storage"], "scored_corpus", "stdlib-docs-00"))
     vectors, scores = classifier.score_texts(model, raw["text"].to_pylist())
     assert np.allclose(scores, scored["score"].to_numpy(), atol=1e-6)
     stored = scored["embedding"].combine_chunks().flatten().to_numpy().reshape(-1, model.dim)
@@ -81,7 +82,7 @@ def test_scores_are_what_the_reloaded_model_gives(pipeline):
 
 
 def test_model_artifact_reloads_and_encodes_identically(pipeline, tmp_path):
-    model = LexicalEmbedder.load(pipeline["storage"] / "distilled_model.safetensors")
+    model = LexicalEmbedder.load(stored_file(pipeline["storage"], "distilled_model.safetensors"))
     texts = ["socket.send sends bytes over a connected socket", "", "email.message.Message objects"]
     model.save(tmp_path / "copy.safetensors")
     again = LexicalEmbedder.load(tmp_path / "copy.safetensors")

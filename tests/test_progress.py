@@ -8,6 +8,7 @@ import pytest
 
 from embedding_assets.engine.tokenization import load_tokenizer
 from embedding_assets.progress import PROGRESS_INTERVAL_SECONDS, ProgressLog, format_duration, throughput, token_counts
+from conftest import stored_file
 
 STAGES = ["raw_corpus", "training_sample", "features", "teacher_embeddings", "distilled_model", "quality_classifier", "scored_corpus"]
 
@@ -67,9 +68,9 @@ def test_token_counts_are_the_teachers_wordpiece_tokens_of_whole_documents(pipel
     tokenizer = load_tokenizer(tokenizer_json)
     instance, storage = pipeline["instance"], pipeline["storage"]
     for shard in pipeline["ids"]:
-        texts = pq.read_table(storage / "raw_corpus" / f"{shard}.parquet")["text"].to_pylist()
+        texts = pq.read_table(stored_file(storage, "raw_corpus", shard))["text"].to_pylist()
         assert latest(instance, "raw_corpus", shard)["tokens"] == sum(len(tokenizer.encode(t, add_special_tokens=False).ids) for t in texts)
-    sample = pq.read_table(storage / "training_sample.parquet")
+    sample = pq.read_table(stored_file(storage, "training_sample.parquet"))
     counts = token_counts(tokenizer, sample["text"].to_pylist())
     meta = latest(instance, "training_sample")
     assert meta["tokens"] == counts.sum()

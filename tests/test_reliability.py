@@ -22,7 +22,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import TEST_RUN_CONFIG, failure_text, step_retries
+from conftest import TEST_RUN_CONFIG, failure_text, step_retries, stored_file
 from embedding_assets.corpus import list_shards, read_shard
 from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS
 from embedding_assets.engine import ArtifactError, LexicalEmbedder
@@ -160,7 +160,7 @@ def test_control_characters_are_scored_like_any_text(trained):
     pq.write_table(pa.table({"id": [f"c{i}" for i in range(len(texts))], "text": texts}), trained["corpus"] / "controls.parquet")
     result = run(trained, ["raw_corpus", "scored_corpus"], partition="controls")
     assert result.success
-    scored = pq.read_table(trained["storage"] / "scored_corpus" / "controls.parquet")
+    scored = pq.read_table(stored_file(trained["storage"], "scored_corpus", "controls"))
     assert scored["id"].to_pylist() == [f"c{i}" for i in range(len(texts))]
     assert all(0 <= s <= 1 for s in scored["score"].to_pylist())
 
@@ -181,7 +181,7 @@ def newer_model(data: bytes) -> bytes:
     ids=["tampered", "newer-format", "truncated"],
 )
 def test_a_bad_model_file_fails_scoring_by_name_and_changes_nothing(trained, change, message):
-    model = trained["storage"] / "distilled_model.safetensors"
+    model = stored_file(trained["storage"], "distilled_model.safetensors")
     model.write_bytes(change(model.read_bytes()))
     pq.write_table(pa.table({"id": ["m1"], "text": ["socket"]}), trained["corpus"] / "next.parquet")
     assert run(trained, ["raw_corpus"], partition="next").success
@@ -245,9 +245,9 @@ def test_pickle_bearing_files_are_refused_and_never_run(trained, tmp_path, paylo
     assert probe.exists()  # the planted object is live: unpickling it runs code
 
     for name in ("distilled_model.safetensors", "features.safetensors"):
-        (trained["storage"] / name).write_bytes(data)
+        stored_file(trained["storage"], name).write_bytes(data)
     with pytest.raises(ArtifactError, match="not a safetensors file"):
-        LexicalEmbedder.load(trained["storage"] / "distilled_model.safetensors")
+        LexicalEmbedder.load(stored_file(trained["storage"], "distilled_model.safetensors"))
     with pytest.raises(ArtifactError):
         Features.from_bytes(data)
     npz = tmp_path / "model.npz"

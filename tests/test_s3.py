@@ -2,6 +2,7 @@
 in a bucket, the same values as a local run, and clear errors that lose nothing when S3 fails."""
 
 import io
+import re
 import threading
 
 import dagster as dg
@@ -10,12 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedding_assets.definitions import ALL_ASSETS, resources_from_env
+from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS, resources_from_env
 from embedding_assets.engine.curation import CurationHead
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import CorpusSource, S3Settings, Storage, StorageError
 from embedding_assets.sample_corpus import NETWORKING_LABELS
-from conftest import failure_text, materialize_pipeline, step_retries
+from conftest import failure_text, materialize_pipeline, step_retries, stored_file, stored_key
 
 BUCKET = "curation-test"
 MISSING = "no-such-bucket"
@@ -35,10 +36,20 @@ def snapshot(client, prefix: str) -> dict[str, tuple[str, bytes]]:
     return objects
 
 
-def materialize_one(resources: dict, asset: str, shard: str):
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(corpus_shards.name, [shard])
-        return dg.materialize(ALL_ASSETS, selection=[asset], partition_key=shard, instance=instance, resources=resources, raise_on_error=False)
+def materialize_one(s3_pipeline, asset: str, shard: str, **resources):
+    return dg.materialize(
+        ALL_ASSETS + ALL_CHECKS, selection=[asset], partition_key=shard, instance=s3_pipeline["instance"],
+        resources={**s3_pipeline["resources"], **resources}, raise_on_error=False,
+    )
+
+
+def newest(client, name: str, shard: str | None = None) -> str:
+    return stored_key(client, BUCKET, "storage", name, shard)
+
+
+def key_parts(client, name: str, shard: str | None = None) -> tuple[str, ...]:
+    """The newest version's path under the storage base, as Storage methods take it."""
+    return tuple(newest(client, name, shard).split("/")[1:])
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +72,7 @@ def s3_pipeline(moto_s3, small_corpus):
     assert sorted(resources["corpus"].shards()) == sorted(ids)
     with dg.instance_for_test() as instance:
         materialize_pipeline(instance, resources, sorted(ids))
-        yield {"client": client, "resources": resources, "ids": ids, "server": moto_s3}
+        yield {"client": client, "resources": resources, "ids": ids, "server": moto_s3, "instance": instance}
 
 
 def test_corpus_streams_from_s3_in_record_batches(moto_s3, s3_pipeline):
@@ -77,14 +88,17 @@ def test_corpus_streams_from_s3_in_record_batches(moto_s3, s3_pipeline):
 def test_every_output_lands_in_the_bucket(s3_pipeline):
     keys = set(snapshot(s3_pipeline["client"], "storage/"))
     shards = s3_pipeline["ids"]
-    expected = {f"storage/{name}" for name in (
+    expected = {f"storage/{name.split('.')[0]}/{name}" for name in (
         "training_sample.parquet", "features.safetensors", "teacher_model.json", "teacher_embeddings.parquet",
-        "teacher_token_sums.safetensors", "distilled_model.safetensors", "distilled_model.md", "quality_classifier.safetensors", "quality_classifier.md",
+        "distilled_model.safetensors", "distilled_model.md", "quality_classifier.safetensors", "quality_classifier.md",
         "clusters.safetensors", "near_duplicates.parquet", "selection.parquet",
-    )}
-    expected |= {f"storage/{stage}/{shard}.parquet" for stage in ("raw_corpus", "scored_corpus") for shard in shards}
+    )} | {"storage/teacher_embeddings/teacher_token_sums.safetensors"}
+    expected |= {f"storage/{stage}/{shard}/{shard}.parquet" for stage in ("raw_corpus", "scored_corpus") for shard in shards}
     chunks = {key for key in keys if key.startswith("storage/teacher_chunks/")}
-    assert keys - chunks == expected
+    # Each output in one version folder (its UTC time and run), as each was materialised once.
+    versions = {key: re.search(r"/(\d{8}T\d{12}Z-[0-9a-f]{8})/", key) for key in keys - chunks}
+    assert all(versions.values()), [k for k, v in versions.items() if not v]
+    assert {key.replace(f"/{match.group(1)}/", "/") for key, match in versions.items()} == expected
     # The teacher's chunks of the current version: one folder, 560 documents in chunks of 512.
     assert len({key.split("/")[2] for key in chunks}) == 1
     assert sorted(key.split("/")[3] for key in chunks) == [
@@ -94,7 +108,7 @@ def test_every_output_lands_in_the_bucket(s3_pipeline):
 
 def test_scored_shards_in_the_bucket_follow_the_contract(s3_pipeline):
     for shard, ids in s3_pipeline["ids"].items():
-        table = read_parquet(s3_pipeline["client"], f"storage/scored_corpus/{shard}.parquet")
+        table = read_parquet(s3_pipeline["client"], newest(s3_pipeline["client"], "scored_corpus", shard))
         assert table["id"].to_pylist() == ids
         embedding = table.schema.field("embedding").type
         assert embedding.list_size == 384 and embedding.value_type == pa.uint8()
@@ -104,11 +118,11 @@ def test_scored_shards_in_the_bucket_follow_the_contract(s3_pipeline):
 
 def test_s3_run_gives_the_local_run_values(s3_pipeline, pipeline):
     client = s3_pipeline["client"]
-    local_model = (pipeline["storage"] / "distilled_model.safetensors").read_bytes()
-    assert client.get_object(Bucket=BUCKET, Key="storage/distilled_model.safetensors")["Body"].read() == local_model
+    local_model = (stored_file(pipeline["storage"], "distilled_model.safetensors")).read_bytes()
+    assert client.get_object(Bucket=BUCKET, Key=newest(client, "distilled_model.safetensors"))["Body"].read() == local_model
     for shard in s3_pipeline["ids"]:
-        remote = read_parquet(client, f"storage/scored_corpus/{shard}.parquet")
-        local = pq.read_table(pipeline["storage"] / "scored_corpus" / f"{shard}.parquet")
+        remote = read_parquet(client, newest(client, "scored_corpus", shard))
+        local = pq.read_table(stored_file(pipeline["storage"], "scored_corpus", shard))
         for column in ("id", "score", "embedding", "keep", "model_version", "classifier_version"):
             assert remote[column].equals(local[column]), f"{shard}: {column} differs"
 
@@ -116,9 +130,10 @@ def test_s3_run_gives_the_local_run_values(s3_pipeline, pipeline):
 def test_aws_endpoint_variable_is_enough(moto_s3, s3_pipeline, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint_url)
     storage = Storage(base=f"s3://{BUCKET}/storage")
-    assert storage.exists("quality_classifier.safetensors") and not storage.exists("nothing.json")
-    assert CurationHead.from_bytes(storage.read_bytes("quality_classifier.safetensors")).scores
-    with storage.open_parquet("scored_corpus", "lines.parquet") as parquet:
+    client = s3_pipeline["client"]
+    assert storage.exists(*key_parts(client, "quality_classifier.safetensors")) and not storage.exists("nothing.json")
+    assert CurationHead.from_bytes(storage.read_bytes(*key_parts(client, "quality_classifier.safetensors"))).scores
+    with storage.open_parquet(*key_parts(client, "scored_corpus", "lines")) as parquet:
         assert parquet.metadata.num_rows == len(s3_pipeline["ids"]["lines"])
     assert sorted(CorpusSource(location=f"s3://{BUCKET}/corpus").shards()) == sorted(s3_pipeline["ids"])
 
@@ -126,16 +141,14 @@ def test_aws_endpoint_variable_is_enough(moto_s3, s3_pipeline, monkeypatch):
 def test_missing_bucket_is_named_for_outputs_and_for_the_corpus(moto_s3, s3_pipeline):
     settings = S3Settings(endpoint_url=moto_s3.endpoint_url, max_attempts=2)
     corpus = s3_pipeline["resources"]["corpus"]
-    resources = {**s3_pipeline["resources"], "storage": Storage(base=f"s3://{MISSING}/out", s3=settings)}
-    result = materialize_one(resources, "raw_corpus", "lines")
+    result = materialize_one(s3_pipeline, "raw_corpus", "lines", storage=Storage(base=f"s3://{MISSING}/out", s3=settings))
     assert step_retries(result) == 0  # a missing bucket does not come back by waiting
     message = failure_text(result)
-    assert f"s3://{MISSING}/out/raw_corpus/lines.parquet" in message
-    assert f"bucket '{MISSING}'" in message and "key 'out/raw_corpus/lines.parquet'" in message
+    assert re.search(rf"s3://{MISSING}/out/raw_corpus/lines/[^/ ]+/lines.parquet", message), message
+    assert f"bucket '{MISSING}'" in message and re.search(r"key 'out/raw_corpus/lines/[^/ ]+/lines.parquet'", message)
     assert "the bucket does not exist" in message
 
-    resources = {**s3_pipeline["resources"], "corpus": CorpusSource(location=f"s3://{MISSING}/corpus", s3=settings)}
-    message = failure_text(materialize_one(resources, "raw_corpus", "lines"))
+    message = failure_text(materialize_one(s3_pipeline, "raw_corpus", "lines", corpus=CorpusSource(location=f"s3://{MISSING}/corpus", s3=settings)))
     assert f"s3://{MISSING}/corpus" in message and "does not exist" in message
 
     storage = Storage(base=f"s3://{MISSING}/out", s3=settings)
@@ -179,10 +192,10 @@ def test_endpoint_going_away_is_named_and_loses_nothing(s3_pipeline):
 
         # A whole Dagster run against the stopped endpoint is retried by its RetryPolicy, then fails
         # on its first object, by name.
-        result = materialize_one(s3_pipeline["resources"], "scored_corpus", "lines")
-        assert f"bucket '{BUCKET}', key 'storage/distilled_model.safetensors'" in failure_text(result)
+        result = materialize_one(s3_pipeline, "scored_corpus", "lines")
+        assert re.search(rf"bucket '{BUCKET}', key 'storage/distilled_model/[^/ ]+/distilled_model.safetensors'", failure_text(result)), failure_text(result)
         assert step_retries(result) == 2
-        result = materialize_one(s3_pipeline["resources"], "raw_corpus", "lines")
+        result = materialize_one(s3_pipeline, "raw_corpus", "lines")
         assert f"s3://{BUCKET}/corpus" in failure_text(result) and "cannot be listed" in failure_text(result)
         assert step_retries(result) == 2
     finally:
@@ -194,38 +207,38 @@ def test_endpoint_going_away_is_named_and_loses_nothing(s3_pipeline):
 def test_teacher_chunks_on_s3_are_reused_and_older_sets_removed(s3_pipeline):
     client, resources = s3_pipeline["client"], s3_pipeline["resources"]
     client.put_object(Bucket=BUCKET, Key="storage/teacher_chunks/0123456789abcdef/000000.parquet", Body=b"an older set")
-    before = read_parquet(client, "storage/teacher_embeddings.parquet")
-    with dg.instance_for_test() as instance:
-        result = dg.materialize(ALL_ASSETS, selection=["teacher_embeddings"], instance=instance, resources=resources)
+    before = read_parquet(client, newest(client, "teacher_embeddings.parquet"))
+    result = dg.materialize(ALL_ASSETS, selection=["teacher_embeddings"], instance=s3_pipeline["instance"], resources=resources)
     [event] = result.get_asset_materialization_events()
     meta = {k: v.value for k, v in event.materialization.metadata.items() if hasattr(v, "value")}
     assert (meta["chunks"], meta["chunks_reused"], meta["chunks_computed"], meta["chunk_folders_removed"]) == (2, 2, 0, 1)
     assert not [k for k in snapshot(client, "storage/teacher_chunks/") if "0123456789abcdef" in k]
-    assert read_parquet(client, "storage/teacher_embeddings.parquet").equals(before)
+    assert read_parquet(client, newest(client, "teacher_embeddings.parquet")).equals(before)
 
 
 def test_an_endpoint_refusing_connections_for_a_moment_is_retried(s3_pipeline):
     """The endpoint is down when the run starts and back half a second later: the storage client's
     retries (and if they run out, the step's RetryPolicy) carry the run through."""
     client, server = s3_pipeline["client"], s3_pipeline["server"]
-    before = read_parquet(client, "storage/scored_corpus/lines.parquet")
+    before = read_parquet(client, newest(client, "scored_corpus", "lines"))
     server.stop()
     restart = threading.Timer(0.5, server.start)
     restart.start()
     try:
-        result = materialize_one(s3_pipeline["resources"], "scored_corpus", "lines")
+        result = materialize_one(s3_pipeline, "scored_corpus", "lines")
     finally:
         restart.join()
     assert result.success
-    after = read_parquet(client, "storage/scored_corpus/lines.parquet")
+    after = read_parquet(client, newest(client, "scored_corpus", "lines"))
     for column in ("id", "embedding", "score", "keep"):
         assert after[column].equals(before[column]), column
 
+    head = key_parts(client, "quality_classifier.safetensors")
     server.stop()
     restart = threading.Timer(0.5, server.start)
     restart.start()
     try:
         storage = Storage(base=f"s3://{BUCKET}/storage", s3=S3Settings(endpoint_url=server.endpoint_url, max_attempts=5))
-        assert CurationHead.from_bytes(storage.read_bytes("quality_classifier.safetensors")).scores
+        assert CurationHead.from_bytes(storage.read_bytes(*head)).scores
     finally:
         restart.join()

@@ -30,9 +30,8 @@ from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import Storage
 import embedding_assets
 
-storage, shard = sys.argv[1], sys.argv[2]
-with dg.instance_for_test() as instance:
-    instance.add_dynamic_partitions(corpus_shards.name, [shard])
+storage, shard, home = sys.argv[1], sys.argv[2], sys.argv[3]
+with dg.DagsterInstance.local_temp(home) as instance:
     result = dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["scored_corpus"], partition_key=shard, instance=instance,
                             resources={**resources_from_env(), "storage": Storage(base=storage)})
     checks = [e.asset_check_evaluation_data.passed for e in result.all_events if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION]
@@ -65,17 +64,20 @@ def test_base_install_without_torch_scores_a_shard_equally(pipeline, tmp_path):
 
     storage = tmp_path / "storage"
     shutil.copytree(pipeline["storage"], storage)
+    home = tmp_path / "dagster_home"
+    shutil.copytree(pipeline["instance"].root_directory, home)
     shard = sorted(pipeline["ids"])[0]
-    (storage / "scored_corpus" / f"{shard}.parquet").unlink()
-    out = subprocess.run([python, "-c", SCORE, str(storage), shard], env=env, cwd=tmp_path, capture_output=True, text=True)
+    scored_before = stored_file(storage, "scored_corpus", shard)
+    out = subprocess.run([python, "-c", SCORE, str(storage), shard, str(home)], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["package"].startswith(str(BASE_VENV)), "the venv must run its installed copy, not this checkout"
     assert report["installed"] == [] and "torch" not in report["imported"] and "sklearn" not in report["imported"]
     assert report["success"] and report["checks"] and all(report["checks"])
 
-    full = pq.read_table(pipeline["storage"] / "scored_corpus" / f"{shard}.parquet")
-    base = pq.read_table(storage / "scored_corpus" / f"{shard}.parquet")
+    full = pq.read_table(stored_file(pipeline["storage"], "scored_corpus", shard))
+    base = pq.read_table(stored_file(storage, "scored_corpus", shard))
+    assert stored_file(storage, "scored_corpus", shard) != scored_before  # a new version, written by the base install
     assert base["id"].to_pylist() == full["id"].to_pylist() and len(full) > 0
     assert np.array_equal(base["score"].to_numpy(), full["score"].to_numpy())
     assert base["keep"].to_pylist() == full["keep"].to_pylist()

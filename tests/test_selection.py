@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import dagster as dg
 
-from conftest import failure_text
+from conftest import failure_text, stored_file
 from embedding_assets.assets.selection import DEFAULT_THRESHOLD
 from embedding_assets.audit import audit, summary
 from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS
@@ -23,7 +23,7 @@ def metadata(instance, key):
 
 
 def scored(storage, shards) -> pa.Table:
-    tables = [pq.read_table(storage / "scored_corpus" / f"{s}.parquet", columns=["id", "score", "keep"]) for s in shards]
+    tables = [pq.read_table(stored_file(storage, "scored_corpus", s), columns=["id", "score", "keep"]) for s in shards]
     return pa.concat_tables([t.append_column("shard", pa.array([s] * t.num_rows)) for s, t in zip(shards, tables)])
 
 
@@ -33,11 +33,11 @@ def snapshot(root) -> dict:
 
 def test_every_scored_document_has_its_nearest_cluster(pipeline):
     storage = pipeline["storage"]
-    model = LexicalEmbedder.load(storage / "distilled_model.safetensors")
-    config, centroids, sizes = clustering.clusters_from_bytes((storage / "clusters.safetensors").read_bytes())
+    model = LexicalEmbedder.load(stored_file(storage, "distilled_model.safetensors"))
+    config, centroids, sizes = clustering.clusters_from_bytes((stored_file(storage, "clusters.safetensors")).read_bytes())
     assert config["model_version"] == model.version and centroids.shape == (8, model.dim) and (sizes > 0).all()
-    raw = pq.read_table(storage / "raw_corpus" / "stdlib-docs-00.parquet")
-    table = pq.read_table(storage / "scored_corpus" / "stdlib-docs-00.parquet")
+    raw = pq.read_table(stored_file(storage, "raw_corpus", "stdlib-docs-00"))
+    table = pq.read_table(stored_file(storage, "scored_corpus", "stdlib-docs-00"))
     assert table.schema.field("cluster").type == pa.int32() and table.schema.field("centroid_cosine").type == pa.float32()
     cluster, cosine = clustering.assign_clusters(model.encode(raw["text"].to_pylist()), centroids)
     assert np.array_equal(table["cluster"].to_numpy(), cluster)
@@ -52,7 +52,7 @@ def test_every_scored_document_has_its_nearest_cluster(pipeline):
 def test_near_duplicates_group_the_planted_copy_across_shards(pipeline):
     storage = pipeline["storage"]
     shards = sorted(pipeline["ids"])
-    groups = pq.read_table(storage / "near_duplicates.parquet")
+    groups = pq.read_table(stored_file(storage, "near_duplicates.parquet"))
     copy = f"lines:{len(pipeline['ids']['lines'])}"
     row = groups.filter(pc.equal(groups["id"], copy)).to_pylist()
     assert row, "the planted near-duplicate was not found"
@@ -73,10 +73,10 @@ def test_near_duplicates_group_the_planted_copy_across_shards(pipeline):
 def test_selection_explains_every_drop(pipeline):
     storage = pipeline["storage"]
     shards = sorted(pipeline["ids"])
-    selection = pq.read_table(storage / "selection.parquet").to_pandas().set_index("id")
+    selection = pq.read_table(stored_file(storage, "selection.parquet")).to_pandas().set_index("id")
     table = scored(storage, shards).to_pandas().set_index("id")
     assert sorted(selection.index) == sorted(table.index)
-    groups = pq.read_table(storage / "near_duplicates.parquet").to_pandas().set_index("id")
+    groups = pq.read_table(stored_file(storage, "near_duplicates.parquet")).to_pandas().set_index("id")
     for doc, row in selection.iterrows():
         if not table.loc[doc, "keep"]:
             assert row["reason"] == "score" and not row["keep"]
@@ -91,8 +91,8 @@ def test_selection_explains_every_drop(pipeline):
 
 def test_audit_of_a_duplicate_names_its_representative_and_both_shards(pipeline):
     storage = pipeline["storage"]
-    selection = pq.read_table(storage / "selection.parquet").to_pandas()
-    groups = pq.read_table(storage / "near_duplicates.parquet").to_pandas().set_index("id")
+    selection = pq.read_table(stored_file(storage, "selection.parquet")).to_pandas()
+    groups = pq.read_table(stored_file(storage, "near_duplicates.parquet")).to_pandas().set_index("id")
     dropped = selection[selection["reason"].fillna("").str.startswith("duplicate_of:")]
     crossing = [d for d in dropped["id"] if groups.loc[d, "shard"] != groups.loc[d, "representative_shard"]]
     assert crossing, "no duplicate across shards was dropped"
@@ -107,8 +107,8 @@ def test_audit_of_a_duplicate_names_its_representative_and_both_shards(pipeline)
 
 @pytest.fixture
 def selectable(trained, pipeline):
-    """A copy of the pipeline's storage whose fresh instance knows the pipeline's shards."""
-    trained["instance"].add_dynamic_partitions(corpus_shards.name, sorted(pipeline["ids"]))
+    """A copy of the pipeline's storage and history, reading the pipeline's corpus."""
+    trained["resources"]["corpus"] = trained["pipeline_corpus"]
     return trained
 
 
@@ -121,7 +121,7 @@ def run(workspace, selection, run_config=None):
 def test_cluster_cap_drops_the_worst_of_big_clusters(selectable):
     result = run(selectable, ["selection"], {"ops": {"selection": {"config": {"cluster_cap": 5}}}})
     assert result.success
-    table = pq.read_table(selectable["storage"] / "selection.parquet").to_pandas()
+    table = pq.read_table(stored_file(selectable["storage"], "selection.parquet")).to_pandas()
     kept = table[table["keep"]]
     assert kept.groupby("cluster").size().max() <= 5
     assert (table["reason"] == "cluster_cap").sum() > 0
@@ -146,7 +146,7 @@ def test_bad_settings_are_refused_and_nothing_is_written(selectable, selection, 
 
 
 def test_a_shard_of_another_model_is_refused_by_name_and_nothing_is_written(selectable):
-    path = selectable["storage"] / "scored_corpus" / "notes.parquet"
+    path = stored_file(selectable["storage"], "scored_corpus", "notes")
     table = pq.read_table(path)
     current = table.schema.metadata[b"model_version"].decode()
     pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"model_version": b"0123456789abcdef"}), path)

@@ -11,7 +11,7 @@ from embedding_assets.engine.model_card import render
 from embedding_assets.engine.prior import TokenSums
 from embedding_assets.resources import Storage
 from embedding_assets.stored import read_embeddings, read_sample
-from tests.conftest import TEST_RUN_CONFIG
+from tests.conftest import TEST_RUN_CONFIG, stored_file
 
 
 def test_asset_and_bench_train_the_same_weights(pipeline):
@@ -39,9 +39,9 @@ def test_asset_and_bench_train_the_same_weights(pipeline):
 
 
 def test_model_card_is_rendered_from_the_models_provenance(pipeline):
-    model = LexicalEmbedder.load(pipeline["storage"] / "distilled_model.safetensors")
+    model = LexicalEmbedder.load(stored_file(pipeline["storage"], "distilled_model.safetensors"))
     card = render(model)
-    stored = (pipeline["storage"] / "distilled_model.md").read_text()
+    stored = (stored_file(pipeline["storage"], "distilled_model.md")).read_text()
     assert card == stored
     training, evaluation = model.provenance["training"], model.provenance["evaluation"]
     assert f"`{model.version}`" in card

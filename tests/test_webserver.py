@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from embedding_assets.sample_corpus import NETWORKING_LABELS
 
-from conftest import ROOT, running_webserver, write_small_corpus
+from conftest import ROOT, running_webserver, write_small_corpus, stored_file
 
 ASSET_GRAPH_QUERY = """
 {
@@ -160,5 +160,5 @@ def test_webserver_shows_the_graph_and_materialises_a_shard_through_graphql(webs
     assert materialization["partition"] == shard
     assert metadata["dagster/row_count"] == len(webserver["ids"][shard])
     assert metadata["tokens"] > 0 and metadata["wall_seconds"] > 0
-    assert (webserver["storage"] / "raw_corpus" / f"{shard}.parquet").is_file()
+    assert (stored_file(webserver["storage"], "raw_corpus", shard)).is_file()
     assert warnings_about_project_code(webserver["log"].read_text()) == []

@@ -12,7 +12,8 @@ from embedding_assets.assets.ingest import raw_corpus, training_sample
 from embedding_assets.assets.reference import NEGATIVE, REFERENCE, annotations, reference_set, text_hash
 from embedding_assets.assets.selection import clusters, current_centroids
 from embedding_assets.assets.training import distilled_model
-from embedding_assets.paths import ANNOTATIONS_FILE, HEAD_CARD_FILE, HEAD_FILE, MODEL_FILE, REFERENCE_FILE, raw_corpus_path, scored_corpus_path
+from embedding_assets import versions
+from embedding_assets.paths import ANNOTATIONS_FILE, HEAD_CARD_FILE, HEAD_FILE, MODEL_FILE, REFERENCE_FILE, shard_file
 from embedding_assets.stored import embedding_column, read_sample
 from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.engine.clustering import assign_clusters
@@ -20,7 +21,7 @@ from embedding_assets.engine.curation import NONE, CurationHead, head_card, lexi
 from embedding_assets.engine.errors import ArtifactError
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.interrupts import stop_on_interrupt
-from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_data_version, latest_metadata_value
+from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_metadata_value
 from embedding_assets.placement import SHARD_POD_TAGS
 from embedding_assets.plots import score_histogram
 from embedding_assets.progress import ProgressLog, peak_rss_mb, throughput
@@ -36,19 +37,19 @@ SCORE_BINS = 20
 BOOLEAN_LABELS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False, "keep": True, "drop": False}
 
 
-def read_model(storage: Storage) -> LexicalEmbedder:
+def read_model(storage: Storage, version: versions.Version) -> LexicalEmbedder:
     """The stored student; a malformed, tampered or foreign file fails the step naming the file."""
     try:
-        return LexicalEmbedder.from_bytes(storage.read_bytes(MODEL_FILE))
+        return LexicalEmbedder.from_bytes(storage.read_bytes(*version.file(MODEL_FILE)))
     except ArtifactError as exc:
-        raise dg.Failure(f"{storage.uri(MODEL_FILE)}: {exc}", allow_retries=False) from exc
+        raise dg.Failure(f"{storage.uri(*version.file(MODEL_FILE))}: {exc}", allow_retries=False) from exc
 
 
-def read_head(storage: Storage) -> CurationHead:
+def read_head(storage: Storage, version: versions.Version) -> CurationHead:
     try:
-        return CurationHead.from_bytes(storage.read_bytes(HEAD_FILE))
+        return CurationHead.from_bytes(storage.read_bytes(*version.file(HEAD_FILE)))
     except ArtifactError as exc:
-        raise dg.Failure(f"{storage.uri(HEAD_FILE)}: {exc}", allow_retries=False) from exc
+        raise dg.Failure(f"{storage.uri(*version.file(HEAD_FILE))}: {exc}", allow_retries=False) from exc
 
 
 def calibration_rows(splits: list[str]) -> np.ndarray:
@@ -95,9 +96,9 @@ def labels_data(sample, positive_labels: list[str]) -> HeadData:
     )
 
 
-def reference_data(storage: Storage, sample, curation: Curation) -> HeadData:
+def reference_data(storage: Storage, references: versions.Version, sample, curation: Curation) -> HeadData:
     """References against the sample's training documents (or the negative references), split by id hash."""
-    refs = read_table(storage, REFERENCE_FILE)
+    refs = read_table(storage, references.file(REFERENCE_FILE))
     role, split = np.array(refs["role"].to_pylist()), np.array(refs["split"].to_pylist())
     texts = refs["text"].to_pylist()
     positive = role == REFERENCE
@@ -122,8 +123,8 @@ def reference_data(storage: Storage, sample, curation: Curation) -> HeadData:
     return HeadData(train_texts, train_y, eval_texts, eval_y, {"reference_documents": len(pos_texts), "negative_documents": len(negative_texts)})
 
 
-def annotations_data(storage: Storage, curation: Curation) -> HeadData:
-    table = read_table(storage, ANNOTATIONS_FILE)
+def annotations_data(storage: Storage, annotated: versions.Version, curation: Curation) -> HeadData:
+    table = read_table(storage, annotated.file(ANNOTATIONS_FILE))
     texts, train = table["text"].to_pylist(), np.array(table["split"].to_pylist()) == "train"
     if "score" in table.column_names:
         y = table["score"].to_numpy().astype(np.float64)
@@ -142,10 +143,8 @@ def annotations_data(storage: Storage, curation: Curation) -> HeadData:
     )
 
 
-def read_table(storage: Storage, name: str):
-    if not storage.exists(name):
-        raise fail(f"{storage.uri(name)} does not exist: materialise {name.split('.')[0]} first")
-    with storage.open_parquet(name) as parquet:
+def read_table(storage: Storage, parts: tuple[str, ...]):
+    with storage.open_parquet(*parts) as parquet:
         return parquet.read()
 
 
@@ -206,8 +205,8 @@ def quality_classifier(context: dg.AssetExecutionContext, storage: Storage, cura
     except CurationSettingsError as exc:
         raise fail(str(exc)) from exc
     started = time.perf_counter()
-    embedder = read_model(storage)
-    sample = read_sample(storage, ["id", "text", "label", "split"])
+    embedder = read_model(storage, versions.published(context, "distilled_model"))
+    sample = read_sample(storage, versions.published(context, "training_sample"), ["id", "text", "label", "split"])
     settings = curation.settings()
     lineage = {}
     if mode == NONE:
@@ -217,11 +216,13 @@ def quality_classifier(context: dg.AssetExecutionContext, storage: Storage, cura
         if mode == "labels":
             data = labels_data(sample, curation.positive_labels)
         elif mode == "annotations":
-            data = annotations_data(storage, curation)
-            lineage["annotations_version"] = latest_data_version(context.instance, "annotations") or "unknown"
+            annotated = versions.published(context, "annotations")
+            data = annotations_data(storage, annotated, curation)
+            lineage["annotations_version"] = annotated.data_version or "unknown"
         else:
-            data = reference_data(storage, sample, curation)
-            lineage["reference_set_version"] = latest_data_version(context.instance, "reference_set") or "unknown"
+            references = versions.published(context, "reference_set")
+            data = reference_data(storage, references, sample, curation)
+            lineage["reference_set_version"] = references.data_version or "unknown"
         settings = {**settings, **lineage}
         head = fit_head(embedder, mode, data, curation, settings)
         calibration = calibration_rows(sample["split"].to_pylist())
@@ -236,13 +237,15 @@ def quality_classifier(context: dg.AssetExecutionContext, storage: Storage, cura
             "calibration_keep_fraction": round(float(head.keep(scores).mean()), 4),
         }
         head = replace(head, evaluation=evaluation)
-    uri = storage.write_bytes(head.to_bytes(), HEAD_FILE)
+    version = versions.new_version(context, "quality_classifier")
+    uri = storage.write_bytes(head.to_bytes(), *version.file(HEAD_FILE))
     card = head_card(head)
-    storage.write_bytes(card.encode(), HEAD_CARD_FILE)
+    storage.write_bytes(card.encode(), *version.file(HEAD_CARD_FILE))
     return dg.MaterializeResult(
         data_version=dg.DataVersion(head.version),
         metadata={
             "uri": dg.MetadataValue.path(uri),
+            **versions.record(context, storage, version),
             "card": dg.MetadataValue.md(card),
             "mode": mode,
             "classifier_version": head.version,
@@ -287,26 +290,28 @@ def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
     code_version=CODE_VERSIONS["scored_corpus"],
     retry_policy=STORAGE_RETRY_POLICY,
     op_tags=SHARD_POD_TAGS,
-    # Missing partitions, and partitions whose shard, model or classifier was re-materialised.
-    automation_condition=dg.AutomationCondition.eager(),
+    # Missing partitions, and partitions whose shard, model or classifier was re-materialised, once
+    # every input's blocking checks passed (the step itself also refuses an input that failed one).
+    automation_condition=dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
     description="Every document of a shard with its uint8 student embedding, score, keep decision and the versions that produced them.",
 )
 @stop_on_interrupt
 def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.MaterializeResult:
     shard = context.partition_key
-    embedder = read_model(storage)
-    head = read_head(storage)
+    raw = versions.published(context, "raw_corpus", shard)
+    embedder = read_model(storage, versions.published(context, "distilled_model"))
+    head = read_head(storage, versions.published(context, "quality_classifier"))
     if head.model_version != embedder.version:
         raise dg.Failure(
             f"quality_classifier was fitted on model {head.model_version}, but distilled_model is {embedder.version}; re-materialise quality_classifier",
             allow_retries=False,
         )
-    centroids, clusters_version = current_centroids(storage, embedder.version)
+    centroids, clusters_version = current_centroids(context, storage, embedder.version)
     if centroids is None:
         context.log.warning(f"no clusters for model {embedder.version}: the cluster columns of {shard} stay null; materialise clusters, then this shard")
     lineage = {
         "shard": shard,
-        "raw_shard_version": latest_data_version(context.instance, "raw_corpus", shard) or "unknown",
+        "raw_shard_version": raw.data_version or "unknown",
         "model_version": embedder.version,
         "classifier_version": head.version,
         "curation_mode": head.mode,
@@ -324,7 +329,7 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
 
     def scored_batches():
         nonlocal kept, truncated, empty
-        with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
+        with storage.open_parquet(*raw.file(shard_file(shard))) as parquet:
             progress = ProgressLog(context.log.info, f"scoring {shard}", parquet.metadata.num_rows)
             done = 0
             for batch in parquet.iter_batches(batch_size=8192, columns=["id", "text"]):
@@ -366,7 +371,8 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
                 )
 
     hasher = BatchHasher()
-    uri, rows = storage.write_parquet(hasher.wrap(scored_batches()), schema, *scored_corpus_path(shard))
+    version = versions.new_version(context, "scored_corpus", shard)
+    uri, rows = storage.write_parquet(hasher.wrap(scored_batches()), schema, *version.file(shard_file(shard)))
     seconds = time.perf_counter() - started
     scoring = (
         {
@@ -387,6 +393,7 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
             "raw_shard_version": lineage["raw_shard_version"],
             "code_versions": CODE_VERSIONS,
             "uri": dg.MetadataValue.path(uri),
+            **versions.record(context, storage, version),
             "curation_mode": head.mode,
             **scoring,
             "truncated_texts": truncated,

@@ -7,7 +7,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from embedding_assets import paths
+from embedding_assets import paths, versions
 from embedding_assets.assets.ingest import training_sample
 from embedding_assets.engine.features import build_features
 from embedding_assets.engine.ngrams import PAD
@@ -56,7 +56,7 @@ def idf_bands(built, per_band: int = 8) -> str:
 def features(context: dg.AssetExecutionContext, config: FeaturesConfig, storage: Storage, teacher: Teacher) -> dg.MaterializeResult:
     if config.vocabulary_size < 1 or not 1 <= config.max_ngram_length <= 16:
         raise dg.Failure(f"vocabulary_size must be >= 1 and max_ngram_length in 1..16; got {config.vocabulary_size}, {config.max_ngram_length}")
-    sample = read_sample(storage, ["id", "text"])
+    sample = read_sample(storage, versions.published(context, "training_sample"), ["id", "text"])
     texts = sample["text"].to_pylist()
     batches = [texts[i : i + 4096] for i in range(0, len(texts), 4096)]
     started = time.perf_counter()
@@ -72,13 +72,15 @@ def features(context: dg.AssetExecutionContext, config: FeaturesConfig, storage:
     )
     seconds = time.perf_counter() - started
     data = built.to_bytes()
-    uri = storage.write_bytes(data, paths.FEATURES_FILE)
+    version = versions.new_version(context, "features")
+    uri = storage.write_bytes(data, *version.file(paths.FEATURES_FILE))
     nnz = np.diff(built.tfidf.indptr)
     lengths = np.bincount((built.vocabulary.ngrams != np.uint32(0xFFFFFFFF)).sum(axis=1), minlength=config.max_ngram_length + 1)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(short_hash(data)),
         metadata={
             "uri": dg.MetadataValue.path(uri),
+            **versions.record(context, storage, version),
             "vocabulary_size": built.vocabulary.size,
             "counted_ngrams": built.counted_ngrams,
             "documents": len(texts),

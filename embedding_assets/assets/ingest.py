@@ -10,22 +10,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from embedding_assets.checks.reasons import failure_reason
 from embedding_assets.engine.config import DistillConfig
 from embedding_assets.engine.errors import InputError, SourceUnavailable
 from embedding_assets.engine.tokenization import load_tokenizer
 from embedding_assets.partitions import corpus_shards
-from embedding_assets.paths import TRAINING_SAMPLE_FILE, raw_corpus_path
+from embedding_assets.paths import TRAINING_SAMPLE_FILE, shard_file
 from embedding_assets.progress import throughput, token_counts
 from embedding_assets.resources import CorpusSource, Curation, Storage, Teacher
 from embedding_assets.resources.curation import CurationSettingsError
 from embedding_assets.resources.s3 import is_transient
 from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
 from embedding_assets.interrupts import stop_on_interrupt
-from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_data_version, latest_metadata_value, short_hash
+from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_metadata_value, short_hash
+from embedding_assets import versions
 
 SAMPLE_COLUMNS = ("id", "text", "label", "shard", "split")
-RAW_CORPUS_GATES = ("raw_corpus_contract", "raw_corpus_ids_unique_across_shards")
 
 
 def retryable(exc: InputError) -> bool:
@@ -55,11 +54,13 @@ class CorpusShards:
     `departed`: partitions whose file is no longer in the location (another corpus, or a removed
     shard); their stored outputs stay, but nothing reads them. `failed`: current shards whose latest
     materialisation failed a raw_corpus gate (or shares ids with one that did), with the reason.
+    `published`: the version to read of each usable shard.
     """
 
     current: list[str]
     departed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    published: dict[str, versions.Version] = field(default_factory=dict)
 
     @property
     def usable(self) -> list[str]:
@@ -73,46 +74,41 @@ class CorpusShards:
         }
 
 
-def gate_failures(instance: dg.DagsterInstance, shard: str) -> dict[str, dict]:
-    """The raw_corpus gates that failed on the latest materialisation of `shard`: check name -> metadata."""
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=raw_corpus.key, asset_partitions=[shard]), limit=1).records
-    if not records:
-        return {}
-    failed = {}
-    # The checks that ran with that materialisation are in its run (one shard per run).
-    for entry in instance.all_logs(records[0].run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
-        evaluation = entry.dagster_event.event_specific_data
-        if evaluation.asset_key == raw_corpus.key and evaluation.check_name in RAW_CORPUS_GATES and not evaluation.passed:
-            failed[evaluation.check_name] = dict(evaluation.metadata)
-    return failed
-
-
-def shards_in_location(instance: dg.DagsterInstance, corpus: CorpusSource, storage: Storage) -> list[str]:
-    """Partitions whose file the corpus location holds now and whose raw shard is stored: what a
-    corpus-wide lookup (the reference set's overlap, the annotations' join) reads; a departed one is not."""
+def shards_in_location(context, corpus: CorpusSource) -> dict[str, versions.Version]:
+    """The published raw version of each partition whose file the corpus location holds now: what a
+    corpus-wide lookup (the reference set's overlap, the annotations' join) reads; a departed
+    shard, one never ingested and one whose latest version failed a gate are not."""
     try:
         listing = corpus.shards()
     except InputError as exc:
         raise dg.Failure(str(exc), allow_retries=retryable(exc)) from exc
-    registered = set(instance.get_dynamic_partitions(corpus_shards.name))
-    return [shard for shard in sorted(registered & set(listing)) if storage.exists(*raw_corpus_path(shard))]
+    instance = context.instance
+    found = {}
+    for shard in sorted(set(instance.get_dynamic_partitions(corpus_shards.name)) & set(listing)):
+        version = versions.latest_version(instance, "raw_corpus", shard)
+        if version is not None and not versions.gate_problems(instance, version):
+            found[shard] = version
+    return found
 
 
-def corpus_shards_now(instance: dg.DagsterInstance, corpus: CorpusSource, storage: Storage) -> CorpusShards:
+def corpus_shards_now(context, corpus: CorpusSource) -> CorpusShards:
     """The shards a corpus-wide asset reads: refuses (naming the shard and what to run) when one of
     the location's shards is not ingested, or was ingested from another file than the one there now."""
     try:
         listing = corpus.shards()
     except InputError as exc:
         raise dg.Failure(str(exc), allow_retries=retryable(exc)) from exc
+    instance = context.instance
     registered = set(instance.get_dynamic_partitions(corpus_shards.name))
     departed = sorted(registered - set(listing))
     current = sorted(listing)
+    latest: dict[str, versions.Version] = {}
     for shard in current:
         source = latest_metadata_value(instance, "raw_corpus", "source", shard) if shard in registered else None
-        if source is None or not storage.exists(*raw_corpus_path(shard)):
+        version = versions.latest_version(instance, "raw_corpus", shard) if source is not None else None
+        if version is None:
             raise dg.Failure(
-                f"raw_corpus[{shard}] ({listing[shard]}) has not been materialised into {storage.uri(*raw_corpus_path(shard))}; "
+                f"raw_corpus[{shard}] ({listing[shard]}) has not been materialised; "
                 "materialise it first (ingest_corpus, or python -m embedding_assets.run)",
                 allow_retries=False,
             )
@@ -122,15 +118,28 @@ def corpus_shards_now(instance: dg.DagsterInstance, corpus: CorpusSource, storag
                 f"re-materialise raw_corpus[{shard}] (ingest_corpus, or python -m embedding_assets.run), or use another DAGSTER_HOME and storage for another corpus",
                 allow_retries=False,
             )
+        latest[shard] = version
     failed: dict[str, str] = {}
     for shard in current:
-        for name, metadata in gate_failures(instance, shard).items():
-            failed[shard] = failure_reason(name, metadata)
+        problems = versions.gate_problems(instance, latest[shard])
+        if problems:
+            failed[shard] = "; ".join(problems.values())
+        for other in clashing_shards(instance, shard):
             # Of two shards that share ids, the gate fails on the one ingested later only: exclude its partners too.
-            for other in getattr(metadata.get("clashing_shards"), "value", None) or []:
-                if other in listing:
-                    failed.setdefault(other, f"shares ids with raw_corpus[{shard}], whose raw_corpus_ids_unique_across_shards gate failed")
-    return CorpusShards(current, departed, dict(sorted(failed.items())))
+            if other in listing:
+                failed.setdefault(other, f"shares ids with raw_corpus[{shard}], whose raw_corpus_ids_unique_across_shards gate failed")
+    published = {shard: latest[shard] for shard in current if shard not in failed}
+    return CorpusShards(current, departed, dict(sorted(failed.items())), published)
+
+
+def clashing_shards(instance: dg.DagsterInstance, shard: str) -> list[str]:
+    """The shards the latest id gate of `shard` found sharing its ids."""
+    key = dg.AssetCheckKey(raw_corpus.key, "raw_corpus_ids_unique_across_shards")
+    records = instance.event_log_storage.get_asset_check_execution_history(key, limit=1, partition_filter=versions.PartitionKeyFilter(key=shard))
+    evaluation = records[0].event.dagster_event.event_specific_data if records and records[0].event else None
+    if evaluation is None or getattr(evaluation, "passed", True):
+        return []
+    return list(getattr(evaluation.metadata.get("clashing_shards"), "value", None) or [])
 
 
 @dg.asset(
@@ -177,8 +186,9 @@ def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage:
             yield batch
 
     hasher = BatchHasher()
+    version = versions.new_version(context, "raw_corpus", shard)
     try:
-        uri, rows = storage.write_parquet(hasher.wrap(all_batches()), first.schema, *raw_corpus_path(shard))
+        uri, rows = storage.write_parquet(hasher.wrap(all_batches()), first.schema, *version.file(shard_file(shard)))
     except InputError as exc:
         raise dg.Failure(str(exc), allow_retries=retryable(exc)) from exc
     seconds = time.perf_counter() - started
@@ -188,6 +198,7 @@ def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage:
             "dagster/row_count": rows,
             "source": dg.MetadataValue.path(shards[shard]),
             "uri": dg.MetadataValue.path(uri),
+            **versions.record(context, storage, version),
             "columns": list(first.schema.names),
             "tokens": tokens,
             **throughput(seconds, rows, tokens),
@@ -267,7 +278,7 @@ def training_sample(
     except CurationSettingsError as exc:
         raise dg.Failure(str(exc), allow_retries=False) from exc
     started = time.perf_counter()
-    found = corpus_shards_now(context.instance, corpus, storage)
+    found = corpus_shards_now(context, corpus)
     for shard in found.departed:
         context.log.warning(f"raw_corpus[{shard}] is a partition whose file is no longer in {corpus.location}: not sampled")
     for shard, why in found.failed.items():
@@ -278,7 +289,7 @@ def training_sample(
     kept: pa.Table | None = None
     total = 0
     for shard in shards:
-        with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
+        with storage.open_parquet(*found.published[shard].file(shard_file(shard))) as parquet:
             for batch in parquet.iter_batches(batch_size=8192):
                 ids = batch.column("id").to_pylist()
                 total += len(ids)
@@ -306,10 +317,11 @@ def training_sample(
     refuse_untrainable(context, config, kept, split, mode, curation)
     sample = kept.drop_columns(["sample_hash"]).append_column("split", pa.array(split, pa.string()))
     hasher = BatchHasher()
-    uri, rows = storage.write_parquet(hasher.wrap(sample.to_batches()), sample.schema, TRAINING_SAMPLE_FILE)
+    version = versions.new_version(context, "training_sample")
+    uri, rows = storage.write_parquet(hasher.wrap(sample.to_batches()), sample.schema, *version.file(TRAINING_SAMPLE_FILE))
     heldout = int((split == "heldout").sum())
     labels = pc.value_counts(sample["label"]).to_pylist()
-    shard_versions = {shard: latest_data_version(context.instance, "raw_corpus", shard) for shard in shards}
+    shard_versions = {shard: found.published[shard].data_version for shard in shards}
     tokens = token_counts(load_tokenizer(teacher.tokenizer_json()), sample["text"].to_pylist())
     shard_tokens = [latest_metadata_value(context.instance, "raw_corpus", "tokens", shard) for shard in shards]
     corpus_tokens = sum(shard_tokens) if None not in shard_tokens else None
@@ -320,6 +332,7 @@ def training_sample(
             **found.report(),
             "dagster/row_count": rows,
             "uri": dg.MetadataValue.path(uri),
+            **versions.record(context, storage, version),
             "shards": len(shards),
             "corpus_documents": total,
             "train_documents": rows - heldout,

@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedding_assets.assets.ingest import heldout_mask, raw_corpus, shards_in_location
-from embedding_assets.paths import ANNOTATIONS_FILE, REFERENCE_FILE, raw_corpus_path
+from embedding_assets.paths import ANNOTATIONS_FILE, REFERENCE_FILE, shard_file
+from embedding_assets import versions
 from embedding_assets.corpus import SHARD_SUFFIXES, list_shards, read_shard
 from embedding_assets.engine.errors import InputError
 from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher
@@ -84,8 +85,8 @@ def corpus_overlap(context, corpus: CorpusSource, storage: Storage, table: pa.Ta
     by_id = dict(zip(table["id"].to_pylist(), text_hash(table["text"].to_pylist())))
     texts = set(by_id.values())
     same_id = same_text = 0
-    for shard in shards_in_location(context.instance, corpus, storage):
-        with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
+    for shard, raw in shards_in_location(context, corpus).items():
+        with storage.open_parquet(*raw.file(shard_file(shard))) as parquet:
             for batch in parquet.iter_batches(batch_size=65536, columns=["id", "text"]):
                 ids = batch.column("id")
                 hits = pc.is_in(ids, value_set=pa.array(list(by_id), pa.string())).to_numpy(zero_copy_only=False)
@@ -141,13 +142,15 @@ def reference_set(context: dg.AssetExecutionContext, curation: Curation, corpus:
     split = np.where(heldout_mask(table["id"].to_pylist(), curation.reference_holdout), "heldout", "train")
     table = table.append_column("split", pa.array(split, pa.string()))
     hasher = BatchHasher()
-    uri, rows = storage.write_parquet(hasher.wrap(table.to_batches()), table.schema, REFERENCE_FILE)
+    version = versions.new_version(context, "reference_set")
+    uri, rows = storage.write_parquet(hasher.wrap(table.to_batches()), table.schema, *version.file(REFERENCE_FILE))
     in_corpus = overlap["in_corpus_same_id"] + overlap["in_corpus_same_text"]
     return dg.MaterializeResult(
         data_version=dg.DataVersion(hasher.version),
         metadata={
             "dagster/row_count": rows,
             "uri": dg.MetadataValue.path(uri),
+            **versions.record(context, storage, version),
             "location": dg.MetadataValue.path(curation.reference),
             "negative_location": dg.MetadataValue.path(curation.negative_reference or "none"),
             "reference_documents": positives.num_rows,
@@ -239,8 +242,8 @@ def annotations(context: dg.AssetExecutionContext, curation: Curation, corpus: C
         raise failure(f"annotations at {curation.annotations}: id {repeated!r} is annotated more than once")
     wanted = pa.array(ids, pa.string())
     found: list[pa.Table] = []
-    for shard in shards_in_location(context.instance, corpus, storage):
-        with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
+    for shard, raw in shards_in_location(context, corpus).items():
+        with storage.open_parquet(*raw.file(shard_file(shard))) as parquet:
             for batch in parquet.iter_batches(batch_size=65536, columns=["id", "text"]):
                 hits = batch.filter(pc.is_in(batch.column("id"), value_set=wanted))
                 if hits.num_rows:
@@ -256,7 +259,8 @@ def annotations(context: dg.AssetExecutionContext, curation: Curation, corpus: C
     split = np.where(heldout_mask(joined["id"].to_pylist(), 0.15), "heldout", "train")
     joined = joined.append_column("split", pa.array(split, pa.string()))
     hasher = BatchHasher()
-    uri, rows = storage.write_parquet(hasher.wrap(joined.to_batches()), joined.schema, ANNOTATIONS_FILE)
+    version = versions.new_version(context, "annotations")
+    uri, rows = storage.write_parquet(hasher.wrap(joined.to_batches()), joined.schema, *version.file(ANNOTATIONS_FILE))
     kind = "score" if "score" in joined.column_names else "label"
     summary = (
         {f"score_{k}": round(float(v), 4) for k, v in zip(("min", "mean", "max"), (pc.min(joined["score"]).as_py(), pc.mean(joined["score"]).as_py(), pc.max(joined["score"]).as_py()))}
@@ -271,6 +275,7 @@ def annotations(context: dg.AssetExecutionContext, curation: Curation, corpus: C
         metadata={
             "dagster/row_count": rows,
             "uri": dg.MetadataValue.path(uri),
+            **versions.record(context, storage, version),
             "location": dg.MetadataValue.path(curation.annotations),
             "kind": kind,
             "heldout_documents": int((split == "heldout").sum()),

@@ -9,8 +9,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from embedding_assets.assets.ingest import id_hash, raw_corpus
-from embedding_assets.paths import raw_corpus_path
+from embedding_assets import versions
+from embedding_assets.assets.ingest import corpus_shards_now, id_hash, raw_corpus
+from embedding_assets.paths import shard_file
 from embedding_assets.assets.training import distilled_model
 from embedding_assets.engine import clustering
 from embedding_assets.engine.errors import ArtifactError
@@ -18,7 +19,7 @@ from embedding_assets.engine.ngrams import PAD
 from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, short_hash
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.progress import peak_rss_mb, throughput
-from embedding_assets.resources import Storage
+from embedding_assets.resources import CorpusSource, Storage
 from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
 
 CLUSTERS_FILE = "clusters.safetensors"
@@ -29,38 +30,39 @@ SELECTION_FILE = "selection.parquet"
 DEFAULT_THRESHOLD = 0.9
 
 
-def read_model(storage: Storage):
+def read_model(storage: Storage, version: versions.Version):
     # curation imports this module (scored_corpus depends on clusters), so its reader is fetched late.
     from embedding_assets.assets.curation import read_model as read
 
-    return read(storage)
+    return read(storage, version)
 
 
-def read_clusters(storage: Storage, data: bytes | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+def read_clusters(storage: Storage, version: versions.Version, data: bytes | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
     """The stored clusters: (config with model_version, k, seed..., centroids, sample sizes)."""
     try:
-        return clustering.clusters_from_bytes(storage.read_bytes(CLUSTERS_FILE) if data is None else data)
+        return clustering.clusters_from_bytes(storage.read_bytes(*version.file(CLUSTERS_FILE)) if data is None else data)
     except ArtifactError as exc:
-        raise dg.Failure(f"{storage.uri(CLUSTERS_FILE)}: {exc}", allow_retries=False) from exc
+        raise dg.Failure(f"{storage.uri(*version.file(CLUSTERS_FILE))}: {exc}", allow_retries=False) from exc
 
 
-def current_centroids(storage: Storage, model_version: str) -> tuple[np.ndarray | None, str]:
+def current_centroids(context, storage: Storage, model_version: str) -> tuple[np.ndarray | None, str]:
     """The centroids and their version (the file's hash, the data version of `clusters`) when they
     were fitted on this model version; else (None, "none")."""
-    if not storage.exists(CLUSTERS_FILE):
+    if versions.latest_version(context.instance, "clusters") is None:
         return None, "none"
-    data = storage.read_bytes(CLUSTERS_FILE)
-    config, centroids, _ = read_clusters(storage, data)
+    version = versions.published(context, "clusters")
+    data = storage.read_bytes(*version.file(CLUSTERS_FILE))
+    config, centroids, _ = read_clusters(storage, version, data)
     return (centroids, short_hash(data)) if config.get("model_version") == model_version else (None, "none")
 
 
-def corpus_sample(storage: Storage, shards: list[str], size: int, seed: int) -> tuple[list[str], list[str]]:
+def corpus_sample(storage: Storage, shards: dict[str, versions.Version], size: int, seed: int) -> tuple[list[str], list[str]]:
     """Bottom-k of a seeded id hash across shards (ids, texts), reading only those two columns."""
     kept_ids: list[str] = []
     kept_texts: list[str] = []
     kept_hash = np.empty(0, dtype=np.uint64)
-    for shard in shards:
-        with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
+    for shard, raw in shards.items():
+        with storage.open_parquet(*raw.file(shard_file(shard))) as parquet:
             for batch in parquet.iter_batches(batch_size=8192, columns=["id", "text"]):
                 ids = batch.column("id").to_pylist()
                 hashes = id_hash(ids, f"clusters:{seed}")
@@ -112,17 +114,17 @@ def cluster_table(embedder, ids, texts, cluster, cosine, k) -> dg.TableMetadataV
     retry_policy=STORAGE_RETRY_POLICY,
     description="Spherical k-means (faiss, seeded) on student embeddings of a hashed corpus sample: the centroids every scored shard assigns its documents to.",
 )
-def clusters(context: dg.AssetExecutionContext, config: ClustersConfig, storage: Storage) -> dg.MaterializeResult:
+def clusters(context: dg.AssetExecutionContext, config: ClustersConfig, corpus: CorpusSource, storage: Storage) -> dg.MaterializeResult:
     if config.k < 1 or config.sample_size < 1:
         raise dg.Failure(f"k and sample_size must be >= 1; got k={config.k}, sample_size={config.sample_size}", allow_retries=False)
     if config.k > config.sample_size:
         raise dg.Failure(f"cluster count k={config.k} is larger than sample_size={config.sample_size}; lower k", allow_retries=False)
-    shards = sorted(context.instance.get_dynamic_partitions(corpus_shards.name))
-    missing = [s for s in shards if not storage.exists(*raw_corpus_path(s))]
-    if missing:
-        raise dg.Failure(f"raw_corpus{missing} has not been materialised; materialise it first", allow_retries=False)
+    found = corpus_shards_now(context, corpus)
+    for shard, why in found.failed.items():
+        context.log.warning(f"raw_corpus[{shard}] is left out of the clusters' sample: {why}")
+    shards = found.published
     started = time.perf_counter()
-    embedder = read_model(storage)
+    embedder = read_model(storage, versions.published(context, "distilled_model"))
     ids, texts = corpus_sample(storage, shards, config.sample_size, config.seed)
     if config.k > len(ids):
         raise dg.Failure(
@@ -135,11 +137,13 @@ def clusters(context: dg.AssetExecutionContext, config: ClustersConfig, storage:
     sizes = np.bincount(cluster, minlength=config.k)
     header = {"model_version": embedder.version, "k": config.k, "seed": config.seed, "sample_documents": len(ids), "sample_version": short_hash(*ids)}
     data = clustering.clusters_to_bytes(centroids, sizes, header)
-    uri = storage.write_bytes(data, CLUSTERS_FILE)
+    version = versions.new_version(context, "clusters")
+    uri = storage.write_bytes(data, *version.file(CLUSTERS_FILE))
     return dg.MaterializeResult(
         data_version=dg.DataVersion(short_hash(data)),
         metadata={
             "uri": dg.MetadataValue.path(uri),
+            **versions.record(context, storage, version),
             "model_version": embedder.version,
             "k": config.k,
             "sample_documents": len(ids),
@@ -170,17 +174,16 @@ NEAR_DUPLICATES_SCHEMA = pa.schema([
 ])
 
 
-def scored_shards(context, storage: Storage, model_version: str) -> list[str]:
-    """Every shard, once its scored file is there and was made with the current model and clusters
-    (read from the files' footers)."""
+def scored_shards(context, storage: Storage, model_version: str) -> dict[str, versions.Version]:
+    """The published version of every scored shard, once each was made with the current model and
+    clusters (read from the files' footers)."""
     shards = sorted(context.instance.get_dynamic_partitions(corpus_shards.name))
-    centroids, clusters_version = current_centroids(storage, model_version)
+    centroids, clusters_version = current_centroids(context, storage, model_version)
     if centroids is None:
         raise dg.Failure(f"clusters has not been materialised for model {model_version}; materialise clusters, then scored_corpus", allow_retries=False)
-    for shard in shards:
-        if not storage.exists("scored_corpus", f"{shard}.parquet"):
-            raise dg.Failure(f"scored_corpus[{shard}] has not been materialised; materialise it first", allow_retries=False)
-        with storage.open_parquet("scored_corpus", f"{shard}.parquet") as parquet:
+    found = {shard: versions.published(context, "scored_corpus", shard) for shard in shards}
+    for shard, scored in found.items():
+        with storage.open_parquet(*scored.file(shard_file(shard))) as parquet:
             meta = {k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
         if meta.get("model_version") != model_version:
             raise dg.Failure(
@@ -192,14 +195,14 @@ def scored_shards(context, storage: Storage, model_version: str) -> list[str]:
                 f"scored_corpus[{shard}] holds cluster ids of clusters version {meta.get('clusters_version')}, but the current clusters are {clusters_version}; re-materialise scored_corpus[{shard}]",
                 allow_retries=False,
             )
-    return shards
+    return found
 
 
-def read_columns(storage: Storage, shards: list[str], columns: list[str]) -> tuple[pa.Table, np.ndarray]:
+def read_columns(storage: Storage, shards: dict[str, versions.Version], columns: list[str]) -> tuple[pa.Table, np.ndarray]:
     """The named columns of every scored shard, one table, and each row's shard index."""
     tables, shard_index = [], []
-    for i, shard in enumerate(shards):
-        with storage.open_parquet("scored_corpus", f"{shard}.parquet") as parquet:
+    for i, (shard, scored) in enumerate(shards.items()):
+        with storage.open_parquet(*scored.file(shard_file(shard))) as parquet:
             table = parquet.read(columns=columns)
         tables.append(table)
         shard_index.append(np.full(table.num_rows, i, dtype=np.int32))
@@ -232,9 +235,10 @@ def near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesCon
     if config.max_block < 2:
         raise dg.Failure(f"max_block must be >= 2, got {config.max_block}", allow_retries=False)
     started = time.perf_counter()
-    model_version = read_model(storage).version
-    shards = scored_shards(context, storage, model_version)
-    table, shard_index = read_columns(storage, shards, ["id", "embedding", "cluster", "score"])
+    model_version = read_model(storage, versions.published(context, "distilled_model")).version
+    found = scored_shards(context, storage, model_version)
+    shards = list(found)
+    table, shard_index = read_columns(storage, found, ["id", "embedding", "cluster", "score"])
     dim = table.schema.field("embedding").type.list_size
     codes = table["embedding"].combine_chunks().flatten().to_numpy().reshape(-1, dim)
     cluster = table["cluster"].to_numpy()
@@ -259,7 +263,8 @@ def near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesCon
         schema=NEAR_DUPLICATES_SCHEMA.with_metadata({"model_version": model_version, "threshold": repr(config.threshold), "shards": json.dumps(shards)}),
     )
     hasher = BatchHasher()
-    uri, rows = storage.write_parquet(hasher.wrap(out.to_batches()), out.schema, NEAR_DUPLICATES_FILE)
+    version = versions.new_version(context, "near_duplicates")
+    uri, rows = storage.write_parquet(hasher.wrap(out.to_batches()), out.schema, *version.file(NEAR_DUPLICATES_FILE))
     dropped = np.zeros(len(cluster), dtype=bool)
     dropped[members[representatives != members]] = True
     per_shard = [
@@ -276,6 +281,7 @@ def near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesCon
         metadata={
             "dagster/row_count": rows,
             "uri": dg.MetadataValue.path(uri),
+            **versions.record(context, storage, version),
             "model_version": model_version,
             "threshold": config.threshold,
             "documents": len(cluster),
@@ -329,16 +335,17 @@ def selection(context: dg.AssetExecutionContext, config: SelectionConfig, storag
     if config.temperature is not None and not 0 <= config.temperature <= 1:
         raise dg.Failure(f"temperature must be in [0, 1] or unset, got {config.temperature}", allow_retries=False)
     started = time.perf_counter()
-    model_version = read_model(storage).version
-    with storage.open_parquet(NEAR_DUPLICATES_FILE) as parquet:
+    model_version = read_model(storage, versions.published(context, "distilled_model")).version
+    with storage.open_parquet(*versions.published(context, "near_duplicates").file(NEAR_DUPLICATES_FILE)) as parquet:
         duplicates = parquet.read(columns=["id", "representative_id"])
         meta = {k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
     if meta.get("model_version") != model_version:
         raise dg.Failure(f"near_duplicates was found with model {meta.get('model_version')}, the current model is {model_version}; re-materialise near_duplicates", allow_retries=False)
-    shards = scored_shards(context, storage, model_version)
+    found = scored_shards(context, storage, model_version)
+    shards = list(found)
     if json.loads(meta.get("shards", "[]")) != shards:
         raise dg.Failure(f"near_duplicates covers shards {meta.get('shards')}, the corpus has {shards}; re-materialise near_duplicates", allow_retries=False)
-    table, shard_index = read_columns(storage, shards, ["id", "cluster", "score", "keep"])
+    table, shard_index = read_columns(storage, found, ["id", "cluster", "score", "keep"])
     n = table.num_rows
     cluster = table["cluster"].to_numpy()
     # A null keep means no curation is configured: the score stage passes every document.
@@ -363,13 +370,15 @@ def selection(context: dg.AssetExecutionContext, config: SelectionConfig, storag
         schema=SELECTION_SCHEMA.with_metadata({"model_version": model_version, "near_duplicates_threshold": meta.get("threshold", ""), "config": config.model_dump_json()}),
     )
     hasher = BatchHasher()
-    uri, rows = storage.write_parquet(hasher.wrap(out.to_batches()), out.schema, SELECTION_FILE)
+    version = versions.new_version(context, "selection")
+    uri, rows = storage.write_parquet(hasher.wrap(out.to_batches()), out.schema, *version.file(SELECTION_FILE))
     threshold_only = passes_score
     return dg.MaterializeResult(
         data_version=dg.DataVersion(short_hash(hasher.version, model_version)),
         metadata={
             "dagster/row_count": rows,
             "uri": dg.MetadataValue.path(uri),
+            **versions.record(context, storage, version),
             "kept": int(keep.sum()),
             "keep_fraction": round(float(keep.mean()) if n else 0.0, 4),
             "dropped_score": int((~passes_score).sum()),

@@ -18,7 +18,7 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from embedding_assets import paths
+from embedding_assets import paths, versions
 from embedding_assets.assets.ingest import training_sample
 from embedding_assets.interrupts import stop_on_interrupt
 from embedding_assets.progress import throughput
@@ -47,7 +47,7 @@ class TeacherEmbeddingsConfig(dg.Config):
     ),
 )
 @stop_on_interrupt
-def teacher_model(teacher: Teacher, storage: Storage) -> dg.MaterializeResult:
+def teacher_model(context: dg.AssetExecutionContext, teacher: Teacher, storage: Storage) -> dg.MaterializeResult:
     problem = model_problem(teacher.model)  # the directory may have changed since the settings were read
     if problem:
         raise dg.Failure(problem, allow_retries=False)
@@ -59,10 +59,11 @@ def teacher_model(teacher: Teacher, storage: Storage) -> dg.MaterializeResult:
             allow_retries=False,
         )
     identity = teacher.identity()
-    uri = storage.write_bytes(json.dumps(identity, indent=1, sort_keys=True).encode(), paths.TEACHER_MODEL_FILE)
+    version = versions.new_version(context, "teacher_model")
+    uri = storage.write_bytes(json.dumps(identity, indent=1, sort_keys=True).encode(), *version.file(paths.TEACHER_MODEL_FILE))
     return dg.MaterializeResult(
         data_version=dg.DataVersion(identity["sha256"]),
-        metadata={"uri": dg.MetadataValue.path(uri), **{k: str(v) for k, v in identity.items()}},
+        metadata={"uri": dg.MetadataValue.path(uri), **versions.record(context, storage, version), **{k: str(v) for k, v in identity.items()}},
     )
 
 
@@ -88,10 +89,10 @@ def teacher_embeddings(
 ) -> dg.MaterializeResult:
     if config.chunk_size < 1:
         raise dg.Failure(f"chunk_size must be >= 1, got {config.chunk_size}", allow_retries=False)
-    sample = read_sample(storage, ["id", "text", "split"])
+    sample = read_sample(storage, versions.published(context, "training_sample"), ["id", "text", "split"])
     ids, texts = sample["id"].to_pylist(), sample["text"].to_pylist()
     identity = teacher.identity()
-    pinned = json.loads(storage.read_bytes(paths.TEACHER_MODEL_FILE))
+    pinned = json.loads(storage.read_bytes(*versions.published(context, "teacher_model").file(paths.TEACHER_MODEL_FILE)))
     if pinned["sha256"] != identity["sha256"]:
         raise dg.Failure(
             f"the teacher configured now ({identity}) is not the one teacher_model recorded ({pinned}); "
@@ -104,7 +105,8 @@ def teacher_embeddings(
         chunk_size=config.chunk_size, device=compute.torch_device, precision=compute.precision, log=context.log.info,
     )
     vectors, dim = result.vectors, result.vectors.shape[1]
-    storage.write_bytes(result.token_sums.to_bytes(), paths.TEACHER_TOKEN_SUMS_FILE)
+    version = versions.new_version(context, "teacher_embeddings")
+    storage.write_bytes(result.token_sums.to_bytes(), *version.file(paths.TEACHER_TOKEN_SUMS_FILE))
     schema = embeddings_schema(dim, pa.float32(), {
         "model": identity["model"],
         "model_sha256": identity["sha256"],
@@ -114,13 +116,14 @@ def teacher_embeddings(
         "max_seq_length": str(teacher.max_seq_length),
     })
     table = pa.table([sample["id"], embedding_column(vectors)], schema=schema)
-    uri, rows = storage.write_parquet(table.to_batches(), schema, paths.TEACHER_EMBEDDINGS_FILE)
+    uri, rows = storage.write_parquet(table.to_batches(), schema, *version.file(paths.TEACHER_EMBEDDINGS_FILE))
     removed = TeacherChunks(storage, result.key).remove_others()
     return dg.MaterializeResult(
         data_version=dg.DataVersion(short_hash(identity["sha256"], "\n".join(ids), vectors.tobytes())),
         metadata={
             "dagster/row_count": rows,
             "uri": dg.MetadataValue.path(uri),
+            **versions.record(context, storage, version),
             "teacher": identity["model"],
             "teacher_sha256": identity["sha256"],
             "device": result.device,

@@ -6,14 +6,14 @@ import dagster as dg
 import numpy as np
 from pydantic import ValidationError
 
-from embedding_assets import paths
+from embedding_assets import paths, versions
 from embedding_assets.assets.features import features
 from embedding_assets.assets.teacher import teacher_embeddings
 from embedding_assets.engine.config import DistillConfig
 from embedding_assets.progress import ProgressLog, throughput
 from embedding_assets.resources import Compute, Storage
 from embedding_assets.stored import read_embeddings, read_sample
-from embedding_assets.lineage import CODE_VERSIONS, OWNERS, latest_data_version, latest_metadata_value
+from embedding_assets.lineage import CODE_VERSIONS, OWNERS, latest_metadata_value
 from embedding_assets.placement import GPU_POD_TAGS, GPU_POOL
 from embedding_assets.plots import training_curves
 
@@ -52,29 +52,32 @@ def distilled_model(
     from embedding_assets.engine.prior import TokenSums
     from embedding_assets.engine.training import train_student
 
-    feats = Features.from_bytes(storage.read_bytes(paths.FEATURES_FILE))
-    teacher_ids, teacher_vectors, teacher_meta = read_embeddings(storage, paths.TEACHER_EMBEDDINGS_FILE)
-    sample = read_sample(storage, ["id", "text", "label", "split"])
+    inputs = {key: versions.published(context, key) for key in UPSTREAM}
+    feats = Features.from_bytes(storage.read_bytes(*inputs["features"].file(paths.FEATURES_FILE)))
+    teacher_ids, teacher_vectors, teacher_meta = read_embeddings(storage, *inputs["teacher_embeddings"].file(paths.TEACHER_EMBEDDINGS_FILE))
+    sample = read_sample(storage, inputs["training_sample"], ["id", "text", "label", "split"])
     if not feats.ids == teacher_ids == sample["id"].to_pylist():
         raise dg.Failure("features, teacher_embeddings and training_sample disagree on the documents; re-materialise them together")
-    sums = TokenSums.from_bytes(storage.read_bytes(paths.TEACHER_TOKEN_SUMS_FILE)) if config.token_prior and config.init == "ridge" else None
+    sums = TokenSums.from_bytes(storage.read_bytes(*inputs["teacher_embeddings"].file(paths.TEACHER_TOKEN_SUMS_FILE))) if config.token_prior and config.init == "ridge" else None
     started = time.perf_counter()
     try:
         embedder, report = train_student(
             feats, teacher_vectors, settings(config), texts=sample["text"].to_pylist(),
             heldout=np.array(sample["split"].to_pylist()) != "train", labels=sample["label"].to_pylist(), token_sums=sums,
-            device=compute.torch_device(), on_epoch=epoch_logger(context, config.epochs), provenance=provenance(context, teacher_meta),
+            device=compute.torch_device(), on_epoch=epoch_logger(context, config.epochs), provenance=provenance(inputs, teacher_meta),
         )
     except ValueError as exc:
         raise dg.Failure(f"cannot train the student: {exc}", allow_retries=False) from exc
-    uri = storage.write_bytes(embedder.to_bytes(), paths.MODEL_FILE)
+    version = versions.new_version(context, "distilled_model")
+    uri = storage.write_bytes(embedder.to_bytes(), *version.file(paths.MODEL_FILE))
     card = render(embedder)
-    storage.write_bytes(card.encode(), paths.MODEL_CARD_FILE)
+    storage.write_bytes(card.encode(), *version.file(paths.MODEL_CARD_FILE))
     return dg.MaterializeResult(data_version=dg.DataVersion(embedder.version), metadata={
         "training_curves": dg.MetadataValue.md(training_curves(report.epoch_loss, report.epoch_eval)),
         "evaluation": dg.MetadataValue.md(evaluation_table(report.evaluation)),
         "model_card": dg.MetadataValue.md(card),
         "uri": dg.MetadataValue.path(uri),
+        **versions.record(context, storage, version),
         **training_metadata(embedder, report),
         **throughput(time.perf_counter() - started, report.train_documents * config.epochs, scaled(latest_metadata_value(context.instance, "training_sample", "train_tokens"), config.epochs)),
     })
@@ -99,11 +102,11 @@ def epoch_logger(context: dg.AssetExecutionContext, epochs: int):
     return log_epoch
 
 
-def provenance(context: dg.AssetExecutionContext, teacher_meta: dict[bytes, bytes]) -> dict:
+def provenance(inputs: dict, teacher_meta: dict[bytes, bytes]) -> dict:
     """What the model records about its inputs: the teacher and the data versions it was trained from."""
     return {
         "teacher": {k.decode(): v.decode() for k, v in teacher_meta.items()},
-        "data_versions": {key: latest_data_version(context.instance, key) for key in UPSTREAM},
+        "data_versions": {key: version.data_version for key, version in inputs.items()},
         "code_version": CODE_VERSIONS["distilled_model"],
     }
 

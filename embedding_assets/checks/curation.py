@@ -6,15 +6,17 @@ import pandas as pd
 
 from embedding_assets.assets.curation import SCORE_BINS, calibration_rows, quality_classifier, scored_corpus
 from embedding_assets.checks.expectations import validate
-from embedding_assets.paths import HEAD_FILE, MODEL_FILE, raw_corpus_path, scored_corpus_path
+from embedding_assets import versions
+from embedding_assets.paths import HEAD_FILE, MODEL_FILE, shard_file
+from embedding_assets.partitions import corpus_shards
 from embedding_assets.stored import read_sample
 from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.engine.curation import CurationHead
 from embedding_assets.resources import QualityGates, Storage
 
 
-def load_head(storage: Storage) -> CurationHead:
-    return CurationHead.from_bytes(storage.read_bytes(HEAD_FILE))
+def load_head(storage: Storage, version: versions.Version) -> CurationHead:
+    return CurationHead.from_bytes(storage.read_bytes(*version.file(HEAD_FILE)))
 
 
 @dg.asset_check(
@@ -22,15 +24,15 @@ def load_head(storage: Storage) -> CurationHead:
     blocking=True,
     description="The head ranks held-out documents it did not learn from above its floor (AUC, or Spearman for annotation scores); its threshold keeps the target share of the held-out sample documents.",
 )
-def quality_classifier_calibration(storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
-    head = load_head(storage)
-    model = LexicalEmbedder.from_bytes(storage.read_bytes(MODEL_FILE))
+def quality_classifier_calibration(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
+    head = load_head(storage, versions.latest(context, "quality_classifier"))
+    model = LexicalEmbedder.from_bytes(storage.read_bytes(*versions.published(context, "distilled_model").file(MODEL_FILE)))
     failed = []
     if head.model_version != model.version:
         failed.append(f"fitted on model {head.model_version}, current model is {model.version}")
     if not head.scores:
         return dg.AssetCheckResult(passed=not failed, metadata={"mode": head.mode, "failed": failed, "note": "no curation configured: nothing is scored"})
-    sample = read_sample(storage, ["text", "split"])
+    sample = read_sample(storage, versions.published(context, "training_sample"), ["text", "split"])
     rows = calibration_rows(sample["split"].to_pylist())
     texts = [text for text, row in zip(sample["text"].to_pylist(), rows) if row]
     keep_fraction = float(head.keep(head.score_texts(model, texts)[1]).mean())
@@ -55,22 +57,22 @@ def quality_classifier_calibration(storage: Storage, gates: QualityGates) -> dg.
     )
 
 
-def read_scored(storage: Storage, shard: str) -> pd.DataFrame:
-    with storage.open_parquet(*scored_corpus_path(shard)) as parquet:
+def read_scored(storage: Storage, scored: versions.Version, shard: str) -> pd.DataFrame:
+    with storage.open_parquet(*scored.file(shard_file(shard))) as parquet:
         table = parquet.read(columns=["id", "embedding", "score", "keep"])
     frame = table.select(["id", "score", "keep"]).to_pandas()
     frame["embedding_dim"] = table["embedding"].type.list_size
     return frame
 
 
-@dg.asset_check(asset=scored_corpus, blocking=True, description="The same ids as the raw shard; scores within the head's range (none when no curation is configured); embeddings of the model's dimension.")
+@dg.asset_check(asset=scored_corpus, partitions_def=corpus_shards, blocking=True, description="The same ids as the raw shard; scores within the head's range (none when no curation is configured); embeddings of the model's dimension.")
 def scored_corpus_contract(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
     shard = context.partition_key
-    scored = read_scored(storage, shard)
-    with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
+    scored = read_scored(storage, versions.latest(context, "scored_corpus", shard), shard)
+    with storage.open_parquet(*versions.published(context, "raw_corpus", shard).file(shard_file(shard))) as parquet:
         raw_ids = parquet.read(columns=["id"])["id"].to_pylist()
-    model_dim = LexicalEmbedder.from_bytes(storage.read_bytes(MODEL_FILE)).dim
-    head = load_head(storage)
+    model_dim = LexicalEmbedder.from_bytes(storage.read_bytes(*versions.published(context, "distilled_model").file(MODEL_FILE))).dim
+    head = load_head(storage, versions.published(context, "quality_classifier"))
     scored_ids = scored["id"].tolist()
     missing = sorted(set(raw_ids) - set(scored_ids))[: gates.failing_ids_cap]
     extra = sorted(set(scored_ids) - set(raw_ids))[: gates.failing_ids_cap]
@@ -108,6 +110,7 @@ def score_bins(scores: np.ndarray, score_range: tuple[float, float]) -> list[int
 
 @dg.asset_check(
     asset=scored_corpus,
+    partitions_def=corpus_shards,
     blocking=True,
     description=(
         "The shard against what it should be compared with: the keep fraction its drift reference expects (QualityGates.drift_references, "
@@ -117,8 +120,8 @@ def score_bins(scores: np.ndarray, score_range: tuple[float, float]) -> list[int
 )
 def scored_corpus_drift(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
     shard = context.partition_key
-    scored = read_scored(storage, shard)
-    classifier = load_head(storage)
+    scored = read_scored(storage, versions.latest(context, "scored_corpus", shard), shard)
+    classifier = load_head(storage, versions.published(context, "quality_classifier"))
     severity = dg.AssetCheckSeverity.WARN if gates.drift_severity == "warn" else dg.AssetCheckSeverity.ERROR
     if not classifier.scores:
         return dg.AssetCheckResult(passed=True, metadata={"shard": shard, "note": "no curation configured: nothing is scored, so nothing drifts"})

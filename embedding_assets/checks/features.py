@@ -4,7 +4,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from embedding_assets import paths
+from embedding_assets import paths, versions
 from embedding_assets.assets.features import features
 from embedding_assets.checks.expectations import validate
 from embedding_assets.engine.features import Features
@@ -12,8 +12,8 @@ from embedding_assets.resources import QualityGates, Storage
 
 
 @dg.asset_check(asset=features, blocking=True, description="Vocabulary size within bounds; every IDF finite and > 0.")
-def features_vocabulary(storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
-    feats = Features.from_bytes(storage.read_bytes(paths.FEATURES_FILE))
+def features_vocabulary(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
+    feats = Features.from_bytes(storage.read_bytes(*versions.latest(context, "features").file(paths.FEATURES_FILE)))
     idf = feats.vocabulary.idf.astype(np.float64)
     frame = pd.DataFrame({"idf": np.where(np.isfinite(idf), idf, np.nan), "document_frequency": feats.document_frequency})
 
@@ -29,8 +29,8 @@ def features_vocabulary(storage: Storage, gates: QualityGates) -> dg.AssetCheckR
 
 
 @dg.asset_check(asset=features, blocking=True, description="Share of sample documents with at least one known n-gram; n-grams per document.")
-def features_coverage(storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
-    feats = Features.from_bytes(storage.read_bytes(paths.FEATURES_FILE))
+def features_coverage(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
+    feats = Features.from_bytes(storage.read_bytes(*versions.latest(context, "features").file(paths.FEATURES_FILE)))
     nnz = np.diff(feats.tfidf.indptr)
     coverage = float(np.mean(nnz > 0)) if len(nnz) else 0.0
     uncovered = [feats.ids[i] for i in np.flatnonzero(nnz == 0)[: gates.failing_ids_cap]]

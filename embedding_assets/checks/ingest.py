@@ -4,22 +4,23 @@ import dagster as dg
 import numpy as np
 
 from embedding_assets.assets.ingest import raw_corpus
-from embedding_assets.paths import raw_corpus_path
+from embedding_assets import versions
+from embedding_assets.paths import shard_file
 from embedding_assets.checks.expectations import validate
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.engine.errors import InputError
 from embedding_assets.resources import CorpusSource, QualityGates, Storage
 
 
-def read_ids_and_texts(storage: Storage, shard: str):
-    with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
+def read_ids_and_texts(storage: Storage, raw: versions.Version, shard: str):
+    with storage.open_parquet(*raw.file(shard_file(shard))) as parquet:
         return parquet.read(columns=["id", "text"]).to_pandas()
 
 
-@dg.asset_check(asset=raw_corpus, blocking=True, description="Required columns; ids non-null and unique; texts non-empty and within length bounds; few duplicate texts; rows > 0.")
+@dg.asset_check(asset=raw_corpus, partitions_def=corpus_shards, blocking=True, description="Required columns; ids non-null and unique; texts non-empty and within length bounds; few duplicate texts; rows > 0.")
 def raw_corpus_contract(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
     shard = context.partition_key
-    frame = read_ids_and_texts(storage, shard)
+    frame = read_ids_and_texts(storage, versions.latest(context, "raw_corpus", shard), shard)
     text = frame["text"].fillna("")
     frame["stripped_length"] = text.str.strip().str.len()
     frame["length"] = text.str.len()
@@ -55,10 +56,10 @@ def raw_corpus_contract(context: dg.AssetCheckExecutionContext, storage: Storage
     )
 
 
-@dg.asset_check(asset=raw_corpus, blocking=True, description="No id of this shard occurs in another materialised shard of the corpus location.")
+@dg.asset_check(asset=raw_corpus, partitions_def=corpus_shards, blocking=True, description="No id of this shard occurs in another materialised shard of the corpus location.")
 def raw_corpus_ids_unique_across_shards(context: dg.AssetCheckExecutionContext, corpus: CorpusSource, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
     shard = context.partition_key
-    with storage.open_parquet(*raw_corpus_path(shard)) as parquet:
+    with storage.open_parquet(*versions.latest(context, "raw_corpus", shard).file(shard_file(shard))) as parquet:
         ids = parquet.read(columns=["id"])["id"].to_numpy(zero_copy_only=False).astype(str)
     clashes: dict[str, list[str]] = {}
     try:
@@ -68,9 +69,10 @@ def raw_corpus_ids_unique_across_shards(context: dg.AssetCheckExecutionContext, 
     # Partitions of a corpus that has left the location are not compared: they are not read either.
     others = sorted(s for s in context.instance.get_dynamic_partitions(corpus_shards.name) if s != shard and s in in_location)
     for other in others:
-        if not storage.exists(*raw_corpus_path(other)):
+        stored = versions.latest_version(context.instance, "raw_corpus", other)
+        if stored is None:
             continue
-        with storage.open_parquet(*raw_corpus_path(other)) as parquet:
+        with storage.open_parquet(*stored.file(shard_file(other))) as parquet:
             for batch in parquet.iter_batches(columns=["id"], batch_size=65536):
                 shared = np.intersect1d(ids, batch.column("id").to_numpy(zero_copy_only=False).astype(str))
                 if len(shared):

@@ -4,6 +4,7 @@ import dagster as dg
 import numpy as np
 
 from embedding_assets.assets.reference import NEGATIVE, REFERENCE, annotations, reference_set
+from embedding_assets import versions
 from embedding_assets.paths import ANNOTATIONS_FILE, REFERENCE_FILE
 from embedding_assets.lineage import latest_metadata_value
 from embedding_assets.resources import Curation, QualityGates, Storage
@@ -15,7 +16,7 @@ from embedding_assets.resources import Curation, QualityGates, Storage
     description="Enough reference documents for the curation mode, held-out ones among them; no empty or repeated texts or ids; the share also found in the corpus, reported.",
 )
 def reference_set_contract(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates, curation: Curation) -> dg.AssetCheckResult:
-    with storage.open_parquet(REFERENCE_FILE) as parquet:
+    with storage.open_parquet(*versions.latest(context, "reference_set").file(REFERENCE_FILE)) as parquet:
         table = parquet.read(columns=["id", "text", "role", "split"])
     roles = np.array(table["role"].to_pylist())
     texts = table["text"].to_pylist()
@@ -54,8 +55,8 @@ def reference_set_contract(context: dg.AssetCheckExecutionContext, storage: Stor
     blocking=True,
     description="Every annotated document found, once; label annotations hold both kinds; enough held-out annotations to measure the head.",
 )
-def annotations_contract(storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
-    with storage.open_parquet(ANNOTATIONS_FILE) as parquet:
+def annotations_contract(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
+    with storage.open_parquet(*versions.latest(context, "annotations").file(ANNOTATIONS_FILE)) as parquet:
         table = parquet.read()
     ids = table["id"].to_pylist()
     heldout = sum(1 for s in table["split"].to_pylist() if s == "heldout")

@@ -14,13 +14,14 @@ from embedding_assets.assets.selection import (
     read_model,
     selection,
 )
+from embedding_assets import versions
 from embedding_assets.resources import QualityGates, Storage
 
 
 @dg.asset_check(asset=clusters, blocking=True, description="Every cluster holds sample documents, the centroids are unit vectors of the current model; the size spread is reported.")
-def clusters_not_empty(storage: Storage) -> dg.AssetCheckResult:
-    config, centroids, sizes = read_clusters(storage)
-    model_version = read_model(storage).version
+def clusters_not_empty(context: dg.AssetCheckExecutionContext, storage: Storage) -> dg.AssetCheckResult:
+    config, centroids, sizes = read_clusters(storage, versions.latest(context, "clusters"))
+    model_version = read_model(storage, versions.published(context, "distilled_model")).version
     failed = []
     empty = np.flatnonzero(sizes == 0).tolist()
     if empty:
@@ -46,8 +47,8 @@ def clusters_not_empty(storage: Storage) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset=near_duplicates, blocking=True, description="Each document in one group at most; every representative heads its own group; every cosine at or above the threshold.")
-def near_duplicates_groups(storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
-    with storage.open_parquet(NEAR_DUPLICATES_FILE) as parquet:
+def near_duplicates_groups(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
+    with storage.open_parquet(*versions.latest(context, "near_duplicates").file(NEAR_DUPLICATES_FILE)) as parquet:
         table = parquet.read()
         threshold = float((parquet.schema_arrow.metadata or {}).get(b"threshold", b"0"))
     failed = []
@@ -74,8 +75,8 @@ def near_duplicates_groups(storage: Storage, gates: QualityGates) -> dg.AssetChe
 
 
 @dg.asset_check(asset=selection, blocking=True, description="Kept documents carry no reason, dropped ones one of score, duplicate_of:<id>, cluster_cap; ids are unique and every duplicate_of names a listed document.")
-def selection_explained(storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
-    with storage.open_parquet(SELECTION_FILE) as parquet:
+def selection_explained(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
+    with storage.open_parquet(*versions.latest(context, "selection").file(SELECTION_FILE)) as parquet:
         table = parquet.read(columns=["id", "keep", "reason"])
     failed = []
     keep = table["keep"].to_numpy(zero_copy_only=False)

@@ -3,7 +3,7 @@
 import dagster as dg
 import numpy as np
 
-from embedding_assets import paths
+from embedding_assets import paths, versions
 from embedding_assets.assets.teacher import teacher_embeddings
 from embedding_assets.engine.quantization import calibrate_limit, dequantize_uint8, quantize_uint8
 from embedding_assets.resources import QualityGates, Storage, Teacher
@@ -15,9 +15,9 @@ from embedding_assets.stored import read_embeddings, read_sample
     blocking=True,
     description="Ids and order equal the sample's; dimension as configured; no NaN or inf; norms 1; uint8 round trip within half a bin.",
 )
-def teacher_embeddings_valid(storage: Storage, teacher: Teacher, gates: QualityGates) -> dg.AssetCheckResult:
-    ids, vectors, _ = read_embeddings(storage, paths.TEACHER_EMBEDDINGS_FILE)
-    sample_ids = read_sample(storage, ["id"])["id"].to_pylist()
+def teacher_embeddings_valid(context: dg.AssetCheckExecutionContext, storage: Storage, teacher: Teacher, gates: QualityGates) -> dg.AssetCheckResult:
+    ids, vectors, _ = read_embeddings(storage, *versions.latest(context, "teacher_embeddings").file(paths.TEACHER_EMBEDDINGS_FILE))
+    sample_ids = read_sample(storage, versions.published(context, "training_sample"), ["id"])["id"].to_pylist()
     cap = gates.failing_ids_cap
     expected_dim = teacher.embedding_dim()
     finite = np.isfinite(vectors).all(axis=1)

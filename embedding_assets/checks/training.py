@@ -3,7 +3,7 @@
 import dagster as dg
 import numpy as np
 
-from embedding_assets import paths
+from embedding_assets import paths, versions
 from embedding_assets.assets.training import distilled_model
 from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.engine.features import Features
@@ -14,8 +14,8 @@ RELOAD_DOCUMENTS = 256
 
 
 @dg.asset_check(asset=distilled_model, blocking=True, description="Held-out recall@10 and Spearman against the teacher at or above their floors, and clearly above the untrained network.")
-def distilled_model_fidelity(storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
-    evaluation = LexicalEmbedder.from_bytes(storage.read_bytes(paths.MODEL_FILE)).provenance["evaluation"]
+def distilled_model_fidelity(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
+    evaluation = LexicalEmbedder.from_bytes(storage.read_bytes(*versions.latest(context, "distilled_model").file(paths.MODEL_FILE))).provenance["evaluation"]
     student, untrained = evaluation["student"], evaluation["untrained_student"]
     gain = student["recall_at_10"] - untrained["recall_at_10"]
     failed = []
@@ -41,15 +41,15 @@ def distilled_model_fidelity(storage: Storage, gates: QualityGates) -> dg.AssetC
 
 
 @dg.asset_check(asset=distilled_model, blocking=True, description="No NaN or inf weight; the stored file reloads and encodes as the training network computes.")
-def distilled_model_artifact(storage: Storage) -> dg.AssetCheckResult:
+def distilled_model_artifact(context: dg.AssetCheckExecutionContext, storage: Storage) -> dg.AssetCheckResult:
     import torch
 
     from embedding_assets.engine.distill import StudentModule, csr_batch
 
-    model = LexicalEmbedder.from_bytes(storage.read_bytes(paths.MODEL_FILE))
+    model = LexicalEmbedder.from_bytes(storage.read_bytes(*versions.latest(context, "distilled_model").file(paths.MODEL_FILE)))
     bad_layers = [i for i, w in enumerate(model.layers) if not np.isfinite(w).all()]
-    feats = Features.from_bytes(storage.read_bytes(paths.FEATURES_FILE))
-    sample = read_sample(storage, ["text"])
+    feats = Features.from_bytes(storage.read_bytes(*versions.published(context, "features").file(paths.FEATURES_FILE)))
+    sample = read_sample(storage, versions.published(context, "training_sample"), ["text"])
     rows = np.flatnonzero(np.diff(feats.tfidf.indptr) > 0)[:RELOAD_DOCUMENTS]
     encoded = model.encode([sample["text"][int(i)].as_py() for i in rows])
     with torch.no_grad():
