@@ -131,7 +131,6 @@ def measure_teacher(source, texts, heldout, device, precision, repeats) -> tuple
     }
     if device.startswith("cuda"):
         figures["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated(torch.device(device)) / 2**20)
-    del model
     return figures, vectors, sums
 
 
