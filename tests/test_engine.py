@@ -349,3 +349,27 @@ def test_luxical_export_refuses_the_word_mode(word_model, tmp_path):
     with pytest.raises(ArtifactError, match="WordPiece"):
         model.to_luxical(tmp_path / "words.npz")
     assert not (tmp_path / "words.npz").exists()
+
+
+def test_a_teacher_saved_in_fp16_is_held_in_fp32_and_embeds_like_the_original(tmp_path, sample_texts):
+    """The compute precision is the Compute setting's, not the checkpoint's: an fp16 copy loads as float32 on a CPU."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from embedding_assets.engine.teacher import default_teacher_dir, embed_with_token_sums, load_teacher
+
+    original = default_teacher_dir()
+    half = tmp_path / "teacher-fp16"
+    shutil.copytree(original, half, ignore=shutil.ignore_patterns("model.safetensors"))
+    weights = load_file(original / "model.safetensors")
+    save_file({k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in weights.items()}, half / "model.safetensors")
+
+    texts = sample_texts[:16]
+    model = load_teacher(str(half), "cpu", max_seq_length=128)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    vectors, sums = embed_with_token_sums(model, texts, "cpu", "fp16", batch_size=8, normalize=True)
+    reference, reference_sums = embed_with_token_sums(load_teacher(str(original), "cpu", max_seq_length=128), texts, "cpu", "fp16", 8, True)
+    assert vectors.dtype == np.float32 and vectors.shape == reference.shape
+    assert np.min(np.sum(vectors * reference, axis=1)) > 0.999  # fp16 rounding of the weights only
+    assert np.array_equal(sums.ids, reference_sums.ids)
