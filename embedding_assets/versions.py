@@ -83,7 +83,7 @@ def _version(record, asset: str, partition: str | None) -> Version:
     label = f"{asset}[{partition}]" if partition else asset
     if stored is None:
         raise dg.Failure(f"{label} (run {record.run_id}) names no stored version: materialise {label} again", allow_retries=False)
-    return Version(asset, partition, tuple(stored.value.split("/")), record.run_id, record.storage_id, materialization.tags.get("dagster/data_version"))
+    return Version(asset, partition, tuple(stored.value.split("/")), record.run_id, record.storage_id, (materialization.tags or {}).get("dagster/data_version"))
 
 
 @functools.cache

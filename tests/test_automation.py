@@ -191,9 +191,11 @@ import json
 from dagster_k8s.job import get_user_defined_k8s_config
 from embedding_assets.definitions import defs
 out = {"executors": {}, "k8s": {}, "pools": {}}
+# Every job, the implicit asset job too: automation, UI materialisations and backfills run it.
+for job in defs.get_repository_def().get_all_jobs():
+    out["executors"][job.name] = job.executor_def.name
 for name in ("ingest_corpus", "train_embedder", "score_corpus", "refresh_shard"):
     job = defs.resolve_job_def(name)
-    out["executors"][name] = job.executor_def.name
     for node in job.nodes:
         config = get_user_defined_k8s_config(node.tags)
         out["k8s"][node.name] = {"container_config": config.container_config, "pod_spec_config": config.pod_spec_config}
@@ -206,6 +208,7 @@ def test_kubernetes_executor_and_the_pod_each_asset_asks_for():
     env = {**os.environ, "EMBEDDING_ASSETS_EXECUTOR": "k8s"}
     out = json.loads(subprocess.run([sys.executable, "-c", K8S_PROBE], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout)
     assert set(out["executors"].values()) == {"k8s"}
+    assert {"__ASSET_JOB", "ingest_corpus", "prepare_curation", "train_embedder", "score_corpus", "refresh_shard", "select_corpus"} <= set(out["executors"])
     for gpu_asset in ("teacher_embeddings", "distilled_model"):
         resources = out["k8s"][gpu_asset]["container_config"]["resources"]
         assert resources["limits"]["nvidia.com/gpu"] == "1" and resources["requests"]["nvidia.com/gpu"] == "1"

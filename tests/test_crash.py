@@ -20,7 +20,7 @@ import pytest
 from safetensors.numpy import load as load_safetensors
 
 from conftest import local_resources, stored_file
-from embedding_assets.definitions import ALL_ASSETS
+from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import Teacher
 from embedding_assets.sample_corpus import NETWORKING_LABELS, SAMPLE_CORPUS_DIR
@@ -190,6 +190,8 @@ def write_big_shard(corpus: Path, documents: int) -> None:
     texts = pa.concat_tables([pq.read_table(p, columns=["text"]) for p in sorted(SAMPLE_CORPUS_DIR.glob("*.parquet"))])["text"]
     texts = pc.utf8_slice_codeunits(texts, 0, 300)
     texts = pa.concat_arrays([texts.combine_chunks()] * -(-documents // len(texts)))[:documents]
+    # Each copy numbered, so the shard passes its gate on repeated texts.
+    texts = pc.binary_join_element_wise(texts, pa.array([f" ({i})" for i in range(documents)]), "")
     pq.write_table(pa.table({"id": [f"big:{i}" for i in range(documents)], "text": texts}), corpus / "big.parquet")
 
 

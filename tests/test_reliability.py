@@ -30,7 +30,7 @@ from embedding_assets.engine.errors import InputError, SourceUnavailable
 from embedding_assets.engine.features import Features, build_features
 from embedding_assets.engine.luxical_format import read_luxical
 from embedding_assets.engine.network import init_layers
-from embedding_assets.resources import Teacher
+from embedding_assets.resources import QualityGates, Teacher
 from embedding_assets.resources.s3 import is_transient
 
 
@@ -145,14 +145,19 @@ def test_a_10_mb_text_is_stopped_by_the_gate_and_truncated_when_scored(trained):
     gated = run(trained, ["raw_corpus", "scored_corpus"], partition="long")
     passed, meta = check(gated, "raw_corpus_contract")
     assert not passed and meta["overlong_text_ids"] == ["huge"]
-    assert not trained["instance"].get_materialized_partitions(dg.AssetKey("scored_corpus"))  # blocked in that run
-    # Scored on its own (a later run, a raised gate): cut to MAX_SCORED_CHARS and counted.
-    scored = run(trained, ["scored_corpus"], partition="long", checks=False)
+    assert "long" not in trained["instance"].get_materialized_partitions(dg.AssetKey("scored_corpus"))  # blocked in that run
+    # A later scoring run does not read the shard that failed its gate.
+    refused = run(trained, ["scored_corpus"], partition="long", checks=False)
+    assert not refused.success and "raw_corpus_contract" in failure_text(refused)
+    # With the gate raised, the shard passes and is scored: cut to MAX_SCORED_CHARS and counted.
+    raised = {**trained["resources"], "gates": QualityGates(max_text_chars=20_000_000)}
+    scored = run(trained, ["raw_corpus", "scored_corpus"], partition="long", resources=raised)
     assert scored.success
-    [event] = scored.get_asset_materialization_events()
+    [event] = [e for e in scored.get_asset_materialization_events() if e.asset_key == dg.AssetKey("scored_corpus")]
     assert event.materialization.metadata["truncated_texts"].value == 1
     after = files(trained["storage"])
-    assert {k for k in after if after[k] != before.get(k)} == {"raw_corpus/long.parquet", "scored_corpus/long.parquet"}
+    changed = {k.split("/")[0] + "/" + k.split("/")[1] for k in after if after[k] != before.get(k)}
+    assert changed == {"raw_corpus/long", "scored_corpus/long"}
 
 
 def test_control_characters_are_scored_like_any_text(trained):

@@ -13,7 +13,6 @@ import pytest
 
 from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS, resources_from_env
 from embedding_assets.engine.curation import CurationHead
-from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import CorpusSource, S3Settings, Storage, StorageError
 from embedding_assets.sample_corpus import NETWORKING_LABELS
 from conftest import failure_text, materialize_pipeline, step_retries, stored_file, stored_key

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from conftest import stored_file
+
 ROOT = Path(__file__).resolve().parent.parent
 BASE_VENV = ROOT / ".venv-base"
 
@@ -26,7 +28,6 @@ SCORE = r"""
 import importlib.util, json, sys
 import dagster as dg
 from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS, resources_from_env
-from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import Storage
 import embedding_assets
 

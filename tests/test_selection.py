@@ -13,7 +13,6 @@ from embedding_assets.assets.selection import DEFAULT_THRESHOLD
 from embedding_assets.audit import audit, summary
 from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS
 from embedding_assets.engine import LexicalEmbedder, clustering
-from embedding_assets.partitions import corpus_shards
 
 
 def metadata(instance, key):
