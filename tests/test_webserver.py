@@ -6,10 +6,15 @@ import re
 import time
 import urllib.request
 
+import shutil
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from embedding_assets.sample_corpus import NETWORKING_LABELS
 
-from conftest import ROOT, running_webserver, write_small_corpus, stored_file
+from conftest import ROOT, running_webserver, stored_file, write_small_corpus
 
 ASSET_GRAPH_QUERY = """
 {
@@ -140,8 +145,6 @@ def test_webserver_shows_the_graph_and_materialises_a_shard_through_graphql(webs
     launched = graphql(port, LAUNCH_RUN_MUTATION, {"executionParams": {
         "selector": {**selector, "pipelineName": "__ASSET_JOB", "assetSelection": [{"path": ["raw_corpus"]}]},
         "executionMetadata": {"tags": [{"key": "dagster/partition", "value": shard}]},
-        # One process for the three small steps, rather than one each.
-        "runConfigData": {"execution": {"config": {"in_process": {}}}},
     }})["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     run_id = launched["run"]["runId"]
@@ -162,3 +165,51 @@ def test_webserver_shows_the_graph_and_materialises_a_shard_through_graphql(webs
     assert metadata["tokens"] > 0 and metadata["wall_seconds"] > 0
     assert (stored_file(webserver["storage"], "raw_corpus", shard)).is_file()
     assert warnings_about_project_code(webserver["log"].read_text()) == []
+
+
+CHECK_STATUS_QUERY = """
+{
+  assetNodes(assetKeys: [{path: ["raw_corpus"]}, {path: ["scored_corpus"]}]) {
+    assetKey { path }
+    assetChecksOrError { ... on AssetChecks { checks {
+      name
+      partitionDefinition { name }
+      partitionStatuses { __typename ... on AssetCheckDefaultPartitionStatuses { succeededPartitions failedPartitions } }
+    } } }
+  }
+}
+"""
+
+
+def test_checks_of_shards_report_a_status_per_shard_over_graphql(pipeline, tmp_path):
+    """On a copy of the materialised pipeline's instance, with one more shard whose raw gate fails."""
+    from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS
+
+    home, storage, corpus = tmp_path / "home", tmp_path / "storage", tmp_path / "corpus"
+    shutil.copytree(pipeline["instance"].root_directory, home)
+    (home / "dagster.yaml").write_text(INSTANCE_YAML)
+    shutil.copytree(pipeline["storage"], storage)
+    shutil.copytree(pipeline["resources"]["corpus"].location, corpus)
+    pq.write_table(pa.table({"id": ["d1", "d1"], "text": ["one text", "another text"]}), corpus / "bad.parquet")
+    from embedding_assets.resources import CorpusSource, Storage
+
+    resources = {**pipeline["resources"], "storage": Storage(base=str(storage)), "corpus": CorpusSource(location=str(corpus))}
+    with dg.DagsterInstance.local_temp(str(home)) as instance:
+        instance.add_dynamic_partitions("corpus_shards", ["bad"])
+        assert not dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["raw_corpus"], partition_key="bad", instance=instance, resources=resources, raise_on_error=False).success
+    env = {"EMBEDDING_ASSETS_CORPUS": str(corpus), "EMBEDDING_ASSETS_STORAGE": str(storage), "EMBEDDING_ASSETS_POSITIVE_LABELS": ",".join(NETWORKING_LABELS)}
+    with running_webserver(home, tmp_path / "webserver.log", env) as port:
+        wait_for_asset_graph(port)
+        nodes = graphql(port, CHECK_STATUS_QUERY)["assetNodes"]
+    statuses = {
+        ("/".join(n["assetKey"]["path"]), c["name"]): c for n in nodes for c in n["assetChecksOrError"]["checks"]
+    }
+    shards = set(pipeline["ids"])
+    assert set(statuses) == {("raw_corpus", "raw_corpus_contract"), ("raw_corpus", "raw_corpus_ids_unique_across_shards"), ("scored_corpus", "scored_corpus_contract"), ("scored_corpus", "scored_corpus_drift")}
+    for (asset, name), check in statuses.items():
+        assert check["partitionDefinition"]["name"] == "corpus_shards", name
+        partitions = check["partitionStatuses"]
+        assert partitions["__typename"] == "AssetCheckDefaultPartitionStatuses", name
+        assert shards <= set(partitions["succeededPartitions"]), (name, partitions)
+    assert statuses[("raw_corpus", "raw_corpus_contract")]["partitionStatuses"]["failedPartitions"] == ["bad"]
+    assert "bad" not in statuses[("scored_corpus", "scored_corpus_contract")]["partitionStatuses"]["succeededPartitions"]
