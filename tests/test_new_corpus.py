@@ -286,7 +286,8 @@ def refused_before_the_teacher(trained, resources, run_config) -> str:
     assert not result.success and step_retries(result) == 0
     started = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_START}
     assert "training_sample" in started and not started & {"features", "teacher_embeddings", "distilled_model"}
-    assert files(trained["storage"]) == before
+    # teacher_model depends on nothing and runs beside the sample: its identity file is a new version, nothing else.
+    assert {k: v for k, v in files(trained["storage"]).items() if not k.startswith("teacher_model/")} == {k: v for k, v in before.items() if not k.startswith("teacher_model/")}
     return failure_text(result)
 
 

@@ -12,6 +12,7 @@ from embedding_assets.engine.prior import TokenSums
 from embedding_assets.resources import Storage
 from embedding_assets.stored import read_embeddings, read_sample
 from tests.conftest import TEST_RUN_CONFIG, stored_file
+from embedding_assets.versions import resolve_published
 
 
 def test_asset_and_bench_train_the_same_weights(pipeline):
@@ -19,15 +20,17 @@ def test_asset_and_bench_train_the_same_weights(pipeline):
     from bench.fidelity import Corpus, Recipe, train_ours
 
     storage = Storage(base=str(pipeline["storage"]))
-    feats = Features.from_bytes(storage.read_bytes(paths.FEATURES_FILE))
-    _, teacher, _ = read_embeddings(storage, paths.TEACHER_EMBEDDINGS_FILE)
-    sums = TokenSums.from_bytes(storage.read_bytes(paths.TEACHER_TOKEN_SUMS_FILE))
-    sample = read_sample(storage, ["text", "label", "split"])
+    instance = pipeline["instance"]
+    feats = Features.from_bytes(storage.read_bytes(*resolve_published(instance, "features").file(paths.FEATURES_FILE)))
+    embedded = resolve_published(instance, "teacher_embeddings")
+    _, teacher, _ = read_embeddings(storage, *embedded.file(paths.TEACHER_EMBEDDINGS_FILE))
+    sums = TokenSums.from_bytes(storage.read_bytes(*embedded.file(paths.TEACHER_TOKEN_SUMS_FILE)))
+    sample = read_sample(storage, resolve_published(instance, "training_sample"), ["text", "label", "split"])
     corpus = Corpus("pipeline sample", sample["text"].to_pylist(), sample["label"].to_pylist(), np.array(sample["split"].to_pylist()) != "train")
     config = DistillConfig(**TEST_RUN_CONFIG["ops"]["distilled_model"]["config"])
 
     ours, info = train_ours(corpus, teacher, Recipe(distill=config), feats.tokenizer_json, sums, features=feats)
-    stored = LexicalEmbedder.load(storage.uri(paths.MODEL_FILE))
+    stored = LexicalEmbedder.load(storage.uri(*resolve_published(instance, "distilled_model").file(paths.MODEL_FILE)))
     assert info["steps"] == stored.provenance["training"]["steps"] > 0
     mine, theirs = ours._tensors(), stored._tensors()
     assert mine.keys() == theirs.keys()
