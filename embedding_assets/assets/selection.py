@@ -96,11 +96,11 @@ def cluster_table(embedder, ids, texts, cluster, cosine, k) -> dg.TableMetadataV
     for c in range(k):
         grams = [embedder.tokenizer.decode([int(t) for t in ngrams[i] if t != PAD]) for i in top[c]]
         docs = [f"{ids[i]}: {' '.join(texts[i].split())[:80]}" for i in typical[c]]
-        rows.append(dg.TableRecord({"cluster": c, "size": int(sizes[c]), "typical_documents": " | ".join(docs), "top_ngrams": ", ".join(grams)}))
+        rows.append(dg.TableRecord({"cluster": c, "size": int(sizes[c]), "typical_documents": " | ".join(docs), "top_ngrams": " ".join(f"«{g}»" for g in grams)}))
     schema = dg.TableSchema(columns=[
         dg.TableColumn("cluster", "int", "cluster id (centroid index)"), dg.TableColumn("size", "int", "corpus-sample documents nearest this centroid"),
         dg.TableColumn("typical_documents", "string", "closest to the centroid: id and first 80 characters"),
-        dg.TableColumn("top_ngrams", "string", "mean TF-IDF in the cluster most above its corpus-sample mean"),
+        dg.TableColumn("top_ngrams", "string", "n-grams, each in «», whose mean TF-IDF in the cluster is most above their corpus-sample mean"),
     ])
     return dg.MetadataValue.table(rows, schema=schema)
 
@@ -401,7 +401,14 @@ def selection(context: dg.AssetExecutionContext, config: SelectionConfig, storag
             "kept_cluster_entropy_bits": round(clustering.size_entropy(cluster[keep], k), 4),
             "threshold_only_cluster_entropy_bits": round(clustering.size_entropy(cluster[threshold_only], k), 4),
             "max_cluster_entropy_bits": round(float(np.log2(max(k, 1))), 4),
-            "kept_by_shard": {s: int(keep[shard_index == i].sum()) for i, s in enumerate(shards)},
+            "kept_by_shard": dg.MetadataValue.table(
+                [dg.TableRecord({"shard": s, "documents": int((shard_index == i).sum()), "kept": int(keep[shard_index == i].sum())}) for i, s in enumerate(shards)],
+                schema=dg.TableSchema(columns=[
+                    dg.TableColumn("shard", "string", "corpus shard"),
+                    dg.TableColumn("documents", "int", "its documents"),
+                    dg.TableColumn("kept", "int", "its documents in the final keep list"),
+                ]),
+            ),
             **throughput(time.perf_counter() - started, n),
         },
     )
