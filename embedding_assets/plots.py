@@ -1,57 +1,93 @@
-"""Small PNG plots embedded in markdown metadata, so the Dagster UI shows them inline."""
+"""Small SVG plots embedded in markdown metadata, each under a line that says what it shows and its
+key numbers. SVG keeps the text as text: sharp at any size, and its tick labels can be read back."""
 
 import base64
 import io
 
+# Group ids in the SVG, so a reader can find an axis's tick labels.
+LOSS_AXIS = "loss-axis"
+FIDELITY_AXIS = "fidelity-axis"
+TRAINING_PLOT_ALT = "loss and held-out fidelity per epoch"
+HISTOGRAM_ALT = "score histogram"
 
-def _markdown_png(fig, alt: str) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+
+def _markdown_svg(fig, alt: str, summary: str) -> str:
     import matplotlib.pyplot as plt
 
+    buffer = io.BytesIO()
+    with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "embedding_assets"}):
+        fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+    return f"{summary}\n\n![{alt}](data:image/svg+xml;base64,{base64.b64encode(buffer.getvalue()).decode()})"
 
 
-def _figure(width: float = 6.0, height: float = 3.0):
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(width, height))
+    return plt
+
+
+def padded_limits(values: list[float], pad: float = 0.1, floor: float = 0.005) -> tuple[float, float]:
+    """Axis limits around the values: their span plus `pad` of it on each side, at least `floor` wide."""
+    low, high = min(values), max(values)
+    margin = max((high - low) * pad, floor)
+    return low - margin, high + margin
 
 
 def training_curves(loss: list[float], fidelity: list[dict[str, float]]) -> str:
-    """Loss per epoch, and held-out recall@10 and Spearman per epoch on a second axis."""
-    fig, ax = _figure()
-    epochs = range(1, len(loss) + 1)
-    ax.plot(epochs, loss, color="tab:blue", label="distillation loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss", color="tab:blue")
-    lines = ax.get_lines()
-    if fidelity and all(fidelity):
-        other = ax.twinx()
-        other.plot(epochs, [f["recall_at_10"] for f in fidelity], color="tab:orange", label="held-out recall@10")
-        other.plot(epochs, [f["spearman"] for f in fidelity], color="tab:green", label="held-out Spearman")
-        other.set_ylabel("held-out fidelity")
-        other.set_ylim(0, 1)
-        lines = lines + other.get_lines()
-    # One legend for both axes.
-    ax.legend(lines, [line.get_label() for line in lines], loc="center right", fontsize=8)
-    ax.set_title("Training")
-    return _markdown_png(fig, "loss and held-out fidelity per epoch")
+    """Loss per epoch above held-out recall@10 and Spearman per epoch, each axis scaled to its values."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
+    epochs = list(range(1, len(loss) + 1))
+    has_fidelity = bool(fidelity) and all(fidelity)
+    fig, axes = plt.subplots(2 if has_fidelity else 1, 1, figsize=(7.5, 5.2 if has_fidelity else 3.0), sharex=True, squeeze=False)
+    top = axes[0][0]
+    top.set_gid(LOSS_AXIS)
+    top.plot(epochs, loss, marker="o", color="tab:blue", label="distillation loss (train)")
+    top.set_ylim(*padded_limits(loss, floor=1e-4))
+    top.set_ylabel("loss")
+    summary = f"Training over {len(loss)} epochs: loss {loss[0]:.4f} -> {loss[-1]:.4f}"
+    bottom = top
+    if has_fidelity:
+        bottom = axes[1][0]
+        bottom.set_gid(FIDELITY_AXIS)
+        recall = [f["recall_at_10"] for f in fidelity]
+        spearman = [f["spearman"] for f in fidelity]
+        bottom.plot(epochs, recall, marker="o", color="tab:orange", label="held-out recall@10")
+        bottom.plot(epochs, spearman, marker="s", color="tab:green", label="held-out Spearman")
+        bottom.set_ylim(*padded_limits(recall + spearman))
+        bottom.set_ylabel("held-out fidelity")
+        summary += (
+            f"; held-out recall@10 {recall[0]:.3f} -> {recall[-1]:.3f} (best {max(recall):.3f}, epoch {1 + recall.index(max(recall))}), "
+            f"Spearman {spearman[0]:.3f} -> {spearman[-1]:.3f}"
+        )
+    bottom.set_xlabel("epoch")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.set_xlim(0.8, len(loss) + 0.2)
+    for ax in (axes[0][0], bottom):
+        ax.grid(alpha=0.3)
+        # Beside the plot, never over a line.
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    top.set_title("Training: loss and held-out fidelity per epoch")
+    return _markdown_svg(fig, TRAINING_PLOT_ALT, summary)
 
 
-def score_histogram(counts: list[int], threshold: float, score_range: tuple[float, float] = (0.0, 1.0)) -> str:
-    """Histogram of a shard's scores over their range with the keep threshold marked."""
-    fig, ax = _figure(5.0, 2.6)
+def score_histogram(counts: list[int], threshold: float, score_range: tuple[float, float] = (0.0, 1.0), summary: str = "") -> str:
+    """Histogram of scores over the head's score range with the keep threshold marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 3.0))
     low, high = score_range
     width = (high - low) / len(counts)
-    ax.bar([low + i * width for i in range(len(counts))], counts, width=width, align="edge", color="tab:blue")
+    ax.bar([low + i * width for i in range(len(counts))], counts, width=width, align="edge", color="tab:blue", label="documents")
     ax.axvline(threshold, color="tab:red", linestyle="--", label=f"keep threshold {threshold:.3f}")
     ax.set_xlim(low, high)
     ax.set_xlabel("score")
     ax.set_ylabel("documents")
-    ax.legend(fontsize=8)
-    return _markdown_png(fig, "score histogram")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    summary = summary or f"Scores of {sum(counts):,} documents, with the keep threshold {threshold:.3f}"
+    return _markdown_svg(fig, HISTOGRAM_ALT, summary)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import pyarrow as pa
 
@@ -35,3 +37,14 @@ def read_embeddings(storage: Storage, *parts: str) -> tuple[list[str], np.ndarra
 def read_sample(storage: Storage, sample: Version, columns: list[str]) -> pa.Table:
     with storage.open_parquet(*sample.file(paths.TRAINING_SAMPLE_FILE)) as parquet:
         return parquet.read(columns=columns)
+
+
+def scored_shard_stored(storage: Storage, shard: str) -> bool:
+    return storage.exists(*paths.scored_corpus_path(shard))
+
+
+@contextmanager
+def open_scored_shard(storage: Storage, shard: str):
+    """The scored file of `shard` that readers of the scored corpus read, as a `ParquetFile`."""
+    with storage.open_parquet(*paths.scored_corpus_path(shard)) as parquet:
+        yield parquet

@@ -77,7 +77,7 @@ TEST_RUN_CONFIG = {
 
 
 def materialize_pipeline(instance: dg.DagsterInstance, resources: dict, shards: list[str], run_config=TEST_RUN_CONFIG):
-    """Ingest every shard, train and cluster, score every shard, then select, as the jobs do; returns the run results."""
+    """Ingest every shard, train and cluster, score every shard, then select and report, as the jobs and the automation do; returns the run results."""
     from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS
     from embedding_assets.partitions import corpus_shards
 
@@ -90,7 +90,7 @@ def materialize_pipeline(instance: dg.DagsterInstance, resources: dict, shards: 
     results.append(dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=training, instance=instance, resources=resources, run_config=run_config))
     for shard in shards:
         results.append(dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["scored_corpus"], partition_key=shard, instance=instance, resources=resources))
-    results.append(dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["near_duplicates", "selection"], instance=instance, resources=resources))
+    results.append(dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["near_duplicates", "selection", "corpus_report"], instance=instance, resources=resources))
     assert all(r.success for r in results)
     return results
 

@@ -1,0 +1,143 @@
+"""The corpus report: every scored shard in one table, the corpus totals and one score histogram."""
+
+import json
+import time
+
+import dagster as dg
+import numpy as np
+import pyarrow.compute as pc
+
+from embedding_assets.assets.curation import read_head, scored_corpus
+from embedding_assets.lineage import CODE_VERSIONS, OWNERS, short_hash
+from embedding_assets.partitions import corpus_shards
+from embedding_assets.plots import score_histogram
+from embedding_assets.progress import StepMemory, throughput
+from embedding_assets.resources import Storage
+from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
+from embedding_assets.stored import open_scored_shard, scored_shard_stored
+
+REPORT_BINS = 40
+DRIFT_CHECK = "scored_corpus_drift"
+
+# After scoring: when any scored shard changes (or the report is missing), once no shard is being scored.
+AFTER_SCORING = (
+    (dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated()).since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("after scoring")
+
+SHARDS_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("shard", "string", "corpus shard (scored_corpus partition)"),
+        dg.TableColumn("status", "string", "scored, or not scored (no scored file yet)"),
+        dg.TableColumn("documents", "int", "rows in the scored file"),
+        dg.TableColumn("kept", "int", "documents with keep = true"),
+        dg.TableColumn("keep_fraction", "float", "kept / documents, 3 decimals"),
+        dg.TableColumn("drift_check", "string", f"{DRIFT_CHECK} on the shard's latest scoring: passed, failed or not run"),
+        dg.TableColumn("score_psi", "float", "population stability index of the shard's scores against its previous scoring by the same head; empty on a first scoring"),
+        dg.TableColumn("model_version", "string", "distilled_model version that embedded the shard"),
+        dg.TableColumn("classifier_version", "string", "quality_classifier version that scored the shard"),
+    ]
+)
+
+
+def latest_drift(instance: dg.DagsterInstance, shard: str) -> tuple[str, float | None]:
+    """The drift gate's outcome and PSI on the latest scoring of `shard`, from that run's events."""
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=scored_corpus.key, asset_partitions=[shard]), limit=1).records
+    if not records:
+        return "not run", None
+    for entry in instance.all_logs(records[0].run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+        evaluation = entry.dagster_event.event_specific_data
+        if evaluation.asset_key != scored_corpus.key or evaluation.check_name != DRIFT_CHECK:
+            continue
+        if getattr(evaluation, "partition", None) not in (None, shard):
+            continue
+        psi = evaluation.metadata.get("score_psi")
+        psi = psi.value if psi is not None and isinstance(psi.value, (int, float)) else None
+        return ("passed" if evaluation.passed else "failed"), psi
+    return "not run", None
+
+
+def footer(parquet) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
+
+
+@dg.asset(
+    deps=[scored_corpus],
+    group_name="curation",
+    kinds={"table"},
+    owners=OWNERS,
+    code_version=CODE_VERSIONS["corpus_report"],
+    retry_policy=STORAGE_RETRY_POLICY,
+    automation_condition=AFTER_SCORING,
+    description=(
+        "The whole scored corpus at a glance: one row per shard (documents, kept, keep fraction, drift, model and classifier "
+        "versions), the corpus totals and one histogram of every document's score with the keep threshold. Read from the scored "
+        "files' score and keep columns, shard by shard in record batches; refreshed after scoring."
+    ),
+)
+def corpus_report(context: dg.AssetExecutionContext, storage: Storage) -> dg.MaterializeResult:
+    memory = StepMemory.start()
+    started = time.perf_counter()
+    head = read_head(storage)
+    low, high = head.score_range
+    counts = np.zeros(REPORT_BINS, dtype=np.int64)
+    rows, versions = [], set()
+    documents = kept = 0
+    shards = sorted(context.instance.get_dynamic_partitions(corpus_shards.name))
+    for shard in shards:
+        if not scored_shard_stored(storage, shard):
+            rows.append({"shard": shard, "status": "not scored", "documents": None, "kept": None, "keep_fraction": None,
+                         "drift_check": "not run", "score_psi": None, "model_version": None, "classifier_version": None})
+            continue
+        shard_kept = 0
+        with open_scored_shard(storage, shard) as parquet:
+            meta = footer(parquet)
+            shard_documents = parquet.metadata.num_rows
+            for batch in parquet.iter_batches(batch_size=65_536, columns=["score", "keep"]):
+                shard_kept += int(pc.sum(batch.column("keep")).as_py() or 0)
+                scores = batch.column("score").drop_null().to_numpy(zero_copy_only=False)
+                if head.scores and len(scores):
+                    counts += np.histogram(np.clip(scores, low, high), bins=REPORT_BINS, range=(low, high))[0]
+        drift, psi = latest_drift(context.instance, shard)
+        versions.add((meta.get("model_version"), meta.get("classifier_version")))
+        rows.append({
+            "shard": shard, "status": "scored", "documents": shard_documents, "kept": shard_kept,
+            "keep_fraction": round(shard_kept / max(shard_documents, 1), 3), "drift_check": drift,
+            "score_psi": round(psi, 4) if psi is not None else None,
+            "model_version": meta.get("model_version"), "classifier_version": meta.get("classifier_version"),
+        })
+        documents += shard_documents
+        kept += shard_kept
+    scored = [r for r in rows if r["status"] == "scored"]
+    if not scored:
+        raise dg.Failure("no shard of scored_corpus has been materialised; score the corpus first (score_corpus)", allow_retries=False)
+    stale = [r["shard"] for r in scored if r["classifier_version"] != head.version]
+    if stale:
+        context.log.warning(f"{len(stale)} shards were scored by another quality_classifier than the current {head.version}: {stale[:20]}")
+    keep_fraction = kept / max(documents, 1)
+    metadata = {
+        "shards": dg.MetadataValue.table([dg.TableRecord(r) for r in rows], schema=SHARDS_SCHEMA),
+        "documents": documents,
+        "kept": kept,
+        "keep_fraction": round(keep_fraction, 4),
+        "shards_scored": len(scored),
+        "shards_not_scored": len(rows) - len(scored),
+        "shards_drift_failed": sum(r["drift_check"] == "failed" for r in scored),
+        "shards_by_another_classifier": len(stale),
+        "versions_in_corpus": len(versions),
+        "classifier_version": head.version,
+    }
+    if head.scores:
+        summary = (
+            f"Scores of all {documents:,} documents in {len(scored)} shards; {kept:,} kept ({100 * keep_fraction:.1f}%) "
+            f"at the keep threshold {head.threshold:.3f}"
+        )
+        metadata["threshold"] = round(head.threshold, 4)
+        metadata["score_histogram"] = dg.MetadataValue.md(score_histogram([int(c) for c in counts], head.threshold, (low, high), summary))
+    else:
+        metadata["scores"] = "none: no curation is configured, so documents are embedded, not scored"
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(short_hash(json.dumps(rows, sort_keys=True), repr(head.threshold), *map(str, counts))),
+        metadata={**metadata, **throughput(time.perf_counter() - started, documents), **memory.report()},
+    )
