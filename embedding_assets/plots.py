@@ -1,8 +1,24 @@
 """Small SVG plots embedded in markdown metadata, each under a line that says what it shows and its
-key numbers. SVG keeps the text as text: sharp at any size, and its tick labels can be read back."""
+key numbers. SVG keeps the text as text: sharp at any size, and its tick labels can be read back.
+
+The Dagster UI shows a markdown entry inline only under 1,000 characters; a plot is longer, so its
+row reads "[Show Markdown]". `Plot.entries` therefore puts the line in a text entry of its own,
+`<key>_summary`, just above the plot's row.
+"""
 
 import base64
 import io
+from typing import NamedTuple
+
+import dagster as dg
+
+
+class Plot(NamedTuple):
+    summary: str
+    markdown: str
+
+    def entries(self, key: str) -> dict:
+        return {f"{key}_summary": self.summary, key: dg.MetadataValue.md(self.markdown)}
 
 # Group ids in the SVG, so a reader can find an axis's tick labels.
 LOSS_AXIS = "loss-axis"
@@ -11,14 +27,14 @@ TRAINING_PLOT_ALT = "loss and held-out fidelity per epoch"
 HISTOGRAM_ALT = "score histogram"
 
 
-def _markdown_svg(fig, alt: str, summary: str) -> str:
+def _markdown_svg(fig, alt: str, summary: str) -> Plot:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
     with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "embedding_assets"}):
         fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
-    return f"{summary}\n\n![{alt}](data:image/svg+xml;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+    return Plot(summary, f"{summary}\n\n![{alt}](data:image/svg+xml;base64,{base64.b64encode(buffer.getvalue()).decode()})")
 
 
 def _pyplot():
@@ -37,7 +53,7 @@ def padded_limits(values: list[float], pad: float = 0.1, floor: float = 0.005) -
     return low - margin, high + margin
 
 
-def training_curves(loss: list[float], fidelity: list[dict[str, float]]) -> str:
+def training_curves(loss: list[float], fidelity: list[dict[str, float]]) -> Plot:
     """Loss per epoch above held-out recall@10 and Spearman per epoch, each axis scaled to its values."""
     from matplotlib.ticker import MaxNLocator
 
@@ -76,7 +92,7 @@ def training_curves(loss: list[float], fidelity: list[dict[str, float]]) -> str:
     return _markdown_svg(fig, TRAINING_PLOT_ALT, summary)
 
 
-def score_histogram(counts: list[int], threshold: float, score_range: tuple[float, float] = (0.0, 1.0), summary: str = "") -> str:
+def score_histogram(counts: list[int], threshold: float, score_range: tuple[float, float] = (0.0, 1.0), summary: str = "") -> Plot:
     """Histogram of scores over the head's score range with the keep threshold marked."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 3.0))

@@ -29,13 +29,14 @@ class StepMemory:
     """
 
     SAMPLE_SECONDS = 0.02
+    CLEAR_REFS = "/proc/self/clear_refs"
 
     def __init__(self) -> None:
         self.rss_at_start = status_mib("VmRSS")
         self._peak = self.rss_at_start
         self._stop: threading.Event | None = None
         try:
-            with open("/proc/self/clear_refs", "w") as f:
+            with open(self.CLEAR_REFS, "w") as f:
                 f.write("5")
             self.method = "kernel high-water mark (VmHWM), reset at step start"
         except OSError:

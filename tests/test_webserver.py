@@ -126,7 +126,7 @@ def test_webserver_shows_the_graph_and_materialises_a_shard_through_graphql(webs
     data = wait_for_asset_graph(port)
     nodes = data["assetNodes"]
     by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
-    assert set(by_key) == {"raw_corpus", "training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "reference_set", "annotations", "quality_classifier", "scored_corpus", "clusters", "near_duplicates", "selection"}
+    assert set(by_key) == {"raw_corpus", "training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "reference_set", "annotations", "quality_classifier", "scored_corpus", "clusters", "near_duplicates", "selection", "corpus_report"}
     for spec in (spec for asset in ALL_ASSETS for spec in asset.specs):
         node = by_key[spec.key.to_user_string()]
         assert node["groupName"] == spec.group_name and set(node["kinds"]) == set(spec.kinds), spec.key

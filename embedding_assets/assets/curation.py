@@ -396,10 +396,10 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
             "kept": kept,
             "keep_fraction": round(kept / max(rows, 1), 4),
             "threshold": round(head.threshold, 6),
-            "score_histogram": dg.MetadataValue.md(score_histogram(
+            **score_histogram(
                 [int(c) for c in score_hist], head.threshold, (low, high),
                 f"Scores of the {rows:,} documents of shard {shard}; {kept:,} kept ({100 * kept / max(rows, 1):.1f}%) at the keep threshold {head.threshold:.3f}",
-            )),
+            ).entries("score_histogram"),
             # The next scoring of this shard is compared with these (scored_corpus_drift).
             "score_bins": [int(c) for c in score_hist],
         }

@@ -134,7 +134,7 @@ def corpus_report(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
             f"at the keep threshold {head.threshold:.3f}"
         )
         metadata["threshold"] = round(head.threshold, 4)
-        metadata["score_histogram"] = dg.MetadataValue.md(score_histogram([int(c) for c in counts], head.threshold, (low, high), summary))
+        metadata.update(score_histogram([int(c) for c in counts], head.threshold, (low, high), summary).entries("score_histogram"))
     else:
         metadata["scores"] = "none: no curation is configured, so documents are embedded, not scored"
     return dg.MaterializeResult(

@@ -73,7 +73,7 @@ def distilled_model(
     card = render(embedder)
     storage.write_bytes(card.encode(), *version.file(paths.MODEL_CARD_FILE))
     return dg.MaterializeResult(data_version=dg.DataVersion(embedder.version), metadata={
-        "training_curves": dg.MetadataValue.md(training_curves(report.epoch_loss, report.epoch_eval)),
+        **training_curves(report.epoch_loss, report.epoch_eval).entries("training_curves"),
         "evaluation": dg.MetadataValue.md(evaluation_table(report.evaluation)),
         "model_card": dg.MetadataValue.md(card),
         "uri": dg.MetadataValue.path(uri),
