@@ -22,7 +22,8 @@ class Plot(NamedTuple):
 
 # Group ids in the SVG, so a reader can find an axis's tick labels.
 LOSS_AXIS = "loss-axis"
-FIDELITY_AXIS = "fidelity-axis"
+RECALL_AXIS = "recall-axis"
+SPEARMAN_AXIS = "spearman-axis"
 TRAINING_PLOT_ALT = "loss and held-out fidelity per epoch"
 HISTOGRAM_ALT = "score histogram"
 
@@ -54,41 +55,38 @@ def padded_limits(values: list[float], pad: float = 0.1, floor: float = 0.005) -
 
 
 def training_curves(loss: list[float], fidelity: list[dict[str, float]]) -> Plot:
-    """Loss per epoch above held-out recall@10 and Spearman per epoch, each axis scaled to its values."""
+    """Loss, held-out recall@10 and held-out Spearman per epoch, one panel each, each scaled to its values."""
     from matplotlib.ticker import MaxNLocator
 
     plt = _pyplot()
     epochs = list(range(1, len(loss) + 1))
-    has_fidelity = bool(fidelity) and all(fidelity)
-    fig, axes = plt.subplots(2 if has_fidelity else 1, 1, figsize=(7.5, 5.2 if has_fidelity else 3.0), sharex=True, squeeze=False)
-    top = axes[0][0]
-    top.set_gid(LOSS_AXIS)
-    top.plot(epochs, loss, marker="o", color="tab:blue", label="distillation loss (train)")
-    top.set_ylim(*padded_limits(loss, floor=1e-4))
-    top.set_ylabel("loss")
+    series = [(LOSS_AXIS, "loss", "distillation loss (train)", loss, "tab:blue")]
     summary = f"Training over {len(loss)} epochs: loss {loss[0]:.4f} -> {loss[-1]:.4f}"
-    bottom = top
-    if has_fidelity:
-        bottom = axes[1][0]
-        bottom.set_gid(FIDELITY_AXIS)
+    if fidelity and all(fidelity):
         recall = [f["recall_at_10"] for f in fidelity]
         spearman = [f["spearman"] for f in fidelity]
-        bottom.plot(epochs, recall, marker="o", color="tab:orange", label="held-out recall@10")
-        bottom.plot(epochs, spearman, marker="s", color="tab:green", label="held-out Spearman")
-        bottom.set_ylim(*padded_limits(recall + spearman))
-        bottom.set_ylabel("held-out fidelity")
+        series += [
+            (RECALL_AXIS, "recall@10", "held-out recall@10", recall, "tab:orange"),
+            (SPEARMAN_AXIS, "Spearman", "held-out Spearman", spearman, "tab:green"),
+        ]
         summary += (
             f"; held-out recall@10 {recall[0]:.3f} -> {recall[-1]:.3f} (best {max(recall):.3f}, epoch {1 + recall.index(max(recall))}), "
             f"Spearman {spearman[0]:.3f} -> {spearman[-1]:.3f}"
         )
-    bottom.set_xlabel("epoch")
-    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
-    bottom.set_xlim(0.8, len(loss) + 0.2)
-    for ax in (axes[0][0], bottom):
+    fig, axes = plt.subplots(len(series), 1, figsize=(7.5, 1.5 + 1.9 * len(series)), sharex=True, squeeze=False)
+    for ax, (gid, ylabel, label, values, color) in zip(axes[:, 0], series):
+        ax.set_gid(gid)
+        ax.plot(epochs, values, marker="o", color=color, label=label)
+        ax.set_ylim(*padded_limits(values, floor=1e-4 if gid == LOSS_AXIS else 0.005))
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         # Beside the plot, never over a line.
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    top.set_title("Training: loss and held-out fidelity per epoch")
+    bottom = axes[-1, 0]
+    bottom.set_xlabel("epoch")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.set_xlim(0.8, len(loss) + 0.2)
+    axes[0, 0].set_title("Training: each panel scaled to its own values")
     return _markdown_svg(fig, TRAINING_PLOT_ALT, summary)
 
 
