@@ -39,12 +39,8 @@ def read_sample(storage: Storage, sample: Version, columns: list[str]) -> pa.Tab
         return parquet.read(columns=columns)
 
 
-def scored_shard_stored(storage: Storage, shard: str) -> bool:
-    return storage.exists(*paths.scored_corpus_path(shard))
-
-
 @contextmanager
-def open_scored_shard(storage: Storage, shard: str):
-    """The scored file of `shard` that readers of the scored corpus read, as a `ParquetFile`."""
-    with storage.open_parquet(*paths.scored_corpus_path(shard)) as parquet:
+def open_scored_shard(storage: Storage, scored: Version):
+    """The file of a version of scored_corpus[shard], as a `ParquetFile` to stream."""
+    with storage.open_parquet(*scored.file(paths.shard_file(scored.partition))) as parquet:
         yield parquet

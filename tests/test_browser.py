@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from embedding_assets.plots import RECALL_AXIS, SPEARMAN_AXIS, TRAINING_PLOT_ALT
 
-from conftest import ROOT
+from conftest import ROOT, stored_file
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -173,7 +173,7 @@ def test_corpus_report_lists_every_shard_as_the_scored_files_hold_it(browser, ui
     assert set(shown) == set(pipeline["ids"])
     documents = kept = 0
     for shard, row in shown.items():
-        scored = pq.read_table(pipeline["storage"] / "scored_corpus" / f"{shard}.parquet", columns=["keep", "model_version", "classifier_version"])
+        scored = pq.read_table(stored_file(pipeline["storage"], "scored_corpus", shard), columns=["keep", "model_version", "classifier_version"])
         shard_kept = int(scored["keep"].to_numpy(zero_copy_only=False).sum())
         assert (row["status"], int(row["documents"]), int(row["kept"])) == ("scored", scored.num_rows, shard_kept), shard
         assert float(row["keep_fraction"]) == round(shard_kept / scored.num_rows, 3)

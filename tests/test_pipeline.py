@@ -33,7 +33,7 @@ def test_each_partition_names_its_shard_and_raw_corpus_lists_its_real_columns(pi
         assert materialization(pipeline["instance"], "raw_corpus", shard)["shard"] == shard
         assert materialization(pipeline["instance"], "scored_corpus", shard)["shard"] == shard
     schema = materialization(pipeline["instance"], "raw_corpus", "notes")["dagster/column_schema"]
-    assert [c.name for c in schema.columns] == pq.read_schema(pipeline["storage"] / "raw_corpus" / "notes.parquet").names
+    assert [c.name for c in schema.columns] == pq.read_schema(stored_file(pipeline["storage"], "raw_corpus", "notes")).names
     assert {"id", "text", "label", "origin"} <= {c.name for c in schema.columns} and all(c.description for c in schema.columns)
 
 
@@ -50,7 +50,7 @@ def test_corpus_report_adds_up_the_scored_files(pipeline):
     assert set(rows) == set(pipeline["ids"])
     documents = kept = 0
     for shard, row in rows.items():
-        table = pq.read_table(pipeline["storage"] / "scored_corpus" / f"{shard}.parquet", columns=["keep", "classifier_version"])
+        table = pq.read_table(stored_file(pipeline["storage"], "scored_corpus", shard), columns=["keep", "classifier_version"])
         shard_kept = int(table["keep"].to_numpy(zero_copy_only=False).sum())
         assert (row["status"], row["documents"], row["kept"]) == ("scored", table.num_rows, shard_kept)
         assert row["keep_fraction"] == round(shard_kept / table.num_rows, 3)

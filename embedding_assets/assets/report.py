@@ -6,7 +6,10 @@ import time
 import dagster as dg
 import numpy as np
 import pyarrow.compute as pc
+from dagster._core.event_api import PartitionKeyFilter
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
+from embedding_assets import versions
 from embedding_assets.assets.curation import read_head, scored_corpus
 from embedding_assets.lineage import CODE_VERSIONS, OWNERS, short_hash
 from embedding_assets.partitions import corpus_shards
@@ -14,7 +17,7 @@ from embedding_assets.plots import score_histogram
 from embedding_assets.progress import StepMemory, throughput
 from embedding_assets.resources import Storage
 from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
-from embedding_assets.stored import open_scored_shard, scored_shard_stored
+from embedding_assets.stored import open_scored_shard
 
 REPORT_BINS = 40
 DRIFT_CHECK = "scored_corpus_drift"
@@ -29,11 +32,11 @@ AFTER_SCORING = (
 SHARDS_SCHEMA = dg.TableSchema(
     columns=[
         dg.TableColumn("shard", "string", "corpus shard (scored_corpus partition)"),
-        dg.TableColumn("status", "string", "scored, or not scored (no scored file yet)"),
+        dg.TableColumn("status", "string", "scored; not scored yet; or refused, when its newest scoring failed a blocking gate (readers then use no version of it)"),
         dg.TableColumn("documents", "int", "rows in the scored file"),
         dg.TableColumn("kept", "int", "documents with keep = true"),
         dg.TableColumn("keep_fraction", "float", "kept / documents, 3 decimals"),
-        dg.TableColumn("drift_check", "string", f"{DRIFT_CHECK} on the shard's latest scoring: passed, failed or not run"),
+        dg.TableColumn("drift_check", "string", f"{DRIFT_CHECK} on the version read: passed, failed (warn or error) or not run"),
         dg.TableColumn("score_psi", "float", "population stability index of the shard's scores against its previous scoring by the same head; empty on a first scoring"),
         dg.TableColumn("model_version", "string", "distilled_model version that embedded the shard"),
         dg.TableColumn("classifier_version", "string", "quality_classifier version that scored the shard"),
@@ -41,21 +44,33 @@ SHARDS_SCHEMA = dg.TableSchema(
 )
 
 
-def latest_drift(instance: dg.DagsterInstance, shard: str) -> tuple[str, float | None]:
-    """The drift gate's outcome and PSI on the latest scoring of `shard`, from that run's events."""
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=scored_corpus.key, asset_partitions=[shard]), limit=1).records
-    if not records:
-        return "not run", None
-    for entry in instance.all_logs(records[0].run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
-        evaluation = entry.dagster_event.event_specific_data
-        if evaluation.asset_key != scored_corpus.key or evaluation.check_name != DRIFT_CHECK:
-            continue
-        if getattr(evaluation, "partition", None) not in (None, shard):
+def drift_of(instance: dg.DagsterInstance, scored: versions.Version) -> tuple[str, float | None]:
+    """The drift gate's outcome and PSI on this very version of the shard."""
+    history = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(scored_corpus.key, DRIFT_CHECK),
+        limit=versions.HISTORY,
+        status={AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED},
+        partition_filter=PartitionKeyFilter(key=scored.partition),
+    )
+    for record in history:
+        evaluation = record.event.dagster_event.event_specific_data if record.event else None
+        target = getattr(evaluation, "target_materialization_data", None)
+        if target is None or target.storage_id != scored.storage_id:
             continue
         psi = evaluation.metadata.get("score_psi")
         psi = psi.value if psi is not None and isinstance(psi.value, (int, float)) else None
-        return ("passed" if evaluation.passed else "failed"), psi
+        return ("passed" if evaluation.passed else f"failed ({evaluation.severity.value.lower()})"), psi
     return "not run", None
+
+
+def published_shard(context, shard: str) -> tuple[versions.Version | None, str]:
+    """The version of scored_corpus[shard] readers use, or why there is none."""
+    try:
+        return versions.published(context, "scored_corpus", shard), "scored"
+    except versions.GateFailed:
+        return None, "refused: its newest scoring failed a blocking gate (see its checks)"
+    except dg.Failure:
+        return None, "not scored"
 
 
 def footer(parquet) -> dict[str, str]:
@@ -79,19 +94,20 @@ def footer(parquet) -> dict[str, str]:
 def corpus_report(context: dg.AssetExecutionContext, storage: Storage) -> dg.MaterializeResult:
     memory = StepMemory.start()
     started = time.perf_counter()
-    head = read_head(storage)
+    head = read_head(storage, versions.published(context, "quality_classifier"))
     low, high = head.score_range
     counts = np.zeros(REPORT_BINS, dtype=np.int64)
     rows, versions = [], set()
     documents = kept = 0
     shards = sorted(context.instance.get_dynamic_partitions(corpus_shards.name))
     for shard in shards:
-        if not scored_shard_stored(storage, shard):
-            rows.append({"shard": shard, "status": "not scored", "documents": None, "kept": None, "keep_fraction": None,
+        scored, status = published_shard(context, shard)
+        if scored is None:
+            rows.append({"shard": shard, "status": status, "documents": None, "kept": None, "keep_fraction": None,
                          "drift_check": "not run", "score_psi": None, "model_version": None, "classifier_version": None})
             continue
         shard_kept = 0
-        with open_scored_shard(storage, shard) as parquet:
+        with open_scored_shard(storage, scored) as parquet:
             meta = footer(parquet)
             shard_documents = parquet.metadata.num_rows
             for batch in parquet.iter_batches(batch_size=65_536, columns=["score", "keep"]):
@@ -99,7 +115,7 @@ def corpus_report(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
                 scores = batch.column("score").drop_null().to_numpy(zero_copy_only=False)
                 if head.scores and len(scores):
                     counts += np.histogram(np.clip(scores, low, high), bins=REPORT_BINS, range=(low, high))[0]
-        drift, psi = latest_drift(context.instance, shard)
+        drift, psi = drift_of(context.instance, scored)
         versions.add((meta.get("model_version"), meta.get("classifier_version")))
         rows.append({
             "shard": shard, "status": "scored", "documents": shard_documents, "kept": shard_kept,
@@ -122,8 +138,9 @@ def corpus_report(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
         "kept": kept,
         "keep_fraction": round(keep_fraction, 4),
         "shards_scored": len(scored),
-        "shards_not_scored": len(rows) - len(scored),
-        "shards_drift_failed": sum(r["drift_check"] == "failed" for r in scored),
+        "shards_not_scored": sum(r["status"] == "not scored" for r in rows),
+        "shards_refused": sum(r["status"].startswith("refused") for r in rows),
+        "shards_drift_failed": sum(r["drift_check"].startswith("failed") for r in scored),
         "shards_by_another_classifier": len(stale),
         "versions_in_corpus": len(versions),
         "classifier_version": head.version,
