@@ -97,7 +97,7 @@ def corpus_report(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
     head = read_head(storage, versions.published(context, "quality_classifier"))
     low, high = head.score_range
     counts = np.zeros(REPORT_BINS, dtype=np.int64)
-    rows, versions = [], set()
+    rows, produced_by = [], set()
     documents = kept = 0
     shards = sorted(context.instance.get_dynamic_partitions(corpus_shards.name))
     for shard in shards:
@@ -116,7 +116,7 @@ def corpus_report(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
                 if head.scores and len(scores):
                     counts += np.histogram(np.clip(scores, low, high), bins=REPORT_BINS, range=(low, high))[0]
         drift, psi = drift_of(context.instance, scored)
-        versions.add((meta.get("model_version"), meta.get("classifier_version")))
+        produced_by.add((meta.get("model_version"), meta.get("classifier_version")))
         rows.append({
             "shard": shard, "status": "scored", "documents": shard_documents, "kept": shard_kept,
             "keep_fraction": round(shard_kept / max(shard_documents, 1), 3), "drift_check": drift,
@@ -142,7 +142,7 @@ def corpus_report(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
         "shards_refused": sum(r["status"].startswith("refused") for r in rows),
         "shards_drift_failed": sum(r["drift_check"].startswith("failed") for r in scored),
         "shards_by_another_classifier": len(stale),
-        "versions_in_corpus": len(versions),
+        "versions_in_corpus": len(produced_by),
         "classifier_version": head.version,
     }
     if head.scores:
