@@ -58,6 +58,8 @@ def training_curves(loss: list[float], fidelity: list[dict[str, float]]) -> Plot
     """Loss, held-out recall@10 and held-out Spearman per epoch, one panel each, each scaled to its values."""
     from matplotlib.ticker import MaxNLocator
 
+    if not loss:
+        return Plot("No training epoch ran (epochs 0): nothing to plot", "No training epoch ran (epochs 0): nothing to plot.")
     plt = _pyplot()
     epochs = list(range(1, len(loss) + 1))
     series = [(LOSS_AXIS, "loss", "distillation loss (train)", loss, "tab:blue")]

@@ -48,7 +48,8 @@ def test_duplicate_ids_and_empty_texts_fail_the_raw_gate_and_block_scoring(train
     assert not passed
     assert meta["duplicate_ids"] == ["a"]
     assert meta["empty_text_ids"] == ["b", "c"]
-    assert any(f.startswith("expect_column_values_to_be_unique[id]: 1 of 5 rows fail") for f in meta["failed_expectations"])
+    # Both rows of the repeated id fail the expectation.
+    assert "expect_column_values_to_be_unique[id]: 2 of 5 rows fail; expected every row" in meta["failed_expectations"]
     table = {row.data["measure"]: row.data for row in meta["expectations"].records}
     assert table["expect_column_values_to_be_unique[id]"]["passed"] is False
     assert table["expect_table_row_count_to_be_between"] == {"measure": "expect_table_row_count_to_be_between", "observed": "5", "bound": ">= 1", "passed": True}
