@@ -185,10 +185,23 @@ def test_corpus_report_lists_every_shard_as_the_scored_files_hold_it(browser, ui
     browser.save_screenshot(str(artifacts / "corpus-report-histogram.png"))
 
 
-def test_checks_page_shows_a_scored_shards_gates_with_their_bounds(browser, ui, artifacts):
+def test_checks_page_shows_each_shards_drift_gate_with_its_bounds(browser, ui, artifacts, pipeline):
     from selenium.webdriver.common.by import By
 
-    open_page(browser, f"{ui}/assets/scored_corpus?view=checks")
-    for name in ("scored_corpus_contract", "scored_corpus_drift"):
-        assert wait(browser).until(lambda d: [e for e in d.find_elements(By.XPATH, f"//*[normalize-space(text())='{name}']") if e.is_displayed()])
+    shards = sorted(pipeline["ids"])
+    open_page(browser, f"{ui}/assets/scored_corpus?view=checks&checkDetail=scored_corpus_drift")
+    tab = wait(browser).until(lambda d: [e for e in d.find_elements(By.XPATH, "//*[normalize-space(text())='Partitions']") if e.is_displayed()])
+    tab[-1].click()
+    # One status per shard: the check is partitioned like the asset.
+    assert wait(browser).until(lambda d: d.find_elements(By.XPATH, f"//*[normalize-space(text())='Passed ({len(shards)})']"))
+    for shard in shards:
+        assert [e for e in browser.find_elements(By.XPATH, f"//*[normalize-space(text())='{shard}']") if e.is_displayed()], shard
+    browser.find_element(By.XPATH, "//*[normalize-space(text())='notes']").click()
+    bounds = wait(browser).until(lambda d: d.find_element(By.XPATH, ROW.format("bounds") + "//table"))
+    rows = {row[0]: row for row in table_rows(bounds)}
+    scored = pq.read_table(stored_file(pipeline["storage"], "scored_corpus", "notes"), columns=["keep"])
+    keep = scored["keep"].to_numpy(zero_copy_only=False)
+    measure = f"keep fraction of {len(keep)} documents"
+    assert rows[measure][1:] == [f"{keep.mean():.3f}", rows[measure][2], "true"]
+    assert [e for e in browser.find_elements(By.XPATH, "//*[normalize-space(text())='Passed']") if e.is_displayed()]
     browser.save_screenshot(str(artifacts / "scored-corpus-checks.png"))
