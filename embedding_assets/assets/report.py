@@ -125,10 +125,10 @@ def corpus_report(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
         })
         documents += shard_documents
         kept += shard_kept
-    scored = [r for r in rows if r["status"] == "scored"]
-    if not scored:
+    scored_rows = [r for r in rows if r["status"] == "scored"]
+    if not scored_rows:
         raise dg.Failure("no shard of scored_corpus has been materialised; score the corpus first (score_corpus)", allow_retries=False)
-    stale = [r["shard"] for r in scored if r["classifier_version"] != head.version]
+    stale = [r["shard"] for r in scored_rows if r["classifier_version"] != head.version]
     if stale:
         context.log.warning(f"{len(stale)} shards were scored by another quality_classifier than the current {head.version}: {stale[:20]}")
     keep_fraction = kept / max(documents, 1)
@@ -137,17 +137,17 @@ def corpus_report(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
         "documents": documents,
         "kept": kept,
         "keep_fraction": round(keep_fraction, 4),
-        "shards_scored": len(scored),
+        "shards_scored": len(scored_rows),
         "shards_not_scored": sum(r["status"] == "not scored" for r in rows),
         "shards_refused": sum(r["status"].startswith("refused") for r in rows),
-        "shards_drift_failed": sum(r["drift_check"].startswith("failed") for r in scored),
+        "shards_drift_failed": sum(r["drift_check"].startswith("failed") for r in scored_rows),
         "shards_by_another_classifier": len(stale),
-        "versions_in_corpus": len(produced_by),
+        "distinct_model_classifier_pairs": len(produced_by),
         "classifier_version": head.version,
     }
     if head.scores:
         summary = (
-            f"Scores of all {documents:,} documents in {len(scored)} shards; {kept:,} kept ({100 * keep_fraction:.1f}%) "
+            f"Scores of all {documents:,} documents in {len(scored_rows)} shards; {kept:,} kept ({100 * keep_fraction:.1f}%) "
             f"at the keep threshold {head.threshold:.3f}"
         )
         metadata["threshold"] = round(head.threshold, 4)
