@@ -1,5 +1,5 @@
 # `make run`: set up and materialise the whole graph on the built-in sample corpus.
-# `make test`: set up and run the test suite.
+# `make test`: set up (Chromium and its driver included) and run the test suite, as CI does.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -16,7 +16,15 @@ run: $(VENV)/.installed
 	mkdir -p .dagster_home
 	DAGSTER_HOME=$(CURDIR)/.dagster_home $(PY) -m embedding_assets.run
 
-test: $(VENV)/.installed
+# The browser tests drive Debian's Chromium and its driver; installed when missing.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi; \
+	  $$sudo apt-get update && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver; \
+	fi
+
+test: $(VENV)/.installed browser
 	$(PY) -m pytest
 
 ui: $(VENV)/.installed
@@ -24,4 +32,4 @@ ui: $(VENV)/.installed
 	touch .dagster_home/dagster.yaml
 	DAGSTER_HOME=$(CURDIR)/.dagster_home $(VENV)/bin/dagster dev -w workspace.yaml
 
-.PHONY: setup run test ui
+.PHONY: setup browser run test ui

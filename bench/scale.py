@@ -5,7 +5,7 @@
 Trains a small model once on the four sample shards, then, for each SHARDSxWORKERS, scores that
 many shards (copies of the sample shards with their ids prefixed, about 3,000 documents each) as
 a backfill does: one run of `score_corpus` per shard, WORKERS runs at a time, every step in its own
-process (the multiprocess executor). Peak RSS is the `peak_rss_mb` each scoring step records.
+process (the multiprocess executor). Peak RSS is the `peak_rss_mib` each scoring step records.
 """
 
 import argparse
@@ -70,9 +70,9 @@ def train(root: Path, storage: Path) -> None:
     instance.dispose()
 
 
-def peak_rss_mb(instance: dg.DagsterInstance, run_id: str) -> float:
+def peak_rss_mib(instance: dg.DagsterInstance, run_id: str) -> float:
     for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
-        return float(entry.asset_materialization.metadata["peak_rss_mb"].value)
+        return float(entry.asset_materialization.metadata["peak_rss_mib"].value)
     raise LookupError(f"run {run_id} materialised nothing")
 
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - started
         assert all(run.success for run in runs), [run for run in runs if not run.success]
         documents = sum(pq.read_metadata(storage / "scored_corpus" / f"{p}.parquet").num_rows for p in partitions)
-        rss = max(peak_rss_mb(instance, run.run_id) for run in runs)
+        rss = max(peak_rss_mib(instance, run.run_id) for run in runs)
         print(f"{shards:>6} {workers:>12} {documents:>9} {wall:>7.1f} {documents / wall:>7.0f} {rss:>22.0f}", flush=True)
         instance.dispose()
     return 0

@@ -59,6 +59,8 @@ def recorded_storage_base(instance: dg.DagsterInstance) -> str | None:
 
 
 def _plain(value):
+    if isinstance(value, dg.TableMetadataValue):
+        return [dict(record.data) for record in value.records]
     value = getattr(value, "value", value)
     if isinstance(value, (str, int, float, bool, type(None), list, dict)):
         return value
@@ -111,7 +113,7 @@ def model_chain(instance: dg.DagsterInstance, storage: Storage, model_version: s
     chain = {"distilled_model": {**model, "training": provenance.get("training"), "evaluation": provenance.get("evaluation"), "teacher": provenance.get("teacher")}}
     for key in ("teacher_embeddings", "teacher_model", "features", "training_sample"):
         chain[key] = materialization(instance, key, version=versions.get(key))
-    sample_shards = chain["training_sample"]["metadata"].get("raw_shard_versions") or {}
+    sample_shards = {row["shard"]: row["data_version"] for row in chain["training_sample"]["metadata"].get("raw_shard_versions") or []}
     chain["raw_corpus"] = {shard: materialization(instance, "raw_corpus", shard, version) for shard, version in sample_shards.items()}
     return chain
 

@@ -27,6 +27,7 @@ CODE_VERSIONS = {
     "clusters": "1",
     "near_duplicates": "1",
     "selection": "1",
+    "corpus_report": "1",
 }
 
 
@@ -72,3 +73,12 @@ def latest_metadata_value(instance: dg.DagsterInstance, key: str, entry: str, pa
     if materialization is None or entry not in materialization.metadata:
         return None
     return materialization.metadata[entry].value
+
+
+def code_versions_table() -> dg.TableMetadataValue:
+    """CODE_VERSIONS as a table: one row per asset."""
+    schema = dg.TableSchema(columns=[
+        dg.TableColumn("asset", "string", "asset of this code location"),
+        dg.TableColumn("code_version", "string", "version of its code; bumped when its logic changes what it produces"),
+    ])
+    return dg.MetadataValue.table([dg.TableRecord({"asset": k, "code_version": v}) for k, v in sorted(CODE_VERSIONS.items())], schema=schema)

@@ -1,7 +1,7 @@
 """How fast a stage goes: throttled progress lines for the run log, and the throughput entries
 every asset reports in its materialisation metadata under the same names."""
 
-import resource
+import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -16,16 +16,59 @@ def status_mib(field: str) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:")) / 1024
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory in MiB.
+class StepMemory:
+    """Resident memory of one step, from `StepMemory.start()` at its top to `report()` at its end.
 
-    VmHWM where /proc has it: on Linux ru_maxrss carries the parent's peak over through fork
-    and exec, so a step started by a large process would report that process's memory.
+    The kernel's high-water mark (VmHWM) is the peak of the whole process: under the in-process
+    executor it would carry the training step's peak into every later step. Writing 5 to
+    /proc/self/clear_refs resets it to the current RSS, so VmHWM read at the end is the peak since
+    the step began. Where that file cannot be written (not Linux, a locked-down /proc), a thread
+    samples VmRSS every 20 ms instead and can miss a shorter spike. The RSS at the start is
+    reported too: in a process shared by several steps it holds what the earlier ones left, and
+    the peak less it is what this step added.
     """
-    try:
-        return status_mib("VmHWM")
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+    SAMPLE_SECONDS = 0.02
+    CLEAR_REFS = "/proc/self/clear_refs"
+
+    def __init__(self) -> None:
+        self.rss_at_start = status_mib("VmRSS")
+        self._peak = self.rss_at_start
+        self._stop: threading.Event | None = None
+        try:
+            with open(self.CLEAR_REFS, "w") as f:
+                f.write("5")
+            self.method = "kernel high-water mark (VmHWM), reset at step start"
+        except OSError:
+            self.method = f"VmRSS sampled every {self.SAMPLE_SECONDS * 1000:.0f} ms"
+            self._stop = threading.Event()
+            threading.Thread(target=self._sample, name="step-memory", daemon=True).start()
+
+    @classmethod
+    def start(cls) -> "StepMemory":
+        return cls()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.SAMPLE_SECONDS):
+            self._peak = max(self._peak, status_mib("VmRSS"))
+
+    def peak(self) -> float:
+        if self._stop is None:
+            return status_mib("VmHWM")
+        self._peak = max(self._peak, status_mib("VmRSS"))
+        return self._peak
+
+    def report(self) -> dict:
+        """The step's metadata entries: its peak, the RSS it started from and how the peak was measured."""
+        peak = self.peak()
+        if self._stop is not None:
+            self._stop.set()
+        return {
+            "peak_rss_mib": round(peak, 1),
+            "rss_at_step_start_mib": round(self.rss_at_start, 1),
+            "step_added_rss_mib": round(max(peak - self.rss_at_start, 0.0), 1),
+            "peak_rss_method": self.method,
+        }
 
 
 def token_counts(tokenizer, texts: Iterable[str]) -> np.ndarray:

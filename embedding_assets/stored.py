@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import pyarrow as pa
 
@@ -35,3 +37,10 @@ def read_embeddings(storage: Storage, *parts: str) -> tuple[list[str], np.ndarra
 def read_sample(storage: Storage, sample: Version, columns: list[str]) -> pa.Table:
     with storage.open_parquet(*sample.file(paths.TRAINING_SAMPLE_FILE)) as parquet:
         return parquet.read(columns=columns)
+
+
+@contextmanager
+def open_scored_shard(storage: Storage, scored: Version):
+    """The file of a version of scored_corpus[shard], as a `ParquetFile` to stream."""
+    with storage.open_parquet(*scored.file(paths.shard_file(scored.partition))) as parquet:
+        yield parquet

@@ -14,6 +14,7 @@ from embedding_assets.assets.curation import quality_classifier, scored_corpus
 from embedding_assets.assets.features import features
 from embedding_assets.assets.ingest import raw_corpus, training_sample
 from embedding_assets.assets.reference import annotations, reference_set
+from embedding_assets.assets.report import corpus_report
 from embedding_assets.assets.selection import clusters, near_duplicates, selection
 from embedding_assets.assets.teacher import teacher_embeddings, teacher_model
 from embedding_assets.assets.training import distilled_model
@@ -75,8 +76,8 @@ refresh_shard = dg.define_asset_job(
 
 select_corpus = dg.define_asset_job(
     "select_corpus",
-    selection=dg.AssetSelection.assets(near_duplicates, selection),
-    description="Near-duplicate groups across every scored shard, then the final keep list.",
+    selection=dg.AssetSelection.assets(near_duplicates, selection, corpus_report),
+    description="Near-duplicate groups across every scored shard, then the final keep list; and the corpus report.",
 )
 
 CURATION_INPUTS = {"reference-classifier": reference_set, "reference-similarity": reference_set, "annotations": annotations}

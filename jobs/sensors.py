@@ -5,6 +5,7 @@ import json
 import dagster as dg
 
 from embedding_assets.assets.curation import scored_corpus
+from embedding_assets.assets.report import corpus_report
 from embedding_assets.engine.errors import InputError
 from embedding_assets.jobs import refresh_shard
 from embedding_assets.partitions import corpus_shards
@@ -39,8 +40,8 @@ def corpus_shard_sensor(context: dg.SensorEvaluationContext, corpus: CorpusSourc
 
 scored_corpus_refresh = dg.AutomationConditionSensorDefinition(
     "scored_corpus_refresh",
-    target=dg.AssetSelection.assets(scored_corpus),
+    target=dg.AssetSelection.assets(scored_corpus, corpus_report),
     minimum_interval_seconds=3600,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Hourly: scores every shard that is missing, or whose raw shard, model or classifier changed since it was scored.",
+    description="Hourly: scores every shard that is missing, or whose raw shard, model or classifier changed since it was scored; then refreshes corpus_report.",
 )

@@ -77,7 +77,7 @@ TEST_RUN_CONFIG = {
 
 
 def materialize_pipeline(instance: dg.DagsterInstance, resources: dict, shards: list[str], run_config=TEST_RUN_CONFIG):
-    """Ingest every shard, train and cluster, score every shard, then select, as the jobs do; returns the run results."""
+    """Ingest every shard, train and cluster, score every shard, then select and report, as the jobs and the automation do; returns the run results."""
     from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS
     from embedding_assets.partitions import corpus_shards
 
@@ -90,7 +90,7 @@ def materialize_pipeline(instance: dg.DagsterInstance, resources: dict, shards: 
     results.append(dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=training, instance=instance, resources=resources, run_config=run_config))
     for shard in shards:
         results.append(dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["scored_corpus"], partition_key=shard, instance=instance, resources=resources))
-    results.append(dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["near_duplicates", "selection"], instance=instance, resources=resources))
+    results.append(dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["near_duplicates", "selection", "corpus_report"], instance=instance, resources=resources))
     assert all(r.success for r in results)
     return results
 
@@ -118,7 +118,12 @@ def pipeline(small_corpus, tmp_path_factory):
     storage_dir = tmp_path_factory.mktemp("storage")
     resources = local_resources(corpus_dir, storage_dir)
     with dg.instance_for_test() as instance:
-        results = materialize_pipeline(instance, resources, sorted(ids))
+        # Under the usual umask, so what the storage holds can be checked for group and other readers.
+        umask = os.umask(0o022)
+        try:
+            results = materialize_pipeline(instance, resources, sorted(ids))
+        finally:
+            os.umask(umask)
         yield {"instance": instance, "resources": resources, "storage": storage_dir, "ids": ids, "results": results}
 
 
@@ -149,6 +154,17 @@ def stored_key(client, bucket: str, base: str, name: str, shard: str | None = No
     ]
     assert keys, f"no stored version under s3://{bucket}/{folder}"
     return sorted(keys)[-1]
+
+
+@pytest.fixture(scope="session")
+def pipeline_ui(pipeline, tmp_path_factory):
+    """A webserver over the instance the small pipeline was materialised into; its base URL and port."""
+    from embedding_assets.sample_corpus import NETWORKING_LABELS
+
+    log = tmp_path_factory.mktemp("ui") / "webserver.log"
+    env = {"EMBEDDING_ASSETS_STORAGE": str(pipeline["storage"]), "EMBEDDING_ASSETS_POSITIVE_LABELS": ",".join(NETWORKING_LABELS)}
+    with running_webserver(Path(pipeline["instance"].root_directory), log, env) as port:
+        yield {"url": f"http://127.0.0.1:{port}", "port": port, "log": log}
 
 
 def failure_text(result) -> str:

@@ -164,9 +164,14 @@ def test_refresh_requests_every_scored_shard_after_retraining_and_nothing_when_u
         assert result.success
 
     materialize(["quality_classifier", "clusters"])
+    result, first = requested(instance)  # the first evaluation is the baseline of the next
     for shard in shards:
         materialize(["scored_corpus"], shard)
-    result, asked = requested(instance)
+    # The corpus report follows the scoring.
+    result, asked = requested(instance, result.cursor)
+    assert asked == {"corpus_report": {None}}, first
+    materialize(["corpus_report"])
+    result, asked = requested(instance, result.cursor)
     assert asked == {}
 
     retrain = {"ops": {"distilled_model": {"config": {**TEST_RUN_CONFIG["ops"]["distilled_model"]["config"], "seed": 1}}}}
@@ -175,6 +180,13 @@ def test_refresh_requests_every_scored_shard_after_retraining_and_nothing_when_u
     assert asked == {"scored_corpus": set(shards)}
 
     # Requested once: the next evaluation, with nothing new, asks for nothing.
+    result, asked = requested(instance, result.cursor)
+    assert asked == {}
+
+    # Once a shard is scored again, the report is asked for, once.
+    materialize(["scored_corpus"], shards[0])
+    result, asked = requested(instance, result.cursor)
+    assert asked == {"corpus_report": {None}}
     result, asked = requested(instance, result.cursor)
     assert asked == {}
 

@@ -48,7 +48,11 @@ def test_duplicate_ids_and_empty_texts_fail_the_raw_gate_and_block_scoring(train
     assert not passed
     assert meta["duplicate_ids"] == ["a"]
     assert meta["empty_text_ids"] == ["b", "c"]
-    assert "expect_column_values_to_be_unique[id]" in meta["failed_expectations"]
+    # Both rows of the repeated id fail the expectation.
+    assert "expect_column_values_to_be_unique[id]: 2 of 5 rows fail; expected every row" in meta["failed_expectations"]
+    table = {row.data["measure"]: row.data for row in meta["expectations"].records}
+    assert table["expect_column_values_to_be_unique[id]"]["passed"] is False
+    assert table["expect_table_row_count_to_be_between"] == {"measure": "expect_table_row_count_to_be_between", "observed": "5", "bound": ">= 1", "passed": True}
     assert materialized(result, "raw_corpus", "bad")
     assert not materialized(result, "scored_corpus", "bad")
 
@@ -75,7 +79,7 @@ def test_a_teacher_that_emits_nan_fails_its_gate_and_blocks_training(trained, tm
     result = run(trained, ["teacher_model", "teacher_embeddings", "distilled_model"], run_config={"ops": {"distilled_model": TEST_RUN_CONFIG["ops"]["distilled_model"]}})
     passed, meta = evaluation(result, "teacher_embeddings_valid")
     assert not passed
-    assert "NaN or inf values" in meta["failed"]
+    assert any(f.startswith("vectors with NaN or inf") for f in meta["failed"])
     assert len(meta["non_finite_ids"]) > 0
     assert not materialized(result, "distilled_model")
 
@@ -86,7 +90,7 @@ def test_a_student_trained_for_zero_steps_fails_the_fidelity_gate(trained):
     result = run(trained, ["distilled_model", "quality_classifier"], run_config=config)
     passed, meta = evaluation(result, "distilled_model_fidelity")
     assert not passed
-    assert any("gain over untrained" in f for f in meta["failed"])
+    assert any("gain over the untrained network" in f for f in meta["failed"])
     assert meta["recall_at_10"] == meta["untrained_recall_at_10"]
     assert evaluation(result, "distilled_model_artifact")[0]  # the file itself is sound
     assert not materialized(result, "quality_classifier")
@@ -129,3 +133,6 @@ def test_every_gate_passes_on_the_good_pipeline(pipeline):
         "selection_explained",
     }
     assert all(e.passed for e in evaluations), [(e.check_name, e.metadata) for e in evaluations if not e.passed]
+    # A passing check carries no empty list of failures, and shows what it measured beside its bound.
+    assert not [e.check_name for e in evaluations if "failed" in e.metadata or "failed_expectations" in e.metadata]
+    assert not [e.check_name for e in evaluations if not {"bounds", "expectations"} & set(e.metadata)]

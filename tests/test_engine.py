@@ -1,6 +1,7 @@
 """The engine's maths against direct formulas on small inputs."""
 
 import itertools
+import os
 import math
 
 import numpy as np
@@ -373,3 +374,15 @@ def test_a_teacher_saved_in_fp16_is_held_in_fp32_and_embeds_like_the_original(tm
     assert vectors.dtype == np.float32 and vectors.shape == reference.shape
     assert np.min(np.sum(vectors * reference, axis=1)) > 0.999  # fp16 rounding of the weights only
     assert np.array_equal(sums.ids, reference_sums.ids)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_an_atomic_write_leaves_the_mode_the_umask_gives_a_new_file(tmp_path, umask, mode):
+    from embedding_assets.engine.storage import write_bytes_atomic
+
+    previous = os.umask(umask)
+    try:
+        write_bytes_atomic(tmp_path / "out" / "file.bin", b"data")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out" / "file.bin").stat().st_mode & 0o777 == mode

@@ -57,7 +57,8 @@ def needs_refresh(stale: set[str], shards) -> set[str]:
     parents = {a.key.to_user_string(): {k.to_user_string() for k in a.dependency_keys} for a in ALL_ASSETS}
     out = set(stale)
     while True:
-        grown = {name for name, deps in parents.items() if name != "scored_corpus" and deps & out} - out
+        changed = out | ({"scored_corpus"} if any(name.startswith("scored_corpus[") for name in out) else set())
+        grown = {name for name, deps in parents.items() if name != "scored_corpus" and deps & changed} - out
         if "quality_classifier" in out:
             grown |= {f"scored_corpus[{shard}]" for shard in shards} - out
         if not grown:
@@ -141,7 +142,7 @@ def test_3_a_changed_shard_makes_exactly_its_dependents_stale(lineage):
     assert stale == {"training_sample", "clusters", "scored_corpus[notes]"}  # what Dagster shows: the direct dependents
     sample_dependent = {"training_sample", "features", "teacher_embeddings", "distilled_model", "quality_classifier"}
     selection = {"clusters", "near_duplicates", "selection"}
-    assert needs_refresh(stale, lineage["ids"]) == sample_dependent | selection | {f"scored_corpus[{s}]" for s in lineage["ids"]}
+    assert needs_refresh(stale, lineage["ids"]) == sample_dependent | selection | {"corpus_report"} | {f"scored_corpus[{s}]" for s in lineage["ids"]}
 
 
 def test_4_a_changed_teacher_config_makes_the_model_and_every_scored_shard_stale(lineage):

@@ -251,7 +251,7 @@ def test_5_a_shard_that_failed_its_gate_is_left_out_of_the_sample(trained):
     result = materialize(trained["instance"], trained["resources"], ["training_sample"])
     assert result.success, failure_text(result)
     assert sample_ids(trained["storage"]) == {r["id"] for r in sample_rows(80, 0)}
-    excluded = result.asset_materializations_for_node("training_sample")[0].metadata["excluded_shards"].value
+    excluded = {row.data["shard"]: row.data["reason"] for row in result.asset_materializations_for_node("training_sample")[0].metadata["excluded_shards"].records}
     assert list(excluded) == ["holes"] and "raw_corpus_contract failed" in excluded["holes"] and "'e1', 'e2'" in excluded["holes"]
 
 
@@ -271,7 +271,7 @@ def test_12_both_shards_that_share_ids_are_left_out_and_the_terminal_says_why(tr
     result = materialize(trained["instance"], trained["resources"], ["training_sample"])
     assert result.success, failure_text(result)
     assert sample_ids(trained["storage"]) == {r["id"] for r in sample_rows(80, 0)}
-    excluded = result.asset_materializations_for_node("training_sample")[0].metadata["excluded_shards"].value
+    excluded = {row.data["shard"]: row.data["reason"] for row in result.asset_materializations_for_node("training_sample")[0].metadata["excluded_shards"].records}
     assert sorted(excluded) == ["first", "second"] and "shares ids with raw_corpus[second]" in excluded["first"]
 
 

@@ -28,6 +28,38 @@ def test_raw_corpus_keeps_every_document_and_extra_column(pipeline):
     assert "origin" in pq.read_schema(stored_file(pipeline["storage"], "raw_corpus", "notes")).names
 
 
+def test_each_partition_names_its_shard_and_raw_corpus_lists_its_real_columns(pipeline):
+    for shard in pipeline["ids"]:
+        assert materialization(pipeline["instance"], "raw_corpus", shard)["shard"] == shard
+        assert materialization(pipeline["instance"], "scored_corpus", shard)["shard"] == shard
+    schema = materialization(pipeline["instance"], "raw_corpus", "notes")["dagster/column_schema"]
+    assert [c.name for c in schema.columns] == pq.read_schema(stored_file(pipeline["storage"], "raw_corpus", "notes")).names
+    assert {"id", "text", "label", "origin"} <= {c.name for c in schema.columns} and all(c.description for c in schema.columns)
+
+
+def test_every_stored_file_is_readable_by_group_and_others_under_umask_022(pipeline):
+    files = [path for path in pipeline["storage"].rglob("*") if path.is_file()]
+    assert len(files) > 10
+    unreadable = [f"{path.relative_to(pipeline['storage'])} {path.stat().st_mode & 0o777:o}" for path in files if path.stat().st_mode & 0o044 != 0o044]
+    assert unreadable == []
+
+
+def test_corpus_report_adds_up_the_scored_files(pipeline):
+    meta = materialization(pipeline["instance"], "corpus_report")
+    rows = {r.data["shard"]: r.data for r in meta["shards"].records}
+    assert set(rows) == set(pipeline["ids"])
+    documents = kept = 0
+    for shard, row in rows.items():
+        table = pq.read_table(stored_file(pipeline["storage"], "scored_corpus", shard), columns=["keep", "classifier_version"])
+        shard_kept = int(table["keep"].to_numpy(zero_copy_only=False).sum())
+        assert (row["status"], row["documents"], row["kept"]) == ("scored", table.num_rows, shard_kept)
+        assert row["keep_fraction"] == round(shard_kept / table.num_rows, 3)
+        assert row["classifier_version"] == table["classifier_version"][0].as_py() and row["drift_check"] == "passed"
+        documents, kept = documents + table.num_rows, kept + shard_kept
+    assert (meta["documents"], meta["kept"]) == (documents, kept)
+    assert meta["score_histogram_summary"].startswith(f"Scores of all {documents:,} documents in {len(rows)} shards; {kept:,} kept")
+
+
 def test_training_sample_is_a_split_subset_of_the_corpus(pipeline):
     sample = pq.read_table(stored_file(pipeline["storage"], "training_sample.parquet")).to_pydict()
     all_ids = {i for ids in pipeline["ids"].values() for i in ids}
@@ -96,7 +128,9 @@ def test_student_learns_beyond_its_untrained_self(pipeline):
     assert meta["recall_at_10"] > meta["untrained_recall_at_10"] + 0.05
     assert meta["spearman"] > meta["untrained_spearman"]
     assert meta["loss_end"] < meta["loss_start"]
-    assert set(meta["probe_accuracy"]) == {"teacher", "student", "tfidf"}
+    assert {r.data["features"] for r in meta["probe_accuracy"].records} == {"teacher embedding", "student embedding", "plain scikit-learn TF-IDF"}
+    epochs = [r.data for r in meta["per_epoch"].records]
+    assert [e["epoch"] for e in epochs] == list(range(1, 9)) and epochs[-1]["heldout_recall_at_10"] == round(meta["recall_at_10"], 3)
 
 
 def test_classifier_threshold_keeps_the_target_share_of_the_sample(pipeline):

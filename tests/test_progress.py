@@ -1,13 +1,14 @@
 """Progress lines in the run log and throughput in the materialisation metadata of every stage."""
 
 import re
+import time
 
 import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
 from embedding_assets.engine.tokenization import load_tokenizer
-from embedding_assets.progress import PROGRESS_INTERVAL_SECONDS, ProgressLog, format_duration, throughput, token_counts
+from embedding_assets.progress import PROGRESS_INTERVAL_SECONDS, ProgressLog, StepMemory, format_duration, status_mib, throughput, token_counts
 from conftest import stored_file
 
 STAGES = ["raw_corpus", "training_sample", "features", "teacher_embeddings", "distilled_model", "quality_classifier", "scored_corpus"]
@@ -46,6 +47,38 @@ def test_progress_detail_and_eta_in_minutes():
 def test_throughput_names_and_rates():
     assert throughput(2.0, 100, 5000) == {"wall_seconds": 2.0, "docs_per_second": 50.0, "tokens_per_second": 2500.0}
     assert throughput(4.0, 10) == {"wall_seconds": 4.0, "docs_per_second": 2.5}
+
+
+def touched(mib: int) -> bytearray:
+    """`mib` MiB really resident: every page written."""
+    block = bytearray(mib * 1024 * 1024)
+    block[::4096] = b"x" * len(block[::4096])
+    return block
+
+
+def test_a_steps_peak_memory_is_its_own_not_the_peak_an_earlier_step_left_in_the_process():
+    earlier = touched(300)
+    process_peak = status_mib("VmHWM")
+    del earlier
+    memory = StepMemory.start()
+    step = touched(60)
+    report = memory.report()
+    del step
+    assert report["peak_rss_method"].startswith("kernel high-water mark")  # /proc/self/clear_refs is writable here
+    assert 55 <= report["step_added_rss_mib"] < 120
+    assert report["peak_rss_mib"] < process_peak - 150
+    assert report["peak_rss_mib"] >= report["rss_at_step_start_mib"] + report["step_added_rss_mib"] - 0.2
+
+
+def test_where_the_high_water_mark_cannot_be_reset_the_step_samples_its_memory(monkeypatch, tmp_path):
+    monkeypatch.setattr(StepMemory, "CLEAR_REFS", str(tmp_path / "absent" / "clear_refs"))
+    memory = StepMemory.start()
+    step = touched(80)
+    time.sleep(0.2)
+    report = memory.report()
+    del step
+    assert report["peak_rss_method"].startswith("VmRSS sampled")
+    assert report["step_added_rss_mib"] >= 75
 
 
 def latest(instance, key, partition=None):

@@ -70,6 +70,30 @@ query Materialization($partition: String!) {
 }
 """
 
+METADATA_QUERY = """
+fragment entries on MetadataEntry {
+  __typename
+  label
+  ... on TableMetadataEntry { table { schema { columns { name description } } } }
+  ... on TableSchemaMetadataEntry { schema { columns { name description } } }
+}
+{
+  assetNodes {
+    assetKey { path }
+    metadataEntries { ...entries }
+    assetMaterializations { partition metadataEntries { ...entries } }
+    assetChecksOrError { ... on AssetChecks { checks { name executionForLatestMaterialization { evaluation { metadataEntries { ...entries } } } } } }
+  }
+}
+"""
+
+# JSON entries that stay JSON, each with the reason. Lists of offending ids or shards on a failed
+# gate (failed, failed_expectations, missing_ids, clashing_shards, ...) are JSON too, but a
+# passing pipeline carries none.
+ALLOWED_JSON = {
+    ("scored_corpus", "score_bins"): "the shard's score histogram as counts, read back by scored_corpus_drift at the next scoring",
+}
+
 # Keeps runs out of the queue: with no daemon running, a queued run would never start.
 INSTANCE_YAML = """\
 run_coordinator:
@@ -126,7 +150,7 @@ def test_webserver_shows_the_graph_and_materialises_a_shard_through_graphql(webs
     data = wait_for_asset_graph(port)
     nodes = data["assetNodes"]
     by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
-    assert set(by_key) == {"raw_corpus", "training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "reference_set", "annotations", "quality_classifier", "scored_corpus", "clusters", "near_duplicates", "selection"}
+    assert set(by_key) == {"raw_corpus", "training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "reference_set", "annotations", "quality_classifier", "scored_corpus", "clusters", "near_duplicates", "selection", "corpus_report"}
     for spec in (spec for asset in ALL_ASSETS for spec in asset.specs):
         node = by_key[spec.key.to_user_string()]
         assert node["groupName"] == spec.group_name and set(node["kinds"]) == set(spec.kinds), spec.key
@@ -213,3 +237,30 @@ def test_checks_of_shards_report_a_status_per_shard_over_graphql(pipeline, tmp_p
         assert shards <= set(partitions["succeededPartitions"]), (name, partitions)
     assert statuses[("raw_corpus", "raw_corpus_contract")]["partitionStatuses"]["failedPartitions"] == ["bad"]
     assert "bad" not in statuses[("scored_corpus", "scored_corpus_contract")]["partitionStatuses"]["succeededPartitions"]
+
+
+def test_no_metadata_of_the_pipeline_is_a_json_blob_where_a_table_fits(pipeline_ui):
+    """Every asset, partition and check of the materialised pipeline, as the UI gets them: JSON only
+    where listed, and every column of every table and schema described."""
+    nodes = graphql(pipeline_ui["port"], METADATA_QUERY)["assetNodes"]
+    entries = []
+    for node in nodes:
+        key = "/".join(node["assetKey"]["path"])
+        entries += [(key, "definition", e) for e in node["metadataEntries"]]
+        entries += [(key, m["partition"], e) for m in node["assetMaterializations"] for e in m["metadataEntries"]]
+        for check in node["assetChecksOrError"]["checks"]:
+            execution = check["executionForLatestMaterialization"]
+            if execution and execution["evaluation"]:
+                entries += [(f"{key}:{check['name']}", "check", e) for e in execution["evaluation"]["metadataEntries"]]
+    assert {"corpus_report", "distilled_model", "features", "scored_corpus:scored_corpus_drift"} <= {key for key, _, _ in entries}
+    json_entries = {(key.split(":")[0], e["label"]) for key, _, e in entries if e["__typename"] == "JsonMetadataEntry"}
+    assert json_entries <= set(ALLOWED_JSON), json_entries - set(ALLOWED_JSON)
+    tables = {(key, e["label"]) for key, _, e in entries if e["__typename"] == "TableMetadataEntry"}
+    assert {("distilled_model", "per_epoch"), ("distilled_model", "probe_accuracy"), ("features", "ngrams_by_idf_band"),
+            ("scored_corpus", "code_versions"), ("quality_classifier", "positive_labels"), ("corpus_report", "shards")} <= tables
+    undescribed = set()
+    for key, where, e in entries:
+        columns = (e.get("table") or {}).get("schema", {}).get("columns") or (e.get("schema") or {}).get("columns") or []
+        undescribed |= {(key, e["label"], c["name"]) for c in columns if not c["description"]}
+        assert "..." not in {c["name"] for c in columns}, (key, where, e["label"])
+    assert undescribed == set()

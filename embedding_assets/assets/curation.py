@@ -21,10 +21,10 @@ from embedding_assets.engine.curation import NONE, CurationHead, head_card, lexi
 from embedding_assets.engine.errors import ArtifactError
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.interrupts import stop_on_interrupt
-from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_metadata_value
+from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, code_versions_table, latest_metadata_value
 from embedding_assets.placement import SHARD_POD_TAGS
 from embedding_assets.plots import score_histogram
-from embedding_assets.progress import ProgressLog, peak_rss_mb, throughput
+from embedding_assets.progress import ProgressLog, StepMemory, throughput
 from embedding_assets.resources import Storage
 from embedding_assets.resources.curation import Curation, CurationSettingsError
 from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
@@ -252,14 +252,30 @@ def quality_classifier(context: dg.AssetExecutionContext, storage: Storage, cura
             "model_version": embedder.version,
             "threshold": round(head.threshold, 6) if head.scores else "none (no score)",
             "target_keep_fraction": curation.keep_fraction,
-            "settings": dg.MetadataValue.table(
-                [dg.TableRecord({"setting": k, "value": str(v)}) for k, v in sorted(settings.items())],
-                dg.TableSchema(columns=[dg.TableColumn("setting", "string"), dg.TableColumn("value", "string")]),
-            ),
+            "settings": settings_table(settings),
+            **({"positive_labels": labels_table(settings["positive_labels"])} if settings.get("positive_labels") else {}),
             **head.evaluation,
             **throughput(time.perf_counter() - started, sample.num_rows, latest_metadata_value(context.instance, "training_sample", "tokens")),
         },
     )
+
+
+SETTINGS_SCHEMA = dg.TableSchema(columns=[
+    dg.TableColumn("setting", "string", "curation setting the head was fitted with (its lineage)"),
+    dg.TableColumn("value", "string", "its value; lists are counted here and listed in their own table"),
+])
+LABELS_SCHEMA = dg.TableSchema(columns=[dg.TableColumn("label", "string", "a label whose documents the head learns to keep (--positive-labels)")])
+
+
+def settings_table(settings: dict) -> dg.TableMetadataValue:
+    def shown(value) -> str:
+        return f"{len(value)} values, listed in their own table" if isinstance(value, (list, tuple)) else str(value)
+
+    return dg.MetadataValue.table([dg.TableRecord({"setting": k, "value": shown(v)}) for k, v in sorted(settings.items())], schema=SETTINGS_SCHEMA)
+
+
+def labels_table(labels: list[str]) -> dg.TableMetadataValue:
+    return dg.MetadataValue.table([dg.TableRecord({"label": label}) for label in sorted(labels)], schema=LABELS_SCHEMA)
 
 
 def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
@@ -286,7 +302,7 @@ def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
     group_name="curation",
     kinds={"parquet"},
     owners=OWNERS,
-    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id", "string"), dg.TableColumn("embedding", "fixed_size_list<uint8>[dim]", "quantised student embedding"), dg.TableColumn("score", "float32", "the curation head's score: a probability in [0, 1] (classifier modes), a mean top-k cosine (reference-similarity) or a predicted annotation score; null when no curation is configured"), dg.TableColumn("keep", "bool", "score >= the calibrated threshold and the text is not empty; null when no curation is configured"), dg.TableColumn("model_version", "string", "distilled_model version that embedded the document"), dg.TableColumn("classifier_version", "string", "quality_classifier (curation head) version that scored it"), dg.TableColumn("cluster", "int32", "nearest clusters centroid; null before clusters exist for the model"), dg.TableColumn("centroid_cosine", "float32", "cosine to that centroid")])},
+    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id", "string", "document id, in the raw shard's order"), dg.TableColumn("embedding", "fixed_size_list<uint8>[dim]", "quantised student embedding"), dg.TableColumn("score", "float32", "the curation head's score: a probability in [0, 1] (classifier modes), a mean top-k cosine (reference-similarity) or a predicted annotation score; null when no curation is configured"), dg.TableColumn("keep", "bool", "score >= the calibrated threshold and the text is not empty; null when no curation is configured"), dg.TableColumn("model_version", "string", "distilled_model version that embedded the document"), dg.TableColumn("classifier_version", "string", "quality_classifier (curation head) version that scored it"), dg.TableColumn("cluster", "int32", "nearest clusters centroid; null before clusters exist for the model"), dg.TableColumn("centroid_cosine", "float32", "cosine to that centroid")])},
     code_version=CODE_VERSIONS["scored_corpus"],
     retry_policy=STORAGE_RETRY_POLICY,
     op_tags=SHARD_POD_TAGS,
@@ -298,6 +314,7 @@ def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
 @stop_on_interrupt
 def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.MaterializeResult:
     shard = context.partition_key
+    memory = StepMemory.start()
     raw = versions.published(context, "raw_corpus", shard)
     embedder = read_model(storage, versions.published(context, "distilled_model"))
     head = read_head(storage, versions.published(context, "quality_classifier"))
@@ -379,7 +396,10 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
             "kept": kept,
             "keep_fraction": round(kept / max(rows, 1), 4),
             "threshold": round(head.threshold, 6),
-            "score_histogram": dg.MetadataValue.md(score_histogram([int(c) for c in score_hist], head.threshold, (low, high))),
+            **score_histogram(
+                [int(c) for c in score_hist], head.threshold, (low, high),
+                f"Scores of the {rows:,} documents of shard {shard}; {kept:,} kept ({100 * kept / max(rows, 1):.1f}%) at the keep threshold {head.threshold:.3f}",
+            ).entries("score_histogram"),
             # The next scoring of this shard is compared with these (scored_corpus_drift).
             "score_bins": [int(c) for c in score_hist],
         }
@@ -389,9 +409,10 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
     return dg.MaterializeResult(
         data_version=dg.DataVersion(hasher.version),
         metadata={
+            "shard": shard,
             "dagster/row_count": rows,
             "raw_shard_version": lineage["raw_shard_version"],
-            "code_versions": CODE_VERSIONS,
+            "code_versions": code_versions_table(),
             "uri": dg.MetadataValue.path(uri),
             **versions.record(context, storage, version),
             "curation_mode": head.mode,
@@ -402,7 +423,7 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
             "classifier_version": head.version,
             "clustered": centroids is not None,
             **throughput(seconds, rows, latest_metadata_value(context.instance, "raw_corpus", "tokens", shard)),
-            # Of this step's process: stays flat as shards grow, since batches stream.
-            "peak_rss_mb": round(peak_rss_mb(), 1),
+            # Stays flat as shards grow, since batches stream.
+            **memory.report(),
         }
     )

@@ -30,19 +30,48 @@ class FeaturesConfig(dg.Config):
     )
 
 
-def idf_bands(built, per_band: int = 8) -> str:
-    """A table of n-grams from the common, middle and rare ends of the IDF range."""
+IDF_BANDS_SCHEMA = dg.TableSchema(columns=[
+    dg.TableColumn("band", "string", "where in the vocabulary's IDF order the n-gram comes from, with that band's IDF range"),
+    dg.TableColumn("ngram", "string", "the n-gram: decoded WordPiece tokens, or hashed word ids in hex for the words front end"),
+    dg.TableColumn("length", "int", "tokens in the n-gram"),
+    dg.TableColumn("document_frequency", "int", "training-sample documents that contain it"),
+    dg.TableColumn("idf", "float", "its inverse document frequency, 3 decimals"),
+])
+
+LENGTHS_SCHEMA = dg.TableSchema(columns=[
+    dg.TableColumn("length", "int", "n-gram length in tokens"),
+    dg.TableColumn("ngrams", "int", "vocabulary n-grams of that length"),
+    dg.TableColumn("share", "float", "their share of the vocabulary, 3 decimals"),
+])
+
+
+def idf_bands(built, per_band: int = 8) -> dg.TableMetadataValue:
+    """N-grams from the common, middle and rare ends of the IDF range, one per row."""
     tokenizer = load_tokenizer(built.tokenizer_json)
     hashed = built.vocabulary.front_end == "words"  # word ids are hashes: shown in hex, not decoded
-    order = np.argsort(built.vocabulary.idf, kind="stable")
+    idf = built.vocabulary.idf
+    order = np.argsort(idf, kind="stable")
     middle = len(order) // 2 - per_band // 2
-    bands = {"common (low IDF)": order[:per_band], "middle": order[middle : middle + per_band], "rare (high IDF)": order[-per_band:]}
-    lines = ["| band | n-grams |", "|---|---|"]
+    bands = {"common": order[:per_band], "middle": order[middle : middle + per_band], "rare": order[-per_band:]}
+    rows = []
     for band, picked in bands.items():
-        rows = ([int(t) for t in built.vocabulary.ngrams[i] if t != PAD] for i in picked)
-        grams = [" ".join(f"{t:08x}" for t in ids) if hashed else tokenizer.decode(ids) for ids in rows]
-        lines.append(f"| {band} | {', '.join(f'`{g}`' for g in grams)} |")
-    return "\n".join(lines) + "\n"
+        if not len(picked):
+            continue
+        label = f"{band} (IDF {idf[picked].min():.2f} to {idf[picked].max():.2f})"
+        for i in picked:
+            ids = [int(t) for t in built.vocabulary.ngrams[i] if t != PAD]
+            gram = " ".join(f"{t:08x}" for t in ids) if hashed else tokenizer.decode(ids)
+            rows.append(dg.TableRecord({
+                "band": label, "ngram": gram, "length": len(ids),
+                "document_frequency": int(built.document_frequency[i]), "idf": round(float(idf[i]), 3),
+            }))
+    return dg.MetadataValue.table(rows, schema=IDF_BANDS_SCHEMA)
+
+
+def lengths_table(lengths: np.ndarray, max_length: int) -> dg.TableMetadataValue:
+    total = max(int(lengths[1:].sum()), 1)
+    rows = [dg.TableRecord({"length": n, "ngrams": int(lengths[n]), "share": round(int(lengths[n]) / total, 3)}) for n in range(1, max_length + 1)]
+    return dg.MetadataValue.table(rows, schema=LENGTHS_SCHEMA)
 
 
 @dg.asset(
@@ -84,12 +113,12 @@ def features(context: dg.AssetExecutionContext, config: FeaturesConfig, storage:
             "vocabulary_size": built.vocabulary.size,
             "counted_ngrams": built.counted_ngrams,
             "documents": len(texts),
-            "coverage": float(np.mean(nnz > 0)),
-            "nnz_per_document_median": float(np.median(nnz)),
-            "ngrams_by_length": {str(n): int(lengths[n]) for n in range(1, config.max_ngram_length + 1)},
-            "idf_min": float(built.vocabulary.idf.min()) if built.vocabulary.size else 0.0,
-            "idf_max": float(built.vocabulary.idf.max()) if built.vocabulary.size else 0.0,
+            "coverage": round(float(np.mean(nnz > 0)), 4),
+            "ngrams_per_document_median": float(np.median(nnz)),
+            "ngrams_by_length": lengths_table(lengths, config.max_ngram_length),
+            "idf_min": round(float(built.vocabulary.idf.min()), 3) if built.vocabulary.size else 0.0,
+            "idf_max": round(float(built.vocabulary.idf.max()), 3) if built.vocabulary.size else 0.0,
             **throughput(seconds, len(texts), latest_metadata_value(context.instance, "training_sample", "tokens")),
-            "ngrams_by_idf_band": dg.MetadataValue.md(idf_bands(built)),
+            "ngrams_by_idf_band": idf_bands(built),
         }
     )

@@ -25,6 +25,21 @@ from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_
 from embedding_assets import versions
 
 SAMPLE_COLUMNS = ("id", "text", "label", "shard", "split")
+CONTRACT_COLUMNS = {
+    "id": dg.TableColumn("id", "string", "unique document id (non-null, unique across shards)"),
+    "text": dg.TableColumn("text", "string", "document text (non-null)"),
+    "label": dg.TableColumn("label", "string", "optional: the document's label, for probes and the labels curation mode"),
+    "source": dg.TableColumn("source", "string", "optional: where the document comes from, for per-source drift references"),
+}
+
+
+def shard_schema(schema: pa.Schema) -> dg.TableSchema:
+    """The columns a shard really has: the contract's, and every extra one, kept as is."""
+    return dg.TableSchema(columns=[
+        dg.TableColumn(f.name, str(f.type), CONTRACT_COLUMNS[f.name].description) if f.name in CONTRACT_COLUMNS
+        else dg.TableColumn(f.name, str(f.type), "extra column of the shard, passed through as is")
+        for f in schema
+    ])
 
 
 def retryable(exc: InputError) -> bool:
@@ -67,11 +82,19 @@ class CorpusShards:
         return [shard for shard in self.current if shard not in self.failed]
 
     def report(self) -> dict:
-        return {
-            "corpus_shards": len(self.current),
-            "departed_shards": self.departed[:50],
-            "excluded_shards": {shard: why for shard, why in list(self.failed.items())[:50]},
-        }
+        """Metadata entries: the shard count, and the departed and excluded shards when there are any."""
+        entries: dict = {"corpus_shards": len(self.current)}
+        if self.departed:
+            entries["departed_shards"] = self.departed[:50]
+        if self.failed:
+            entries["excluded_shards"] = dg.MetadataValue.table(
+                [dg.TableRecord({"shard": shard, "reason": why}) for shard, why in list(self.failed.items())[:50]],
+                schema=dg.TableSchema(columns=[
+                    dg.TableColumn("shard", "string", "corpus shard left out of the sample"),
+                    dg.TableColumn("reason", "string", "the raw_corpus gate that failed on it, with what it found"),
+                ]),
+            )
+        return entries
 
 
 def shards_in_location(context, corpus: CorpusSource) -> dict[str, versions.Version]:
@@ -147,7 +170,8 @@ def clashing_shards(instance: dg.DagsterInstance, shard: str) -> list[str]:
     group_name="ingest",
     kinds={"parquet"},
     owners=OWNERS,
-    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id", "string", "unique document id"), dg.TableColumn("text", "string", "document text"), dg.TableColumn("...", "any", "every other column of the shard, kept as is")])},
+    # The contract's columns; each materialisation lists the shard's real columns, extra ones included.
+    metadata={"dagster/column_schema": dg.TableSchema(columns=[CONTRACT_COLUMNS[name] for name in ("id", "text", "label", "source")])},
     code_version=CODE_VERSIONS["raw_corpus"],
     retry_policy=STORAGE_RETRY_POLICY,
     description="One corpus shard, read in record batches and checked against the corpus contract (id, text, extra columns kept).",
@@ -195,11 +219,12 @@ def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage:
     return dg.MaterializeResult(
         data_version=dg.DataVersion(hasher.version),
         metadata={
+            "shard": shard,
             "dagster/row_count": rows,
+            "dagster/column_schema": shard_schema(first.schema),
             "source": dg.MetadataValue.path(shards[shard]),
             "uri": dg.MetadataValue.path(uri),
             **versions.record(context, storage, version),
-            "columns": list(first.schema.names),
             "tokens": tokens,
             **throughput(seconds, rows, tokens),
         }
@@ -259,7 +284,7 @@ def refuse_untrainable(context, config: SampleConfig, kept: pa.Table, split: np.
     group_name="ingest",
     kinds={"parquet"},
     owners=OWNERS,
-    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id", "string"), dg.TableColumn("text", "string"), dg.TableColumn("label", "string", "the label column, null where absent"), dg.TableColumn("shard", "string"), dg.TableColumn("split", "string", "train or heldout, by a hash of the id")])},
+    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id", "string", "document id"), dg.TableColumn("text", "string", "document text"), dg.TableColumn("label", "string", "the label column, null where absent"), dg.TableColumn("shard", "string", "the shard it was drawn from"), dg.TableColumn("split", "string", "train or heldout, by a hash of the id")])},
     code_version=CODE_VERSIONS["training_sample"],
     retry_policy=STORAGE_RETRY_POLICY,
     description=(
@@ -328,7 +353,13 @@ def training_sample(
     return dg.MaterializeResult(
         data_version=dg.DataVersion(short_hash(hasher.version, str(config.size), str(config.seed))),
         metadata={
-            "raw_shard_versions": shard_versions,
+            "raw_shard_versions": dg.MetadataValue.table(
+                [dg.TableRecord({"shard": shard, "data_version": version}) for shard, version in shard_versions.items()],
+                schema=dg.TableSchema(columns=[
+                    dg.TableColumn("shard", "string", "corpus shard the sample drew from"),
+                    dg.TableColumn("data_version", "string", "data version of its raw_corpus materialisation that was read"),
+                ]),
+            ),
             **found.report(),
             "dagster/row_count": rows,
             "uri": dg.MetadataValue.path(uri),

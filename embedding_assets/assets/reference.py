@@ -267,7 +267,7 @@ def annotations(context: dg.AssetExecutionContext, curation: Curation, corpus: C
         if kind == "score"
         else {"labels": dg.MetadataValue.table(
             [dg.TableRecord({"label": v["values"], "documents": v["counts"]}) for v in pc.value_counts(joined["label"]).to_pylist()],
-            dg.TableSchema(columns=[dg.TableColumn("label", "string"), dg.TableColumn("documents", "int")]),
+            dg.TableSchema(columns=[dg.TableColumn("label", "string", "annotation label"), dg.TableColumn("documents", "int", "annotated documents with that label")]),
         )}
     )
     return dg.MaterializeResult(

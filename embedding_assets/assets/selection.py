@@ -18,7 +18,7 @@ from embedding_assets.engine.errors import ArtifactError
 from embedding_assets.engine.ngrams import PAD
 from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, short_hash
 from embedding_assets.partitions import corpus_shards
-from embedding_assets.progress import peak_rss_mb, throughput
+from embedding_assets.progress import StepMemory, throughput
 from embedding_assets.resources import CorpusSource, Storage
 from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
 
@@ -96,11 +96,11 @@ def cluster_table(embedder, ids, texts, cluster, cosine, k) -> dg.TableMetadataV
     for c in range(k):
         grams = [embedder.tokenizer.decode([int(t) for t in ngrams[i] if t != PAD]) for i in top[c]]
         docs = [f"{ids[i]}: {' '.join(texts[i].split())[:80]}" for i in typical[c]]
-        rows.append(dg.TableRecord({"cluster": c, "size": int(sizes[c]), "typical_documents": " | ".join(docs), "top_ngrams": ", ".join(grams)}))
+        rows.append(dg.TableRecord({"cluster": c, "size": int(sizes[c]), "typical_documents": " | ".join(docs), "top_ngrams": " ".join(f"«{g}»" for g in grams)}))
     schema = dg.TableSchema(columns=[
-        dg.TableColumn("cluster", "int"), dg.TableColumn("size", "int"),
+        dg.TableColumn("cluster", "int", "cluster id (centroid index)"), dg.TableColumn("size", "int", "corpus-sample documents nearest this centroid"),
         dg.TableColumn("typical_documents", "string", "closest to the centroid: id and first 80 characters"),
-        dg.TableColumn("top_ngrams", "string", "mean TF-IDF in the cluster most above its corpus-sample mean"),
+        dg.TableColumn("top_ngrams", "string", "n-grams, each in «», whose mean TF-IDF in the cluster is most above their corpus-sample mean"),
     ])
     return dg.MetadataValue.table(rows, schema=schema)
 
@@ -174,6 +174,16 @@ NEAR_DUPLICATES_SCHEMA = pa.schema([
 ])
 
 
+NEAR_DUPLICATES_COLUMNS = {
+    "id": "document id of a group member",
+    "shard": "the shard it is in",
+    "group": "near-duplicate group id",
+    "representative_id": "the group member that is kept for the group (best score)",
+    "representative_shard": "the shard of the representative",
+    "cosine_to_representative": "cosine of the member's student embedding to the representative's",
+}
+
+
 def scored_shards(context, storage: Storage, model_version: str) -> dict[str, versions.Version]:
     """The published version of every scored shard, once each was made with the current model and
     clusters (read from the files' footers)."""
@@ -215,7 +225,7 @@ def scores_of(table: pa.Table) -> np.ndarray:
 
 
 def share_table(rows: list[dict], key: str) -> dg.TableMetadataValue:
-    schema = dg.TableSchema(columns=[dg.TableColumn(key, "string"), dg.TableColumn("documents", "int"), dg.TableColumn("duplicates", "int", "members dropped for a representative"), dg.TableColumn("duplicate_share", "float")])
+    schema = dg.TableSchema(columns=[dg.TableColumn(key, "string", f"the {key}"), dg.TableColumn("documents", "int", f"documents in the {key}"), dg.TableColumn("duplicates", "int", "members dropped for a representative"), dg.TableColumn("duplicate_share", "float", "duplicates / documents, 4 decimals")])
     return dg.MetadataValue.table([dg.TableRecord(r) for r in rows], schema=schema)
 
 
@@ -224,7 +234,7 @@ def share_table(rows: list[dict], key: str) -> dg.TableMetadataValue:
     group_name="selection",
     kinds={"faiss", "parquet"},
     owners=OWNERS,
-    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in NEAR_DUPLICATES_SCHEMA])},
+    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type), NEAR_DUPLICATES_COLUMNS[f.name]) for f in NEAR_DUPLICATES_SCHEMA])},
     code_version=CODE_VERSIONS["near_duplicates"],
     retry_policy=STORAGE_RETRY_POLICY,
     description="Groups of documents whose student embeddings have cosine >= the threshold, searched only within clusters (big ones split further), each with a representative: highest score, then lowest id.",
@@ -234,6 +244,7 @@ def near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesCon
         raise dg.Failure(f"near_duplicates threshold must be in (0, 1], got {config.threshold}", allow_retries=False)
     if config.max_block < 2:
         raise dg.Failure(f"max_block must be >= 2, got {config.max_block}", allow_retries=False)
+    memory = StepMemory.start()
     started = time.perf_counter()
     model_version = read_model(storage, versions.published(context, "distilled_model")).version
     found = scored_shards(context, storage, model_version)
@@ -294,7 +305,7 @@ def near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesCon
             "duplicate_share_by_shard": share_table(per_shard, "shard"),
             "duplicate_share_by_cluster": share_table(sorted(per_cluster, key=lambda r: -r["duplicate_share"]), "cluster"),
             **throughput(seconds, len(cluster)),
-            "peak_rss_mb": round(peak_rss_mb(), 1),
+            **memory.report(),
         },
     )
 
@@ -322,7 +333,8 @@ SELECTION_SCHEMA = pa.schema([
     kinds={"parquet"},
     owners=OWNERS,
     metadata={"dagster/column_schema": dg.TableSchema(columns=[
-        dg.TableColumn("id", "string"), dg.TableColumn("shard", "string"), dg.TableColumn("cluster", "int32"), dg.TableColumn("keep", "bool"),
+        dg.TableColumn("id", "string", "document id"), dg.TableColumn("shard", "string", "the shard it is in"),
+        dg.TableColumn("cluster", "int32", "its nearest clusters centroid"), dg.TableColumn("keep", "bool", "whether the document is selected"),
         dg.TableColumn("reason", "string", "null when kept; else score, duplicate_of:<id> or cluster_cap"),
     ])},
     code_version=CODE_VERSIONS["selection"],
@@ -389,7 +401,14 @@ def selection(context: dg.AssetExecutionContext, config: SelectionConfig, storag
             "kept_cluster_entropy_bits": round(clustering.size_entropy(cluster[keep], k), 4),
             "threshold_only_cluster_entropy_bits": round(clustering.size_entropy(cluster[threshold_only], k), 4),
             "max_cluster_entropy_bits": round(float(np.log2(max(k, 1))), 4),
-            "kept_by_shard": {s: int(keep[shard_index == i].sum()) for i, s in enumerate(shards)},
+            "kept_by_shard": dg.MetadataValue.table(
+                [dg.TableRecord({"shard": s, "documents": int((shard_index == i).sum()), "kept": int(keep[shard_index == i].sum())}) for i, s in enumerate(shards)],
+                schema=dg.TableSchema(columns=[
+                    dg.TableColumn("shard", "string", "corpus shard"),
+                    dg.TableColumn("documents", "int", "its documents"),
+                    dg.TableColumn("kept", "int", "its documents in the final keep list"),
+                ]),
+            ),
             **throughput(time.perf_counter() - started, n),
         },
     )

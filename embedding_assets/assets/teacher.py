@@ -72,7 +72,7 @@ def teacher_model(context: dg.AssetExecutionContext, teacher: Teacher, storage: 
     group_name="training",
     kinds={"parquet", "pytorch"},
     owners=OWNERS,
-    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id", "string"), dg.TableColumn("embedding", "fixed_size_list<float32>[dim]", "teacher vector, L2-normalised")])},
+    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id", "string", "training-sample document id, in the sample's order"), dg.TableColumn("embedding", "fixed_size_list<float32>[dim]", "teacher vector, L2-normalised")])},
     code_version=CODE_VERSIONS["teacher_embeddings"],
     pool=GPU_POOL,
     op_tags=GPU_POD_TAGS,

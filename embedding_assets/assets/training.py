@@ -73,7 +73,7 @@ def distilled_model(
     card = render(embedder)
     storage.write_bytes(card.encode(), *version.file(paths.MODEL_CARD_FILE))
     return dg.MaterializeResult(data_version=dg.DataVersion(embedder.version), metadata={
-        "training_curves": dg.MetadataValue.md(training_curves(report.epoch_loss, report.epoch_eval)),
+        **training_curves(report.epoch_loss, report.epoch_eval).entries("training_curves"),
         "evaluation": dg.MetadataValue.md(evaluation_table(report.evaluation)),
         "model_card": dg.MetadataValue.md(card),
         "uri": dg.MetadataValue.path(uri),
@@ -127,11 +127,52 @@ def training_metadata(embedder, report) -> dict:
         "training_seconds": round(report.seconds, 1),
         "loss_start": round(report.loss_start, 5),
         "loss_end": round(report.loss_end, 5),
-        "loss_per_epoch": [round(x, 5) for x in report.epoch_loss],
+        "per_epoch": epoch_table(report.epoch_loss, report.epoch_eval),
         "recall_at_10": student.get("recall_at_10"),
         "spearman": student.get("spearman"),
         "untrained_recall_at_10": untrained.get("recall_at_10"),
         "untrained_spearman": untrained.get("spearman"),
-        "probe_accuracy": report.evaluation.get("probe_accuracy", {}),
+        "probe_accuracy": probe_table(report.evaluation.get("probe_accuracy") or {}),
         "quantization_limit": round(report.quantization_limit, 5),
     }
+
+
+EPOCH_SCHEMA = dg.TableSchema(columns=[
+    dg.TableColumn("epoch", "int", "training epoch, from 1"),
+    dg.TableColumn("loss", "float", "mean distillation loss (Gram-KL plus cosine) over the epoch's training batches, 5 decimals"),
+    dg.TableColumn("heldout_recall_at_10", "float", "after the epoch: share of each held-out document's 10 nearest teacher neighbours the student also ranks in its 10, 3 decimals"),
+    dg.TableColumn("heldout_spearman", "float", "after the epoch: Spearman correlation of student and teacher pairwise cosines on held-out documents, 3 decimals"),
+])
+
+PROBE_NAMES = {"teacher": "teacher embedding", "student": "student embedding", "tfidf": "plain scikit-learn TF-IDF"}
+PROBE_SCHEMA = dg.TableSchema(columns=[
+    dg.TableColumn("features", "string", "what the linear probe is fitted on"),
+    dg.TableColumn("accuracy", "float", "held-out accuracy of a logistic regression on the most frequent labels, fitted on the training split, 3 decimals"),
+    dg.TableColumn("vs_teacher", "float", "accuracy / the teacher's accuracy, 2 decimals"),
+])
+
+
+def epoch_table(loss: list[float], fidelity: list[dict]) -> dg.TableMetadataValue:
+    rows = []
+    for epoch, value in enumerate(loss, start=1):
+        measured = fidelity[epoch - 1] if epoch <= len(fidelity) and fidelity[epoch - 1] else {}
+        rows.append(dg.TableRecord({
+            "epoch": epoch,
+            "loss": round(float(value), 5),
+            "heldout_recall_at_10": round(float(measured["recall_at_10"]), 3) if "recall_at_10" in measured else None,
+            "heldout_spearman": round(float(measured["spearman"]), 3) if "spearman" in measured else None,
+        }))
+    return dg.MetadataValue.table(rows, schema=EPOCH_SCHEMA)
+
+
+def probe_table(probes: dict) -> dg.TableMetadataValue:
+    teacher = probes.get("teacher")
+    rows = [
+        dg.TableRecord({
+            "features": PROBE_NAMES.get(name, name),
+            "accuracy": round(float(accuracy), 3),
+            "vs_teacher": round(float(accuracy) / teacher, 2) if teacher else None,
+        })
+        for name, accuracy in probes.items()
+    ]
+    return dg.MetadataValue.table(rows, schema=PROBE_SCHEMA)

@@ -7,6 +7,7 @@ import pandas as pd
 from embedding_assets.assets.curation import SCORE_BINS, calibration_rows, quality_classifier, scored_corpus
 from embedding_assets.checks.expectations import validate
 from embedding_assets import versions
+from embedding_assets.checks.reasons import bounds_table, failed_entry
 from embedding_assets.paths import HEAD_FILE, MODEL_FILE, shard_file
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.stored import read_sample
@@ -31,28 +32,39 @@ def quality_classifier_calibration(context: dg.AssetCheckExecutionContext, stora
     if head.model_version != model.version:
         failed.append(f"fitted on model {head.model_version}, current model is {model.version}")
     if not head.scores:
-        return dg.AssetCheckResult(passed=not failed, metadata={"mode": head.mode, "failed": failed, "note": "no curation configured: nothing is scored"})
+        return dg.AssetCheckResult(passed=not failed, metadata={"mode": head.mode, **failed_entry(failed), "note": "no curation configured: nothing is scored"})
     sample = read_sample(storage, versions.published(context, "training_sample"), ["text", "split"])
     rows = calibration_rows(sample["split"].to_pylist())
     texts = [text for text, row in zip(sample["text"].to_pylist(), rows) if row]
     keep_fraction = float(head.keep(head.score_texts(model, texts)[1]).mean())
-    measure, floor = ("heldout_spearman", gates.min_heldout_spearman) if head.kind == "ridge" else ("heldout_auc", gates.min_heldout_auc)
-    quality = head.evaluation.get(measure)
-    if quality is None or quality < floor:
-        failed.append(f"{measure.replace('_', ' ')} {quality} < {floor}")
-    if abs(keep_fraction - head.target_keep_fraction) > gates.sample_keep_tolerance:
+    measure, floor, setting = (
+        ("held-out Spearman", gates.min_heldout_spearman, "min_heldout_spearman") if head.kind == "ridge" else ("held-out AUC", gates.min_heldout_auc, "min_heldout_auc")
+    )
+    quality = head.evaluation.get("heldout_spearman" if head.kind == "ridge" else "heldout_auc")
+    quality_ok = quality is not None and quality >= floor
+    if not quality_ok:
+        failed.append(f"{measure} {quality} < {floor}")
+    keep_ok = abs(keep_fraction - head.target_keep_fraction) <= gates.sample_keep_tolerance
+    if not keep_ok:
         failed.append(f"calibration keep fraction {keep_fraction:.4f} is not {head.target_keep_fraction} ± {gates.sample_keep_tolerance}")
+    bounds = [
+        (measure, f"{quality:.3f}" if quality is not None else "n/a", f">= {floor} (QualityGates.{setting})", quality_ok),
+        (
+            f"keep fraction of the {len(texts):,} calibration documents",
+            f"{keep_fraction:.3f}",
+            f"{head.target_keep_fraction} ± {gates.sample_keep_tolerance} (target keep fraction ± QualityGates.sample_keep_tolerance)",
+            keep_ok,
+        ),
+        ("model the head was fitted on", head.model_version, f"= the current distilled_model {model.version}", head.model_version == model.version),
+    ]
     return dg.AssetCheckResult(
         passed=not failed,
         metadata={
             "mode": head.mode,
-            "failed": failed,
-            measure: quality if quality is not None else "n/a",
-            f"{measure}_floor": floor,
+            **failed_entry(failed),
+            "bounds": bounds_table(bounds),
             "calibration_keep_fraction": round(keep_fraction, 4),
-            "calibration_documents": len(texts),
-            "target_keep_fraction": head.target_keep_fraction,
-            "threshold": head.threshold,
+            "threshold": round(head.threshold, 4),
         },
     )
 
@@ -90,7 +102,7 @@ def scored_corpus_contract(context: dg.AssetCheckExecutionContext, storage: Stor
             gxe.ExpectColumnValuesToBeInSet(column="embedding_dim", value_set=[model_dim]),
         ]
 
-    result = validate(scored, f"scored_corpus[{shard}]", expectations, {"shard": shard, "missing_ids": missing, "unexpected_ids": extra}, gates.failing_ids_cap)
+    result = validate(scored, f"scored_corpus[{shard}]", expectations, {"shard": shard, **({"missing_ids": missing} if missing else {}), **({"unexpected_ids": extra} if extra else {})}, gates.failing_ids_cap)
     if scored_ids != raw_ids:
         return dg.AssetCheckResult(passed=False, metadata={**result.metadata, "ids_match_raw_shard": False})
     return result
@@ -124,7 +136,7 @@ def scored_corpus_drift(context: dg.AssetCheckExecutionContext, storage: Storage
     classifier = load_head(storage, versions.published(context, "quality_classifier"))
     severity = dg.AssetCheckSeverity.WARN if gates.drift_severity == "warn" else dg.AssetCheckSeverity.ERROR
     if not classifier.scores:
-        return dg.AssetCheckResult(passed=True, metadata={"shard": shard, "note": "no curation configured: nothing is scored, so nothing drifts"})
+        return dg.AssetCheckResult(passed=True, severity=severity, metadata={"shard": shard, "note": "no curation configured: nothing is scored, so nothing drifts"})
     rows = len(scored)
     keep_fraction = float(scored["keep"].astype(bool).mean()) if rows else 0.0
     bins = score_bins(scored["score"].to_numpy(), classifier.score_range)
@@ -140,30 +152,49 @@ def scored_corpus_drift(context: dg.AssetCheckExecutionContext, storage: Storage
     else:
         target, compared_with = None, "nothing: first scoring of this shard, the baseline for the next (or set QualityGates.drift_references)"
     failed = []
-    allowed_gap = None
+    bounds = []
     if target is not None:
         # A small shard's keep fraction varies by chance: allow three binomial standard deviations on top.
-        allowed_gap = gates.shard_keep_tolerance + 3 * np.sqrt(target * (1 - target) / max(rows, 1))
-        if abs(keep_fraction - target) > allowed_gap:
+        spread = 3 * np.sqrt(target * (1 - target) / max(rows, 1))
+        allowed_gap = gates.shard_keep_tolerance + spread
+        keep_ok = abs(keep_fraction - target) <= allowed_gap
+        if not keep_ok:
             failed.append(f"keep fraction {keep_fraction:.4f} is not {target} ± {allowed_gap:.4f} ({compared_with})")
+        bounds.append((
+            f"keep fraction of {rows:,} documents",
+            f"{keep_fraction:.3f}",
+            f"{target:.3f} ± {allowed_gap:.3f}: {compared_with}, ± QualityGates.shard_keep_tolerance {gates.shard_keep_tolerance} "
+            f"+ 3 binomial standard deviations {spread:.3f}",
+            keep_ok,
+        ))
+    else:
+        bounds.append((f"keep fraction of {rows:,} documents", f"{keep_fraction:.3f}", "none: " + compared_with.removeprefix("nothing: "), True))
     psi = None
     if previous is not None and previous.get("classifier_version") == classifier.version and previous.get("score_bins"):
         psi = histogram_stability(bins, previous["score_bins"])
-        if rows >= gates.min_rows_for_drift and psi > gates.max_score_psi:
+        judged = rows >= gates.min_rows_for_drift
+        psi_ok = not judged or psi <= gates.max_score_psi
+        if not psi_ok:
             failed.append(f"score PSI {psi:.4f} > {gates.max_score_psi} against its previous scoring by the same head")
+        bounds.append((
+            "score PSI against its previous scoring by the same head",
+            f"{psi:.4f}",
+            f"<= {gates.max_score_psi} (QualityGates.max_score_psi)" + ("" if judged else f"; not judged under {gates.min_rows_for_drift} rows (QualityGates.min_rows_for_drift)"),
+            psi_ok,
+        ))
+    else:
+        bounds.append(("score PSI against its previous scoring by the same head", "n/a", "none: no previous scoring by this head", True))
     return dg.AssetCheckResult(
         passed=not failed,
         severity=severity,
         metadata={
             "shard": shard,
-            "failed": failed,
+            **failed_entry(failed),
+            "bounds": bounds_table(bounds),
             "compared_with": compared_with,
             "severity": gates.drift_severity,
             "rows": rows,
             "keep_fraction": round(keep_fraction, 4),
-            "expected_keep_fraction": target if target is not None else "none",
-            "allowed_keep_gap": round(float(allowed_gap), 4) if allowed_gap is not None else "none",
             "score_psi": round(psi, 4) if psi is not None else "none (no previous scoring by this head)",
-            "max_score_psi": gates.max_score_psi,
         },
     )

@@ -7,6 +7,7 @@ import pandas as pd
 from embedding_assets import paths, versions
 from embedding_assets.assets.features import features
 from embedding_assets.checks.expectations import validate
+from embedding_assets.checks.reasons import bounds_table
 from embedding_assets.engine.features import Features
 from embedding_assets.resources import QualityGates, Storage
 
@@ -35,12 +36,19 @@ def features_coverage(context: dg.AssetCheckExecutionContext, storage: Storage, 
     coverage = float(np.mean(nnz > 0)) if len(nnz) else 0.0
     uncovered = [feats.ids[i] for i in np.flatnonzero(nnz == 0)[: gates.failing_ids_cap]]
     quantiles = np.quantile(nnz, [0.0, 0.1, 0.5, 0.9, 1.0]) if len(nnz) else np.zeros(5)
+    passed = coverage >= gates.min_coverage
     return dg.AssetCheckResult(
-        passed=coverage >= gates.min_coverage,
+        passed=passed,
         metadata={
+            "bounds": bounds_table([("share of sample documents with a known n-gram", f"{coverage:.4f}", f">= {gates.min_coverage} (QualityGates.min_coverage)", passed)]),
             "coverage": round(coverage, 4),
-            "min_coverage": gates.min_coverage,
-            "uncovered_ids": uncovered,
-            "nnz_per_document": {q: float(v) for q, v in zip(["min", "p10", "median", "p90", "max"], quantiles)},
+            **({"uncovered_ids": uncovered} if uncovered else {}),
+            "ngrams_per_document": dg.MetadataValue.table(
+                [dg.TableRecord({"quantile": q, "ngrams": int(v)}) for q, v in zip(["min", "p10", "median", "p90", "max"], quantiles)],
+                schema=dg.TableSchema(columns=[
+                    dg.TableColumn("quantile", "string", "quantile over the sample's documents"),
+                    dg.TableColumn("ngrams", "int", "distinct vocabulary n-grams in a document at that quantile"),
+                ]),
+            ),
         },
     )

@@ -7,6 +7,7 @@ from embedding_assets.assets.ingest import raw_corpus
 from embedding_assets import versions
 from embedding_assets.paths import shard_file
 from embedding_assets.checks.expectations import validate
+from embedding_assets.checks.reasons import bounds_table
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.engine.errors import InputError
 from embedding_assets.resources import CorpusSource, QualityGates, Storage
@@ -47,9 +48,7 @@ def raw_corpus_contract(context: dg.AssetCheckExecutionContext, storage: Storage
         expectations,
         {
             "shard": shard,
-            "duplicate_ids": duplicate_ids,
-            "empty_text_ids": empty_ids,
-            "overlong_text_ids": long_ids,
+            **{key: ids for key, ids in (("duplicate_ids", duplicate_ids), ("empty_text_ids", empty_ids), ("overlong_text_ids", long_ids)) if ids},
             "duplicate_text_ratio": round(duplicate_text_ratio, 4),
         },
         cap,
@@ -82,7 +81,7 @@ def raw_corpus_ids_unique_across_shards(context: dg.AssetCheckExecutionContext, 
         metadata={
             "shard": shard,
             "shards_compared": len(others),
-            "clashing_shards": sorted(clashes),
-            "clashing_ids": sorted({i for v in clashes.values() for i in v})[: gates.failing_ids_cap],
+            "bounds": bounds_table([(f"ids shared with the {len(others)} other shards of the location", sum(len(v) for v in clashes.values()), "0", not clashes)]),
+            **({"clashing_shards": sorted(clashes), "clashing_ids": sorted({i for v in clashes.values() for i in v})[: gates.failing_ids_cap]} if clashes else {}),
         },
     )

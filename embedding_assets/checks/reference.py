@@ -6,6 +6,7 @@ import numpy as np
 from embedding_assets.assets.reference import NEGATIVE, REFERENCE, annotations, reference_set
 from embedding_assets import versions
 from embedding_assets.paths import ANNOTATIONS_FILE, REFERENCE_FILE
+from embedding_assets.checks.reasons import bounds_table, failed_entry
 from embedding_assets.lineage import latest_metadata_value
 from embedding_assets.resources import Curation, QualityGates, Storage
 
@@ -39,10 +40,15 @@ def reference_set_contract(context: dg.AssetCheckExecutionContext, storage: Stor
     return dg.AssetCheckResult(
         passed=not failed,
         metadata={
-            "failed": failed,
+            **failed_entry(failed),
             "mode": curation.resolved_mode(),
+            "bounds": bounds_table([
+                ("reference documents", references, f">= {gates.min_reference_documents} (QualityGates.min_reference_documents)", references >= gates.min_reference_documents),
+                ("negative reference documents", negatives, f"0 or >= {gates.min_reference_documents}", not 0 < negatives < gates.min_reference_documents),
+                ("held-out reference documents", heldout, ">= 1", heldout > 0),
+                ("empty texts", empty, "0", not empty),
+            ]),
             "reference_documents": references,
-            "min_reference_documents": gates.min_reference_documents,
             "heldout_reference_documents": heldout,
             "negative_documents": negatives,
             "in_corpus_share": share if share is not None else "n/a",
@@ -72,5 +78,15 @@ def annotations_contract(context: dg.AssetCheckExecutionContext, storage: Storag
         failed.append("every annotation has the same label; a classifier needs two kinds")
     return dg.AssetCheckResult(
         passed=not failed,
-        metadata={"failed": failed, "annotated_documents": table.num_rows, "heldout_documents": heldout, "distinct_labels": distinct if distinct is not None else "n/a (scores)"},
+        metadata={
+            **failed_entry(failed),
+            "bounds": bounds_table([
+                ("annotated documents", table.num_rows, f">= {gates.min_reference_documents} (QualityGates.min_reference_documents)", table.num_rows >= gates.min_reference_documents),
+                ("held-out annotated documents", heldout, ">= 1", heldout > 0),
+                ("distinct labels", distinct if distinct is not None else "n/a (scores)", ">= 2 (label annotations)", distinct is None or distinct >= 2),
+                ("ids annotated more than once", len(ids) - len(set(ids)), "0", len(set(ids)) == len(ids)),
+            ]),
+            "annotated_documents": table.num_rows,
+            "heldout_documents": heldout,
+        },
     )

@@ -15,6 +15,7 @@ from embedding_assets.assets.selection import (
     selection,
 )
 from embedding_assets import versions
+from embedding_assets.checks.reasons import bounds_table, failed_entry
 from embedding_assets.resources import QualityGates, Storage
 
 
@@ -34,11 +35,16 @@ def clusters_not_empty(context: dg.AssetCheckExecutionContext, storage: Storage)
     return dg.AssetCheckResult(
         passed=not failed,
         metadata={
-            "failed": failed,
+            **failed_entry(failed),
+            "bounds": bounds_table([
+                ("clusters with no sample document", len(empty), "0", not empty),
+                ("model of the centroids", config.get("model_version"), f"= the current distilled_model {model_version}", config.get("model_version") == model_version),
+                ("centroid norms", f"{norms.min():.4f} to {norms.max():.4f}", "1 ± 0.001", bool(np.allclose(norms, 1.0, atol=1e-3))),
+            ]),
             "k": len(sizes),
             "empty_clusters": len(empty),
             "size_min": int(sizes.min()),
-            "size_median": float(np.median(sizes)),
+            "size_median": round(float(np.median(sizes)), 1),
             "size_max": int(sizes.max()),
             "size_max_over_median": round(float(sizes.max() / max(np.median(sizes), 1)), 2),
             "size_coefficient_of_variation": round(float(sizes.std() / max(sizes.mean(), 1e-12)), 4),
@@ -70,7 +76,18 @@ def near_duplicates_groups(context: dg.AssetCheckExecutionContext, storage: Stor
         failed.append(f"{singletons} groups have a single member")
     return dg.AssetCheckResult(
         passed=not failed,
-        metadata={"failed": failed, "rows": table.num_rows, "groups": heads.num_rows, "threshold": threshold},
+        metadata={
+            **failed_entry(failed),
+            "bounds": bounds_table([
+                ("documents in more than one group", table.num_rows - pc.count_distinct(ids).as_py(), "0", pc.count_distinct(ids).as_py() == table.num_rows),
+                ("representatives that head no group", len(missing), "0", not missing),
+                ("members below the cosine threshold", len(low), f"0 (threshold {threshold})", not low),
+                ("groups with a single member", singletons, "0", not singletons),
+            ]),
+            "rows": table.num_rows,
+            "groups": heads.num_rows,
+            "threshold": threshold,
+        },
     )
 
 
@@ -99,4 +116,9 @@ def selection_explained(context: dg.AssetCheckExecutionContext, storage: Storage
         if value:
             key = value.split(":")[0]
             counts[key] = counts.get(key, 0) + 1
-    return dg.AssetCheckResult(passed=not failed, metadata={"failed": failed, "rows": table.num_rows, **counts})
+    bounds = bounds_table([
+        ("ids listed more than once", table.num_rows - pc.count_distinct(table["id"]).as_py(), "0", pc.count_distinct(table["id"]).as_py() == table.num_rows),
+        ("dropped documents without a known reason", unexplained, "0 (score, duplicate_of:<id> or cluster_cap)", not unexplained),
+        ("duplicate_of naming documents not listed", len(strangers), "0", not strangers),
+    ])
+    return dg.AssetCheckResult(passed=not failed, metadata={**failed_entry(failed), "bounds": bounds, "rows": table.num_rows, **counts})

@@ -7,10 +7,12 @@ from embedding_assets import paths, versions
 from embedding_assets.assets.training import distilled_model
 from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.engine.features import Features
+from embedding_assets.checks.reasons import bounds_table, failed_entry
 from embedding_assets.resources import QualityGates, Storage
 from embedding_assets.stored import read_sample
 
 RELOAD_DOCUMENTS = 256
+RELOAD_TOLERANCE = 1e-5
 
 
 @dg.asset_check(asset=distilled_model, blocking=True, description="Held-out recall@10 and Spearman against the teacher at or above their floors, and clearly above the untrained network.")
@@ -18,23 +20,25 @@ def distilled_model_fidelity(context: dg.AssetCheckExecutionContext, storage: St
     evaluation = LexicalEmbedder.from_bytes(storage.read_bytes(*versions.latest(context, "distilled_model").file(paths.MODEL_FILE))).provenance["evaluation"]
     student, untrained = evaluation["student"], evaluation["untrained_student"]
     gain = student["recall_at_10"] - untrained["recall_at_10"]
-    failed = []
-    if student["recall_at_10"] < gates.min_recall_at_10:
-        failed.append(f"recall@10 {student['recall_at_10']} < {gates.min_recall_at_10}")
-    if student["spearman"] < gates.min_spearman:
-        failed.append(f"Spearman {student['spearman']} < {gates.min_spearman}")
-    if gain < gates.min_recall_gain:
-        failed.append(f"recall@10 gain over untrained {gain:.4f} < {gates.min_recall_gain}")
+    bounds = [
+        ("held-out recall@10 against the teacher", f"{student['recall_at_10']:.3f}", f">= {gates.min_recall_at_10} (QualityGates.min_recall_at_10)", student["recall_at_10"] >= gates.min_recall_at_10),
+        ("held-out Spearman of pairwise cosines", f"{student['spearman']:.3f}", f">= {gates.min_spearman} (QualityGates.min_spearman)", student["spearman"] >= gates.min_spearman),
+        (
+            "recall@10 gain over the untrained network",
+            f"{gain:.3f} ({student['recall_at_10']:.3f} - {untrained['recall_at_10']:.3f})",
+            f">= {gates.min_recall_gain} (QualityGates.min_recall_gain)",
+            gain >= gates.min_recall_gain,
+        ),
+    ]
+    failed = [f"{measure} {observed} < {bound}" for measure, observed, bound, ok in bounds if not ok]
     return dg.AssetCheckResult(
         passed=not failed,
         metadata={
-            "failed": failed,
+            **failed_entry(failed),
+            "bounds": bounds_table(bounds),
             "recall_at_10": student["recall_at_10"],
             "spearman": student["spearman"],
             "untrained_recall_at_10": untrained["recall_at_10"],
-            "untrained_spearman": untrained["spearman"],
-            "min_recall_at_10": gates.min_recall_at_10,
-            "min_spearman": gates.min_spearman,
             "heldout_documents": evaluation["heldout_documents"],
         },
     )
@@ -55,12 +59,16 @@ def distilled_model_artifact(context: dg.AssetCheckExecutionContext, storage: St
     with torch.no_grad():
         trained = StudentModule(model.layers)(*csr_batch(feats.tfidf[rows], torch.device("cpu"))).numpy()
     difference = float(np.abs(encoded - trained).max()) if len(rows) else 0.0
+    bounds = [
+        ("layers with NaN or inf weights", len(bad_layers), "0", not bad_layers),
+        (f"largest |stored - trained| over {len(rows)} encoded documents", f"{difference:.2e}", f"< {RELOAD_TOLERANCE:.0e}", difference < RELOAD_TOLERANCE),
+    ]
     return dg.AssetCheckResult(
-        passed=not bad_layers and difference < 1e-5,
+        passed=not bad_layers and difference < RELOAD_TOLERANCE,
         metadata={
-            "non_finite_layers": bad_layers,
-            "documents_compared": len(rows),
-            "max_abs_difference": difference,
+            **failed_entry([f"{measure}: {observed}, expected {bound}" for measure, observed, bound, ok in bounds if not ok]),
+            "bounds": bounds_table(bounds),
+            **({"non_finite_layers": bad_layers} if bad_layers else {}),
             "model_version": model.version,
         },
     )

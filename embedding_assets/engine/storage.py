@@ -19,9 +19,25 @@ def temp_file(path: Path, directory: Path | None = None) -> tuple[int, str]:
 
     It lives beside the target (same filesystem, so the final rename is atomic) unless
     `directory` says otherwise; the name lets a later writer remove the leftovers of a killed one.
+    Beside the target it has the mode the umask gives a new file, which the output keeps.
     """
     owner = f"{socket.gethostname()}-{os.getpid()}"
-    return tempfile.mkstemp(dir=directory or path.parent, prefix=f".{path.name}.{owner}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=directory or path.parent, prefix=f".{path.name}.{owner}.", suffix=".tmp")
+    if directory is None:
+        # mkstemp makes the file owner-only; the output it becomes gets the mode any new file would.
+        os.fchmod(fd, 0o666 & ~process_umask())
+    return fd, name
+
+
+def process_umask() -> int:
+    """The process's file-mode creation mask, read without changing it (os.umask can only set it)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def remove_orphaned_temps(path: Path) -> list[Path]:
