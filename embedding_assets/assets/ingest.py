@@ -156,7 +156,8 @@ def clashing_shards(instance: dg.DagsterInstance, shard: str) -> list[str]:
 def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage: Storage, teacher: Teacher) -> dg.MaterializeResult:
     shard = context.partition_key
     try:
-        shards = corpus.shards()
+        listing = corpus.listing()
+        shards = listing.shards
     except InputError as exc:
         raise dg.Failure(str(exc), allow_retries=retryable(exc)) from exc
     if shard not in shards:
@@ -197,6 +198,8 @@ def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage:
         metadata={
             "dagster/row_count": rows,
             "source": dg.MetadataValue.path(shards[shard]),
+            # What the corpus sensor compares a listing with, to tell an ingested file from a new or rewritten one.
+            "source_fingerprint": listing.fingerprints[shard],
             "uri": dg.MetadataValue.path(uri),
             **versions.record(context, storage, version),
             "columns": list(first.schema.names),
