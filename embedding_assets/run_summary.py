@@ -29,14 +29,22 @@ class Summary:
     checks: int = 0
     shards: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     uris: dict[str, str] = field(default_factory=dict)
+    selected: int | None = None
+
+
+# Where a materialisation says how many documents it went through: the first of these it has.
+DOCUMENT_COUNTS = ("corpus_documents", "documents", "sample_documents", "dagster/row_count", "train_documents")
 
 
 def documents(metadata: dict) -> int:
-    """The documents a materialisation's throughput counts: its wall time times its docs/s, else its rows."""
+    """The documents a stage's materialisation went through: its count, else its wall time times its docs/s."""
     value = {k: getattr(v, "value", v) for k, v in metadata.items()}
+    for key in DOCUMENT_COUNTS:
+        if isinstance(value.get(key), int):
+            return value[key]
     if "wall_seconds" in value and "docs_per_second" in value:
         return round(float(value["wall_seconds"]) * float(value["docs_per_second"]))
-    return int(value.get("dagster/row_count") or 0)
+    return 0
 
 
 def read_summary(instance: dg.DagsterInstance, run_ids: list[str]) -> Summary:
@@ -65,6 +73,8 @@ def read_summary(instance: dg.DagsterInstance, run_ids: list[str]) -> Summary:
                 stage.materialisations += 1
                 if "uri" in metadata:
                     summary.uris[name] = str(metadata["uri"])
+                if name == "selection" and isinstance(metadata.get("kept"), int):
+                    summary.selected = metadata["kept"]
                 if name == "scored_corpus" and materialization.partition:
                     kept = metadata.get("kept")
                     summary.shards[materialization.partition] = (int(metadata.get("dagster/row_count") or 0), None if kept is None else int(kept))
@@ -111,6 +121,7 @@ def summary_lines(summary: Summary, wall_seconds: float, storage: str, home: str
     if "scored_corpus" in summary.uris:
         lines.append(f"  scored shards: {summary.uris['scored_corpus'].rsplit('/', 1)[0]}/")
     if "selection" in summary.uris:
-        lines.append(f"  keep list: {summary.uris['selection']}")
+        kept = "" if summary.selected is None else f" ({summary.selected:,} kept after near-duplicates and cluster caps)"
+        lines.append(f"  keep list: {summary.uris['selection']}{kept}")
     lines.append(f"runs, metadata and lineage: DAGSTER_HOME={home} (make ui opens them); Dagster's event lines: {log_file}")
     return lines
