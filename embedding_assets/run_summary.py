@@ -119,7 +119,7 @@ def summary_lines(summary: Summary, wall_seconds: float, storage: str, home: str
         lines += ["", *table(["shard", "documents", "kept", "keep fraction"], shard_rows)]
     lines += ["", f"outputs: {storage}"]
     if "scored_corpus" in summary.uris:
-        lines.append(f"  scored shards: {summary.uris['scored_corpus'].rsplit('/', 1)[0]}/")
+        lines.append(f"  scored shards: {len(summary.shards)} files, the last {summary.uris['scored_corpus']}")
     if "selection" in summary.uris:
         kept = "" if summary.selected is None else f" ({summary.selected:,} kept after near-duplicates and cluster caps)"
         lines.append(f"  keep list: {summary.uris['selection']}{kept}")

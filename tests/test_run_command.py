@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, stored_file
 from embedding_assets.jobs.launch import LOCATION_NAME
 from embedding_assets.jobs.sensors import corpus_shard_sensor
 from embedding_assets.resources import CorpusSource
@@ -102,10 +102,10 @@ def test_the_run_command_prints_a_short_report_that_ends_with_the_summary_table(
     assert rows["raw_corpus"][1:3] == ["(2", "shards)"] and rows["raw_corpus"][4] == "800"
     assert rows["teacher_embeddings"][2] == "700" and rows["training_sample"][2] == "800"
     for shard in SHARDS:
-        scored = pq.read_table(made["storage"] / "scored_corpus" / f"{shard}.parquet")
+        scored = pq.read_table(stored_file(made["storage"], "scored_corpus", shard))
         kept = sum(scored["keep"].to_pylist())
         assert rows[shard][1:] == [f"{scored.num_rows:,}", f"{kept:,}", f"{kept / scored.num_rows:.3f}"]
     assert summary[-1].startswith("runs, metadata and lineage: DAGSTER_HOME=") and str(made["home"]) in summary[-1]
     assert any(line.startswith("outputs: ") and str(made["storage"]) in line for line in summary)
-    kept = sum(pq.read_table(made["storage"] / "selection.parquet")["keep"].to_pylist())
+    kept = sum(pq.read_table(stored_file(made["storage"], "selection.parquet"))["keep"].to_pylist())
     assert any(line.strip().startswith("keep list: ") and f"({kept:,} kept" in line for line in summary)
