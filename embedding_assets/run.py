@@ -223,8 +223,11 @@ def instance_from_env():
     with tempfile.TemporaryDirectory(prefix="embedding_assets-dagster-") as home:
         print(f"DAGSTER_HOME is not set: this run's history is kept in {home} and removed at the end (make run keeps it in .dagster_home)", flush=True)
         os.environ["DAGSTER_HOME"] = home
-        with dg.DagsterInstance.local_temp(home) as instance:
-            yield instance
+        try:
+            with dg.DagsterInstance.local_temp(home) as instance:
+                yield instance
+        finally:
+            del os.environ["DAGSTER_HOME"]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -109,3 +109,25 @@ def test_the_run_command_prints_a_short_report_that_ends_with_the_summary_table(
     assert any(line.startswith("outputs: ") and str(made["storage"]) in line for line in summary)
     kept = sum(pq.read_table(stored_file(made["storage"], "selection.parquet"))["keep"].to_pylist())
     assert any(line.strip().startswith("keep list: ") and f"({kept:,} kept" in line for line in summary)
+
+
+def test_without_dagster_home_a_temporary_instance_takes_launched_runs_and_is_removed(tmp_path, monkeypatch, capsys):
+    from embedding_assets.jobs.launch import code_location, launch, wait
+    from embedding_assets.partitions import corpus_shards
+    from embedding_assets.run import instance_from_env
+
+    write_corpus(tmp_path / "corpus")
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.setenv("EMBEDDING_ASSETS_CORPUS", str(tmp_path / "corpus"))
+    monkeypatch.setenv("EMBEDDING_ASSETS_STORAGE", str(tmp_path / "storage"))
+    with instance_from_env() as instance:
+        home = Path(instance.root_directory)
+        assert home.is_dir() and os.environ["DAGSTER_HOME"] == str(home)
+        instance.add_dynamic_partitions(corpus_shards.name, ["alpha"])
+        with code_location(instance, str(tmp_path / "run.log")) as context:
+            run = launch(context, "ingest_corpus", partition="alpha")
+            ended = wait(instance, [run.run_id], timeout=600)[run.run_id]
+        assert ended.status == dg.DagsterRunStatus.SUCCESS and ended.remote_job_origin is not None
+    assert not home.exists() and "DAGSTER_HOME" not in os.environ
+    assert f"DAGSTER_HOME is not set: this run's history is kept in {home}" in capsys.readouterr().out
+    assert "RUN_START" in (tmp_path / "run.log").read_text()  # the run's event lines went to the log, not the terminal
