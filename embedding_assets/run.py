@@ -116,22 +116,42 @@ def fail_dead_runs(instance) -> list[str]:
 
 
 class RunLog:
-    """Prints a run's own log lines as they reach the event log: warnings always, the steps'
-    progress lines too when `progress` (Dagster's event lines stay in the log)."""
+    """Prints a run's own log lines as they reach the event log: warnings always; when `progress`,
+    the steps' progress lines too, at most one a minute per step (its first and its last always),
+    so a long step on a slow machine stays a few lines. Dagster's event lines stay in the log."""
+
+    INTERVAL_SECONDS = 60.0
 
     def __init__(self, instance, run_id: str, progress: bool):
-        import logging
-
-        self.instance, self.run_id, self.cursor = instance, run_id, None
-        self.level = logging.INFO if progress else logging.WARNING
+        self.instance, self.run_id, self.progress, self.cursor = instance, run_id, progress, None
+        self.printed: dict[str, float] = {}
+        self.held: dict[str, str] = {}
 
     def __call__(self) -> None:
+        import logging
+
+        import dagster as dg
+
         while True:
             page = self.instance.get_records_for_run(self.run_id, cursor=self.cursor, limit=500)
             for record in page.records:
                 entry = record.event_log_entry
-                if entry.dagster_event is None and entry.level >= self.level:
-                    print(f"  {entry.step_key or 'run'}: {entry.user_message}", flush=True)
+                step = entry.step_key or "run"
+                event = entry.dagster_event
+                if event is not None:
+                    if event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE) and step in self.held:
+                        print(self.held.pop(step), flush=True)
+                    continue
+                line = f"  {step}: {entry.user_message}"
+                if entry.level >= logging.WARNING:
+                    print(line, flush=True)
+                elif self.progress and entry.level >= logging.INFO:
+                    if step not in self.printed or entry.timestamp - self.printed[step] >= self.INTERVAL_SECONDS:
+                        print(line, flush=True)
+                        self.printed[step] = entry.timestamp
+                        self.held.pop(step, None)
+                    else:
+                        self.held[step] = line
             self.cursor = page.cursor
             if not page.has_more:
                 return
