@@ -131,3 +131,30 @@ def test_without_dagster_home_a_temporary_instance_takes_launched_runs_and_is_re
     assert not home.exists() and "DAGSTER_HOME" not in os.environ
     assert f"DAGSTER_HOME is not set: this run's history is kept in {home}" in capsys.readouterr().out
     assert "RUN_START" in (tmp_path / "run.log").read_text()  # the run's event lines went to the log, not the terminal
+
+
+def test_waiting_on_a_launched_run_whose_process_is_killed_ends_with_the_run_failed(tmp_path):
+    import signal
+    import time
+
+    from embedding_assets.jobs.launch import code_location, launch, wait, worker_pid
+    from embedding_assets.partitions import corpus_shards
+
+    write_corpus(tmp_path / "corpus")
+    env = {"EMBEDDING_ASSETS_CORPUS": str(tmp_path / "corpus"), "EMBEDDING_ASSETS_STORAGE": str(tmp_path / "storage")}
+    with pytest.MonkeyPatch.context() as patch, dg.instance_for_test() as instance:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        instance.add_dynamic_partitions(corpus_shards.name, ["alpha"])
+        with code_location(instance, str(tmp_path / "run.log")) as context:
+            run = launch(context, "ingest_corpus", partition="alpha")
+            deadline = time.monotonic() + 300
+            while (pid := worker_pid(instance, run.run_id)) is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            ended = wait(instance, [run.run_id], timeout=120)[run.run_id]
+        # Marked failed (by the code server that started the process, or by the wait, whichever sees it
+        # first) rather than left STARTED for a wait that never ends.
+        assert ended.status == dg.DagsterRunStatus.FAILURE
+        assert instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
