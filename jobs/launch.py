@@ -1,7 +1,7 @@
 """Launch runs of this code location's jobs through the Dagster instance, as `dagster job launch`,
 the UI and the daemon do: each run is created from the code location's remote job, so it has a
 code-location origin, shows under its job in the UI and can be re-executed there, and it is
-launched by the instance's run launcher into its own process with the job's own executor.
+launched by the instance's run launcher into its own process with the code location's executor.
 
 `run_partitions` below runs partitions without a code server, for scripts that time the work.
 """
