@@ -4,17 +4,20 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
+# pip's output goes to $(VENV)/setup.log, and is shown only when the install fails.
 $(VENV)/.installed: pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[train,test,bench,k8s]'
-	touch $@
+	@echo "setting up $(VENV): PyTorch (CPU build), then the project with the pins in constraints.txt; pip's log: $(VENV)/setup.log"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install torch==2.13.0 > $(VENV)/setup.log 2>&1 || { tail -40 $(VENV)/setup.log; exit 1; }
+	@$(PY) -m pip install -c constraints.txt -e '.[train,test,bench,k8s]' >> $(VENV)/setup.log 2>&1 || { tail -40 $(VENV)/setup.log; exit 1; }
+	@touch $@
 
 setup: $(VENV)/.installed
 
 run: $(VENV)/.installed
-	mkdir -p .dagster_home
-	DAGSTER_HOME=$(CURDIR)/.dagster_home $(PY) -m embedding_assets.run
+	@mkdir -p .dagster_home
+	@touch .dagster_home/dagster.yaml
+	@DAGSTER_HOME=$(CURDIR)/.dagster_home $(PY) -m embedding_assets.run
 
 # The browser tests drive Debian's Chromium and its driver; installed when missing.
 browser:

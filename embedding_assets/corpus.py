@@ -43,10 +43,19 @@ def _resolve(url: str, fs: fsspec.AbstractFileSystem | None) -> tuple[fsspec.Abs
 
 @dataclass
 class Listing:
-    """What a corpus location holds: shard key -> URL, and every other file with why it is not a shard."""
+    """What a corpus location holds: shard key -> URL, and every other file with why it is not a shard.
+    `fingerprints`: shard key -> the file's size and ETag (S3) or mtime (local), from the same listing."""
 
     shards: dict[str, str]
     skipped: dict[str, str] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+
+
+def fingerprint(info: dict) -> str:
+    """Size and ETag, or size and mtime, of a listed file: changes when the file is rewritten."""
+    # S3 gives an ETag (a content hash for single-part puts); local files give mtime only.
+    stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+    return f"{info.get('size')}-{str(stamp).strip(chr(34))}"
 
 
 def scan_location(location: str, fs: fsspec.AbstractFileSystem | None = None) -> Listing:
@@ -64,7 +73,7 @@ def scan_location(location: str, fs: fsspec.AbstractFileSystem | None = None) ->
     if entries is None:
         raise InputError(f"corpus location {location} does not exist or is not a directory")
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    found: list[tuple[str, str, str]] = []
+    found: list[tuple[str, str, str, str]] = []
     skipped: dict[str, str] = {}
     for entry in entries:
         path = entry["name"].rstrip("/")
@@ -79,10 +88,14 @@ def scan_location(location: str, fs: fsspec.AbstractFileSystem | None = None) ->
             skipped[name] = f"not a shard file type (expected one of {', '.join(SHARD_SUFFIXES)})"
             continue
         url = path if protocol == "file" else f"{protocol}://{path}"
-        found.append((name[: -len(suffix)], name, url))
-    stems = [stem for stem, _, _ in found]
-    shards = {(stem if stems.count(stem) == 1 else name): url for stem, name, url in found}
-    return Listing(shards, skipped)
+        found.append((name[: -len(suffix)], name, url, fingerprint(entry)))
+    stems = [stem for stem, _, _, _ in found]
+    keys = [stem if stems.count(stem) == 1 else name for stem, name, _, _ in found]
+    return Listing(
+        {key: url for key, (_, _, url, _) in zip(keys, found)},
+        skipped,
+        {key: stamp for key, (_, _, _, stamp) in zip(keys, found)},
+    )
 
 
 def list_shards(location: str, fs: fsspec.AbstractFileSystem | None = None) -> dict[str, str]:
@@ -91,19 +104,8 @@ def list_shards(location: str, fs: fsspec.AbstractFileSystem | None = None) -> d
 
 
 def shard_fingerprints(location: str, fs: fsspec.AbstractFileSystem | None = None) -> dict[str, str]:
-    """Shard key -> a fingerprint of the file (size and ETag, or size and mtime) that changes when it is rewritten."""
-    shards = list_shards(location, fs)
-    fs, _ = _resolve(location, fs)
-    fingerprints = {}
-    for key, url in shards.items():
-        try:
-            info = fs.info(fs._strip_protocol(url))
-        except FILESYSTEM_ERRORS as exc:
-            raise SourceUnavailable(f"shard {key} ({url}) cannot be read: {type(exc).__name__}: {exc}") from exc
-        # S3 gives an ETag (a content hash for single-part puts); local files give mtime only.
-        stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
-        fingerprints[key] = f"{info.get('size')}-{str(stamp).strip(chr(34))}"
-    return fingerprints
+    """Shard key -> a fingerprint of the file (see `fingerprint`), from one listing of the location."""
+    return scan_location(location, fs).fingerprints
 
 
 def read_shard(url: str, batch_size: int = 8192, fs: fsspec.AbstractFileSystem | None = None) -> Iterator[pa.RecordBatch]:

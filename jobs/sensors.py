@@ -5,6 +5,7 @@ import json
 import dagster as dg
 
 from embedding_assets.assets.curation import scored_corpus
+from embedding_assets.assets.ingest import raw_corpus
 from embedding_assets.assets.report import corpus_report
 from embedding_assets.engine.errors import InputError
 from embedding_assets.jobs import refresh_shard
@@ -12,23 +13,48 @@ from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import CorpusSource
 
 
+def ingested_files(instance: dg.DagsterInstance, shards: list[str]) -> dict[str, tuple[str, str]]:
+    """Shard -> (source URL, file fingerprint) of the latest raw_corpus materialisation of each of
+    `shards` that has one: two queries for all of them, not one per shard."""
+    latest = instance.get_latest_storage_id_by_partition(raw_corpus.key, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions=set(shards))
+    if not latest:
+        return {}
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=raw_corpus.key, storage_ids=list(latest.values())), limit=len(latest)
+    ).records
+    found = {}
+    for record in records:
+        metadata = record.asset_materialization.metadata
+        if "source" in metadata and "source_fingerprint" in metadata:
+            found[record.partition_key] = (str(metadata["source"].value), str(metadata["source_fingerprint"].value))
+    return found
+
+
 @dg.sensor(
     job=refresh_shard,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Adds a partition for each new shard file and requests refresh_shard for every new or rewritten shard.",
+    description=(
+        "Adds a partition for each new shard file and requests refresh_shard for every new or rewritten shard: "
+        "one whose file differs from the one this sensor last saw and from the one its latest raw_corpus was read from."
+    ),
 )
 def corpus_shard_sensor(context: dg.SensorEvaluationContext, corpus: CorpusSource):
-    # The cursor is the fingerprint of every shard seen; a shard is requested when its fingerprint differs.
+    # The cursor is the fingerprint of every shard seen. A shard whose file is not the one in the
+    # cursor is requested unless its latest raw_corpus was read from that very file (make run, the
+    # UI or a backfill ingested it): so a first tick after those requests nothing.
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     try:
-        current = corpus.fingerprints()
+        listing = corpus.listing()
     except InputError as exc:
         return dg.SkipReason(str(exc))
+    current = listing.fingerprints
     changed = sorted(key for key, fingerprint in current.items() if seen.get(key) != fingerprint)
     if changed:
-        for name, why in corpus.listing().skipped.items():
+        for name, why in listing.skipped.items():
             context.log.warning(f"{corpus.location}: {name} is not a shard: {why}")
+        ingested = ingested_files(context.instance, changed)
+        changed = [key for key in changed if ingested.get(key) != (listing.shards[key], current[key])]
     known = set(context.instance.get_dynamic_partitions(corpus_shards.name))
     new = [key for key in changed if key not in known]
     return dg.SensorResult(

@@ -178,8 +178,9 @@ def test_2_gate_thresholds_and_drift_settings_come_from_the_environment():
         gates_from_env({"EMBEDDING_ASSETS_GATE_DRIFT_SEVERITY": "panic"})
 
 
-def test_2_the_run_command_scores_every_shard_and_then_reports_each_failure(trained, capsys):
+def test_2_the_run_command_scores_every_shard_and_then_reports_each_failure(trained, capsys, monkeypatch):
     from embedding_assets.jobs import score_corpus
+    from embedding_assets.jobs.launch import code_location
     from embedding_assets.run import run_jobs
 
     write_rows(trained["corpus"] / "alpha.parquet", sample_rows(120, 0, "", set(NETWORKING_LABELS)))
@@ -187,12 +188,22 @@ def test_2_the_run_command_scores_every_shard_and_then_reports_each_failure(trai
     resources = {**trained["resources"], "gates": QualityGates(drift_references={"alpha": 0.2}, drift_severity="block")}
     for shard in ("alpha", "beta"):
         assert materialize(trained["instance"], resources, ["raw_corpus"], shard).success
+    # The launched runs load the code location from the environment, as the run command sets it.
+    settings = {
+        "CORPUS": str(trained["corpus"]), "STORAGE": str(trained["storage"]), "POSITIVE_LABELS": ",".join(NETWORKING_LABELS),
+        "DEVICE": "cpu", "GATE_DRIFT_REFERENCES": "alpha=0.2", "GATE_DRIFT_SEVERITY": "block",
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(f"EMBEDDING_ASSETS_{name}", value)
     defs = dg.Definitions(assets=ALL_ASSETS, asset_checks=ALL_CHECKS, jobs=[score_corpus], resources=resources)
-    failures = run_jobs(defs, trained["instance"], [(score_corpus, None)], ["alpha", "beta"], {})
+    with code_location(trained["instance"]) as context:
+        failures, run_ids = run_jobs(defs, context, [(score_corpus, None)], ["alpha", "beta"], {})
     assert len(failures) == 1 and failures[0].startswith("score_corpus[alpha]: ")
     assert "scored_corpus_drift failed: keep fraction" in failures[0] and "drift reference 'alpha'" in failures[0]
     assert (stored_file(trained["storage"], "scored_corpus", "beta")).exists()  # scored after alpha failed
     assert "scored_corpus_drift failed" in capsys.readouterr().err
+    runs = [trained["instance"].get_run_by_id(run_id) for run_id in run_ids]
+    assert [run.tags["dagster/partition"] for run in runs] == ["alpha", "beta"] and all(run.remote_job_origin for run in runs)
 
 
 # --- 3: empty and whitespace-only texts ------------------------------------------------------------

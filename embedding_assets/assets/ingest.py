@@ -180,7 +180,8 @@ def clashing_shards(instance: dg.DagsterInstance, shard: str) -> list[str]:
 def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage: Storage, teacher: Teacher) -> dg.MaterializeResult:
     shard = context.partition_key
     try:
-        shards = corpus.shards()
+        listing = corpus.listing()
+        shards = listing.shards
     except InputError as exc:
         raise dg.Failure(str(exc), allow_retries=retryable(exc)) from exc
     if shard not in shards:
@@ -223,6 +224,8 @@ def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage:
             "dagster/row_count": rows,
             "dagster/column_schema": shard_schema(first.schema),
             "source": dg.MetadataValue.path(shards[shard]),
+            # What the corpus sensor compares a listing with, to tell an ingested file from a new or rewritten one.
+            "source_fingerprint": listing.fingerprints[shard],
             "uri": dg.MetadataValue.path(uri),
             **versions.record(context, storage, version),
             "tokens": tokens,

@@ -1,0 +1,127 @@
+"""The run command's closing summary, read from the instance's event log of the runs it launched:
+per stage its step time, documents and docs/s; per shard its documents, kept and keep fraction;
+and where the outputs are."""
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+# Stages in graph order; each is an asset, and its step has the asset's name.
+STAGES = (
+    "raw_corpus", "reference_set", "annotations", "training_sample", "features", "teacher_model", "teacher_embeddings",
+    "distilled_model", "quality_classifier", "clusters", "scored_corpus", "near_duplicates", "selection",
+)
+ENDED = {dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
+
+
+@dataclass
+class Stage:
+    seconds: float = 0.0
+    documents: int = 0
+    materialisations: int = 0
+
+
+@dataclass
+class Summary:
+    stages: dict[str, Stage] = field(default_factory=lambda: defaultdict(Stage))
+    check_seconds: float = 0.0
+    checks: int = 0
+    shards: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    uris: dict[str, str] = field(default_factory=dict)
+    selected: int | None = None
+
+
+# Where a materialisation says how many documents it went through: the first of these it has.
+DOCUMENT_COUNTS = ("corpus_documents", "documents", "sample_documents", "dagster/row_count", "train_documents")
+
+
+def documents(metadata: dict) -> int:
+    """The documents a stage's materialisation went through: its count, else its wall time times its docs/s."""
+    value = {k: getattr(v, "value", v) for k, v in metadata.items()}
+    for key in DOCUMENT_COUNTS:
+        if isinstance(value.get(key), int):
+            return value[key]
+    if "wall_seconds" in value and "docs_per_second" in value:
+        return round(float(value["wall_seconds"]) * float(value["docs_per_second"]))
+    return 0
+
+
+def read_summary(instance: dg.DagsterInstance, run_ids: list[str]) -> Summary:
+    summary = Summary()
+    for run_id in run_ids:
+        started: dict[str, float] = {}
+        for entry in instance.all_logs(run_id):
+            event = entry.dagster_event
+            if event is None:
+                continue
+            if event.event_type == dg.DagsterEventType.STEP_START:
+                started[entry.step_key] = entry.timestamp
+            elif event.event_type in ENDED and entry.step_key in started:
+                seconds = entry.timestamp - started.pop(entry.step_key)
+                if entry.step_key in STAGES:
+                    summary.stages[entry.step_key].seconds += seconds
+                else:
+                    summary.check_seconds += seconds
+                    summary.checks += 1
+            elif event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+                materialization = event.event_specific_data.materialization
+                name = materialization.asset_key.to_user_string()
+                metadata = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+                stage = summary.stages[name]
+                stage.documents += documents(materialization.metadata)
+                stage.materialisations += 1
+                if "uri" in metadata:
+                    summary.uris[name] = str(metadata["uri"])
+                if name == "selection" and isinstance(metadata.get("kept"), int):
+                    summary.selected = metadata["kept"]
+                if name == "scored_corpus" and materialization.partition:
+                    kept = metadata.get("kept")
+                    summary.shards[materialization.partition] = (int(metadata.get("dagster/row_count") or 0), None if kept is None else int(kept))
+    return summary
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Columns left-aligned first, right-aligned after, two spaces apart."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(row):
+        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+
+    return [line(header), *[line(row) for row in rows]]
+
+
+def rate(documents: int, seconds: float) -> str:
+    return f"{documents / seconds:,.0f}" if documents and seconds > 0 else "-"
+
+
+def summary_lines(summary: Summary, wall_seconds: float, storage: str, home: str, log_file: str) -> list[str]:
+    rows = []
+    step_seconds = summary.check_seconds
+    for name in STAGES:
+        if name not in summary.stages:
+            continue
+        stage = summary.stages[name]
+        step_seconds += stage.seconds
+        label = f"{name} ({stage.materialisations} shards)" if name in ("raw_corpus", "scored_corpus") else name
+        rows.append([label, f"{stage.seconds:.1f}", f"{stage.documents:,}" if stage.documents else "-", rate(stage.documents, stage.seconds)])
+    rows.append([f"checks ({summary.checks} steps)", f"{summary.check_seconds:.1f}", "", ""])
+    rows.append(["launches, processes, events", f"{max(wall_seconds - step_seconds, 0):.1f}", "", ""])
+    rows.append(["total", f"{wall_seconds:.1f}", "", ""])
+    lines = ["", *table(["stage", "time (s)", "documents", "docs/s"], rows)]
+    if summary.shards:
+        shard_rows = []
+        for shard, (docs, kept) in sorted(summary.shards.items()):
+            shard_rows.append([shard, f"{docs:,}", "-" if kept is None else f"{kept:,}", "-" if kept is None else f"{kept / max(docs, 1):.3f}"])
+        total = sum(d for d, _ in summary.shards.values())
+        kept_total = None if any(k is None for _, k in summary.shards.values()) else sum(k for _, k in summary.shards.values())
+        shard_rows.append(["all shards", f"{total:,}", "-" if kept_total is None else f"{kept_total:,}", "-" if kept_total is None else f"{kept_total / max(total, 1):.3f}"])
+        lines += ["", *table(["shard", "documents", "kept", "keep fraction"], shard_rows)]
+    lines += ["", f"outputs: {storage}"]
+    if "scored_corpus" in summary.uris:
+        lines.append(f"  scored shards: {len(summary.shards)} files, the last {summary.uris['scored_corpus']}")
+    if "selection" in summary.uris:
+        kept = "" if summary.selected is None else f" ({summary.selected:,} kept after near-duplicates and cluster caps)"
+        lines.append(f"  keep list: {summary.uris['selection']}{kept}")
+    lines.append(f"runs, metadata and lineage: DAGSTER_HOME={home} (make ui opens them); Dagster's event lines: {log_file}")
+    return lines
