@@ -8,7 +8,7 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
-from embedding_assets.assets.ingest import raw_corpus, training_sample
+from embedding_assets.assets.ingest import raw_corpus, shared_id_failures, training_sample
 from embedding_assets.assets.reference import NEGATIVE, REFERENCE, annotations, reference_set, text_hash
 from embedding_assets.assets.selection import clusters, current_centroids
 from embedding_assets.assets.training import distilled_model
@@ -257,7 +257,7 @@ def quality_classifier(context: dg.AssetExecutionContext, storage: Storage, cura
                 dg.TableSchema(columns=[dg.TableColumn("setting", "string"), dg.TableColumn("value", "string")]),
             ),
             **head.evaluation,
-            **throughput(time.perf_counter() - started, sample.num_rows, latest_metadata_value(context.instance, "training_sample", "tokens")),
+            **throughput(time.perf_counter() - started, sample.num_rows, latest_metadata_value(context.instance, "features", "tokens")),
         },
     )
 
@@ -298,6 +298,9 @@ def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
 @stop_on_interrupt
 def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.MaterializeResult:
     shard = context.partition_key
+    shared = shared_id_failures(context.instance).get(shard)
+    if shared:
+        raise dg.Failure(f"raw_corpus[{shard}] is not scored: it {shared}; remove or fix one of the shards, then materialise corpus_id_index", allow_retries=False)
     raw = versions.published(context, "raw_corpus", shard)
     embedder = read_model(storage, versions.published(context, "distilled_model"))
     head = read_head(storage, versions.published(context, "quality_classifier"))
@@ -401,7 +404,7 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
             "model_version": embedder.version,
             "classifier_version": head.version,
             "clustered": centroids is not None,
-            **throughput(seconds, rows, latest_metadata_value(context.instance, "raw_corpus", "tokens", shard)),
+            **throughput(seconds, rows, latest_metadata_value(context.instance, "raw_corpus", "tokens_estimate", shard)),
             # Of this step's process: stays flat as shards grow, since batches stream.
             "peak_rss_mb": round(peak_rss_mb(), 1),
         }
