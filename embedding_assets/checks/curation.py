@@ -9,7 +9,7 @@ from embedding_assets.checks.expectations import validate
 from embedding_assets import versions
 from embedding_assets.paths import HEAD_FILE, MODEL_FILE, shard_file
 from embedding_assets.partitions import corpus_shards
-from embedding_assets.stored import read_sample
+from embedding_assets.stored import model_config, read_sample
 from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.engine.curation import CurationHead
 from embedding_assets.resources import QualityGates, Storage
@@ -58,10 +58,10 @@ def quality_classifier_calibration(context: dg.AssetCheckExecutionContext, stora
 
 
 def read_scored(storage: Storage, scored: versions.Version, shard: str) -> pd.DataFrame:
+    """Ids, scores and keep flags of a scored shard; the embedding dimension from the file's schema, not its rows."""
     with storage.open_parquet(*scored.file(shard_file(shard))) as parquet:
-        table = parquet.read(columns=["id", "embedding", "score", "keep"])
-    frame = table.select(["id", "score", "keep"]).to_pandas()
-    frame["embedding_dim"] = table["embedding"].type.list_size
+        frame = parquet.read(columns=["id", "score", "keep"]).to_pandas()
+        frame["embedding_dim"] = parquet.schema_arrow.field("embedding").type.list_size
     return frame
 
 
@@ -71,7 +71,7 @@ def scored_corpus_contract(context: dg.AssetCheckExecutionContext, storage: Stor
     scored = read_scored(storage, versions.latest(context, "scored_corpus", shard), shard)
     with storage.open_parquet(*versions.published(context, "raw_corpus", shard).file(shard_file(shard))) as parquet:
         raw_ids = parquet.read(columns=["id"])["id"].to_pylist()
-    model_dim = LexicalEmbedder.from_bytes(storage.read_bytes(*versions.published(context, "distilled_model").file(MODEL_FILE))).dim
+    model_dim = int(model_config(storage, versions.published(context, "distilled_model"))["dims"][-1])
     head = load_head(storage, versions.published(context, "quality_classifier"))
     scored_ids = scored["id"].tolist()
     missing = sorted(set(raw_ids) - set(scored_ids))[: gates.failing_ids_cap]
