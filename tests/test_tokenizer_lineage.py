@@ -10,7 +10,7 @@ import pytest
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
-from conftest import failure_text, local_resources, write_small_corpus
+from conftest import failure_text, local_resources, stored_file, write_small_corpus
 from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS
 from embedding_assets.engine.features import Features
 from embedding_assets.engine.tokenization import load_tokenizer
@@ -66,7 +66,7 @@ def test_a_teacher_with_another_tokenizer_is_refused_by_distilled_model(tmp_path
             assert dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["raw_corpus"], partition_key=shard, instance=instance, resources=resources).success
         selection = ["corpus_id_index", "training_sample", "teacher_model", "features", "teacher_embeddings"]
         assert dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=selection, instance=instance, resources=resources, run_config=SMALL_SAMPLE).success
-        feats = Features.from_bytes((storage / "features.safetensors").read_bytes())
+        feats = Features.from_bytes(stored_file(storage, "features.safetensors").read_bytes())
         assert (feats.tokenizer_model, feats.tokenizer_sha256) == (first.model, first.tokenizer_sha256())
         features_event = instance.fetch_materializations(dg.AssetKey("features"), limit=1).records[0].asset_materialization
         assert features_event.metadata["tokenizer_sha256"].value == first.tokenizer_sha256()
@@ -74,7 +74,7 @@ def test_a_teacher_with_another_tokenizer_is_refused_by_distilled_model(tmp_path
         # The teacher is swapped for one with another vocabulary, and only its own assets are rebuilt.
         swapped = {**resources, "teacher": second}
         assert dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["teacher_model", "teacher_embeddings"], instance=instance, resources=swapped).success
-        stored = pq.read_schema(storage / "teacher_embeddings.parquet").metadata
+        stored = pq.read_schema(stored_file(storage, "teacher_embeddings.parquet")).metadata
         assert stored[b"tokenizer_sha256"].decode() == second.tokenizer_sha256()
         resolver = get_stale_status_resolver(instance, ALL_ASSETS)
         assert resolver.get_status(dg.AssetKey("features")) == StaleStatus.STALE
@@ -84,12 +84,12 @@ def test_a_teacher_with_another_tokenizer_is_refused_by_distilled_model(tmp_path
         message = failure_text(result)
         for named in (first.model, first.tokenizer_sha256(), str(other), second.tokenizer_sha256()):
             assert named in message, (named, message)
-        assert not (storage / "distilled_model.safetensors").exists()
+        assert not (storage / "distilled_model").exists()
 
         # Features rebuilt with the second teacher agree with its embeddings again.
         rebuilt = dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["features"], instance=instance, resources=swapped, run_config={"ops": {"features": SMALL_SAMPLE["ops"]["features"]}})
         assert rebuilt.success
-        assert Features.from_bytes((storage / "features.safetensors").read_bytes()).tokenizer_sha256 == second.tokenizer_sha256()
+        assert Features.from_bytes(stored_file(storage, "features.safetensors").read_bytes()).tokenizer_sha256 == second.tokenizer_sha256()
 
 
 @pytest.mark.parametrize("spacing", [None, 2])
