@@ -303,8 +303,9 @@ def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
 @stop_on_interrupt
 def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.MaterializeResult:
     shards = context.partition_keys
+    clashes = shared_id_failures(context.instance)
     for shard in shards:
-        shared = shared_id_failures(context.instance).get(shard)
+        shared = clashes.get(shard)
         if shared:
             raise dg.Failure(f"raw_corpus[{shard}] is not scored: it {shared}; remove or fix one of the shards, then materialise corpus_id_index", allow_retries=False)
     raws = {shard: versions.published(context, "raw_corpus", shard) for shard in shards}
