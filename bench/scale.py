@@ -1,6 +1,6 @@
 """Ingest, checks and scoring at 50, 100 and 200 shards: wall time per shard and in total, per-run overhead.
 
-    python -m bench.scale [--shards 50,100,200] [--docs 2000] [--per-run 1] [--workdir DIR]
+    python -m bench.scale [--shards 50,100,200] [--docs 2000] [--per-run 16] [--workdir DIR]
 
 The corpus: SHARDS shards of DOCS documents, synthesised from the packaged sample corpus
 (embedding_assets/data/sample_corpus, four shards of about 3,000 documents): shard i takes DOCS
@@ -8,8 +8,9 @@ rows of sample shard i mod 4 from a shifting offset and prefixes every id with `
 unique across shards. Every size is a fresh instance and storage; the corpus of a smaller size is the
 first shards of the largest.
 
-One small model and classifier are trained once (on the sample corpus itself) and copied into each
-size's storage, so every size scores with the same model. Then, as `make run` does, every shard is
+One small model, classifier and clusters are trained once (on the sample corpus itself) and copied,
+with the instance that records them, into each size's own instance and storage, so every size scores
+with the same published model. Then, as `make run` does, every shard is
 ingested (raw_corpus and its checks, one run per shard, as the corpus sensor requests them), the
 corpus id index and its gate run once over all shards, and every shard is scored (scored_corpus and
 its checks, PER_RUN shards per run: a partition range, as a backfill under scored_corpus's
