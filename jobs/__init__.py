@@ -7,6 +7,7 @@ own pod through dagster-k8s, which must then be installed: the `k8s` extra).
 """
 
 import os
+import warnings
 
 import dagster as dg
 
@@ -19,6 +20,10 @@ from embedding_assets.assets.teacher import teacher_embeddings, teacher_model
 from embedding_assets.assets.training import distilled_model
 
 EXECUTORS = ("multiprocess", "k8s")
+
+# refresh_shard pairs raw_corpus (one shard per run) with scored_corpus (up to 16 per run); Dagster
+# takes the smaller, one shard per run, which is what the corpus sensor requests anyway.
+warnings.filterwarnings("ignore", message="Asset job refresh_shard materializes assets with varying BackfillPolicies", category=UserWarning)
 
 
 def max_concurrent_from_env() -> int:
