@@ -13,7 +13,7 @@ import dagster as dg
 from dagster._core.events import DagsterEventType
 
 CHECK_NAMES = (
-    "raw_corpus_contract", "raw_corpus_ids_unique_across_shards", "features_vocabulary", "features_coverage",
+    "raw_corpus_contract", "corpus_ids_unique_across_shards", "features_vocabulary", "features_coverage",
     "teacher_embeddings_valid", "distilled_model_fidelity", "distilled_model_artifact",
     "quality_classifier_calibration", "scored_corpus_contract", "scored_corpus_drift",
 )

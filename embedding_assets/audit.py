@@ -26,7 +26,8 @@ from embedding_assets.partitions import corpus_shards
 from embedding_assets.resources import Storage
 
 CHECKS = {
-    "raw_corpus": ("raw_corpus_contract", "raw_corpus_ids_unique_across_shards"),
+    "raw_corpus": ("raw_corpus_contract",),
+    "corpus_id_index": ("corpus_ids_unique_across_shards",),
     "features": ("features_vocabulary", "features_coverage"),
     "teacher_embeddings": ("teacher_embeddings_valid",),
     "distilled_model": ("distilled_model_fidelity", "distilled_model_artifact"),

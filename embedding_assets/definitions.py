@@ -6,7 +6,7 @@ import dagster as dg
 
 from embedding_assets.assets.curation import quality_classifier, scored_corpus
 from embedding_assets.assets.features import features
-from embedding_assets.assets.ingest import raw_corpus, training_sample
+from embedding_assets.assets.ingest import corpus_id_index, raw_corpus, training_sample
 from embedding_assets.assets.report import corpus_report
 from embedding_assets.assets.reference import annotations, reference_set
 from embedding_assets.assets.selection import clusters, near_duplicates, selection
@@ -76,7 +76,7 @@ def resources_from_env() -> dict:
     }
 
 
-ALL_ASSETS = [raw_corpus, training_sample, features, teacher_model, teacher_embeddings, distilled_model, reference_set, annotations, quality_classifier, scored_corpus]
+ALL_ASSETS = [raw_corpus, corpus_id_index, training_sample, features, teacher_model, teacher_embeddings, distilled_model, reference_set, annotations, quality_classifier, scored_corpus]
 ALL_ASSETS += [clusters, near_duplicates, selection, corpus_report]
 ALL_CHECKS = dg.load_asset_checks_from_modules([ingest_checks, features_checks, teacher_checks, training_checks, reference_checks, curation_checks, selection_checks])
 

@@ -14,12 +14,13 @@ OWNERS = ["team:data-curation"]
 
 # Bump an asset's entry when its logic changes what it produces.
 CODE_VERSIONS = {
-    "raw_corpus": "1",
-    "training_sample": "1",
-    "features": "1",
+    "raw_corpus": "2",
+    "corpus_id_index": "1",
+    "training_sample": "2",
+    "features": "2",
     "teacher_model": "1",
-    "teacher_embeddings": "2",
-    "distilled_model": "3",
+    "teacher_embeddings": "3",
+    "distilled_model": "4",
     "reference_set": "1",
     "annotations": "1",
     "quality_classifier": "3",

@@ -23,3 +23,12 @@ HEAD_CARD_FILE = "quality_classifier.md"
 def shard_file(shard: str) -> str:
     """A shard's file in a version of raw_corpus[shard] or scored_corpus[shard]."""
     return f"{shard}.parquet"
+
+
+def shard_ids_file(shard: str) -> str:
+    """Beside a shard in its raw_corpus version: the sorted 64-bit hashes of its ids, written once at
+    ingest, which the corpus id index merges, so uniqueness across shards costs one pass over them."""
+    return f"{shard}.ids.parquet"
+
+
+CORPUS_ID_INDEX_FILE = "corpus_id_index.parquet"

@@ -34,6 +34,13 @@ def read_embeddings(storage: Storage, *parts: str) -> tuple[list[str], np.ndarra
     return table["id"].to_pylist(), vectors, metadata
 
 
+def model_config(storage: Storage, model: Version) -> dict:
+    """The student's config (dims, provenance, ...) from its file's safetensors header, without reading its tensors."""
+    from embedding_assets.engine.artifact import read_config
+
+    return read_config(lambda start, length: storage.read_range(start, length, *model.file(paths.MODEL_FILE)))
+
+
 def read_sample(storage: Storage, sample: Version, columns: list[str]) -> pa.Table:
     with storage.open_parquet(*sample.file(paths.TRAINING_SAMPLE_FILE)) as parquet:
         return parquet.read(columns=columns)

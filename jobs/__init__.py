@@ -7,12 +7,13 @@ own pod through dagster-k8s, which must then be installed: the `k8s` extra).
 """
 
 import os
+import warnings
 
 import dagster as dg
 
 from embedding_assets.assets.curation import quality_classifier, scored_corpus
 from embedding_assets.assets.features import features
-from embedding_assets.assets.ingest import raw_corpus, training_sample
+from embedding_assets.assets.ingest import corpus_id_index, raw_corpus, training_sample
 from embedding_assets.assets.reference import annotations, reference_set
 from embedding_assets.assets.report import corpus_report
 from embedding_assets.assets.selection import clusters, near_duplicates, selection
@@ -20,6 +21,10 @@ from embedding_assets.assets.teacher import teacher_embeddings, teacher_model
 from embedding_assets.assets.training import distilled_model
 
 EXECUTORS = ("multiprocess", "k8s")
+
+# refresh_shard pairs raw_corpus (one shard per run) with scored_corpus (up to 16 per run); Dagster
+# takes the smaller, one shard per run, which is what the corpus sensor requests anyway.
+warnings.filterwarnings("ignore", message="Asset job refresh_shard materializes assets with varying BackfillPolicies", category=UserWarning)
 
 
 def max_concurrent_from_env() -> int:
@@ -58,8 +63,8 @@ prepare_curation = dg.define_asset_job(
 
 train_embedder = dg.define_asset_job(
     "train_embedder",
-    selection=dg.AssetSelection.assets(training_sample, features, teacher_model, teacher_embeddings, distilled_model, quality_classifier, clusters),
-    description="From the corpus sample to the distilled model, the curation head and the clusters the scored shards are assigned to.",
+    selection=dg.AssetSelection.assets(corpus_id_index, training_sample, features, teacher_model, teacher_embeddings, distilled_model, quality_classifier, clusters),
+    description="The corpus id index and its uniqueness gate, then from the corpus sample to the distilled model, the curation head and the clusters the scored shards are assigned to.",
 )
 
 score_corpus = dg.define_asset_job(

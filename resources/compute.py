@@ -14,7 +14,7 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 class Compute(dg.ConfigurableResource):
     device: str = Field(default="auto", description="auto (cuda when present, else cpu), cpu, cuda or cuda:N.")
     precision: Literal["fp32", "fp16", "bf16"] = Field(default="fp16", description="Autocast precision of the teacher on a GPU; the CPU always uses fp32.")
-    cpu_threads: int = Field(default=0, description="torch CPU threads; 0 uses every core.")
+    cpu_threads: int = Field(default=0, description="torch CPU threads; 0 uses the CPUs this process may use (the cgroup quota, else the cores).")
 
     @field_validator("device")
     @classmethod
@@ -33,8 +33,10 @@ class Compute(dg.ConfigurableResource):
     def torch_device(self) -> str:
         import torch
 
-        if self.cpu_threads > 0:
-            torch.set_num_threads(self.cpu_threads)
+        from embedding_assets.engine.threads import available_cpus
+
+        # torch sizes its pool from the cores it sees, not from a pod's CPU limit.
+        torch.set_num_threads(self.cpu_threads or available_cpus())
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         if self.device.startswith("cuda"):

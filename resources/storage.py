@@ -202,6 +202,19 @@ class Storage(dg.ConfigurableResource):
         except S3_ERRORS as exc:
             raise StorageError("read", uri, exc) from exc
 
+    def read_range(self, start: int, length: int, *parts: str) -> bytes:
+        """`length` bytes from `start` (fewer at the end of the object): a header without the rest."""
+        uri = self.uri(*parts)
+        try:
+            if is_s3(uri):
+                bucket, key = split_s3_uri(uri)
+                return self._client().get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}")["Body"].read()
+            with open(uri, "rb") as f:
+                f.seek(start)
+                return f.read(length)
+        except S3_ERRORS as exc:
+            raise StorageError("read", uri, exc) from exc
+
     @contextmanager
     def open_parquet(self, *parts: str):
         """A `pyarrow.parquet.ParquetFile` over the stored object, for streaming its batches."""

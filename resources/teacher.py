@@ -81,6 +81,12 @@ class Teacher(dg.ConfigurableResource):
             raise dg.Failure(f"teacher {self.model!r} has no tokenizer.json to build lexical features from", allow_retries=False)
         return (model_dir / "tokenizer.json").read_text(encoding="utf-8")
 
+    def tokenizer_sha256(self) -> str:
+        """The content hash of the teacher's tokenizer (see `engine.tokenization.tokenizer_sha256`)."""
+        from embedding_assets.engine.tokenization import tokenizer_sha256
+
+        return tokenizer_sha256(self.tokenizer_json())
+
     def native_dim(self) -> int | None:
         """The dimension of the teacher's own vectors, from its pooling config (None if it has none)."""
         model_dir = self.model_dir()

@@ -86,7 +86,7 @@ def materialize_pipeline(instance: dg.DagsterInstance, resources: dict, shards: 
     results = []
     for shard in shards:
         results.append(dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["raw_corpus"], partition_key=shard, instance=instance, resources=resources))
-    training = ["training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "quality_classifier", "clusters"]
+    training = ["corpus_id_index", "training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "quality_classifier", "clusters"]
     results.append(dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=training, instance=instance, resources=resources, run_config=run_config))
     for shard in shards:
         results.append(dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["scored_corpus"], partition_key=shard, instance=instance, resources=resources))

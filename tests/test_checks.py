@@ -57,14 +57,25 @@ def test_duplicate_ids_and_empty_texts_fail_the_raw_gate_and_block_scoring(train
     assert not materialized(result, "scored_corpus", "bad")
 
 
-def test_ids_shared_with_another_shard_fail_the_cross_shard_gate(trained):
+def test_ids_shared_with_another_shard_fail_the_index_gate_naming_both_shards(trained):
+    from conftest import failure_text
+
     pq.write_table(pa.table({"id": ["x1", "x2"], "text": ["one text", "two text"]}), trained["corpus"] / "first.parquet")
     pq.write_table(pa.table({"id": ["x2", "x3"], "text": ["three text", "four text"]}), trained["corpus"] / "second.parquet")
+    # Each shard's own gate reads its own ids only, so both pass; the index finds what they share.
     assert run(trained, ["raw_corpus"], partition="first").success
-    result = run(trained, ["raw_corpus", "scored_corpus"], partition="second")
-    passed, meta = evaluation(result, "raw_corpus_ids_unique_across_shards")
-    assert not passed and meta["clashing_ids"] == ["x2"] and meta["clashing_shards"] == ["first"]
-    assert not materialized(result, "scored_corpus", "second")
+    assert run(trained, ["raw_corpus"], partition="second").success
+    result = run(trained, ["corpus_id_index", "training_sample"])
+    passed, meta = evaluation(result, "corpus_ids_unique_across_shards")
+    assert not passed
+    assert meta["clashing_ids"] == ["x2"] and meta["clashing_shards"] == ["first", "second"]
+    assert meta["collisions"] == [{"id": "x2", "shards": ["first", "second"]}]
+    assert meta["clashing_shard_pairs"] == ["first & second"] and meta["shared_ids"] == 1 and meta["ids_indexed"] == 4
+    assert not materialized(result, "training_sample")
+    refused = run(trained, ["scored_corpus"], partition="second")
+    assert not refused.success
+    assert "raw_corpus[first]" in failure_text(refused) and "x2" in failure_text(refused)
+    assert not materialized(refused, "scored_corpus", "second")
 
 
 def test_a_teacher_that_emits_nan_fails_its_gate_and_blocks_training(trained, tmp_path):
@@ -119,7 +130,7 @@ def test_every_gate_passes_on_the_good_pipeline(pipeline):
     evaluations = [e for r in pipeline["results"] for e in r.get_asset_check_evaluations()]
     assert {e.check_name for e in evaluations} == {
         "raw_corpus_contract",
-        "raw_corpus_ids_unique_across_shards",
+        "corpus_ids_unique_across_shards",
         "features_vocabulary",
         "features_coverage",
         "teacher_embeddings_valid",

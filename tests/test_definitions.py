@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = {"raw_corpus", "training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "reference_set", "annotations", "quality_classifier", "scored_corpus", "clusters", "near_duplicates", "selection", "corpus_report"}
+ASSETS = {"raw_corpus", "corpus_id_index", "training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "reference_set", "annotations", "quality_classifier", "scored_corpus", "clusters", "near_duplicates", "selection", "corpus_report"}
 
 
 def test_definitions_hold_every_asset_and_job():

@@ -21,7 +21,7 @@ from embedding_assets.lineage import CODE_VERSIONS, latest_data_version
 from embedding_assets.resources import Teacher
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAINING = ["training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "quality_classifier", "clusters"]
+TRAINING = ["corpus_id_index", "training_sample", "features", "teacher_model", "teacher_embeddings", "distilled_model", "quality_classifier", "clusters"]
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +139,8 @@ def test_3_a_changed_shard_makes_exactly_its_dependents_stale(lineage):
     assert dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["raw_corpus"], partition_key="notes", instance=lineage["instance"], resources=lineage["resources"]).success
 
     stale = {name for name, status in statuses(lineage).items() if status == StaleStatus.STALE}
-    assert stale == {"training_sample", "clusters", "scored_corpus[notes]"}  # what Dagster shows: the direct dependents
-    sample_dependent = {"training_sample", "features", "teacher_embeddings", "distilled_model", "quality_classifier"}
+    assert stale == {"corpus_id_index", "training_sample", "clusters", "scored_corpus[notes]"}  # what Dagster shows: the direct dependents
+    sample_dependent = {"corpus_id_index", "training_sample", "features", "teacher_embeddings", "distilled_model", "quality_classifier"}
     selection = {"clusters", "near_duplicates", "selection"}
     assert needs_refresh(stale, lineage["ids"]) == sample_dependent | selection | {"corpus_report"} | {f"scored_corpus[{s}]" for s in lineage["ids"]}
 

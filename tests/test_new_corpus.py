@@ -272,18 +272,19 @@ def test_12_both_shards_that_share_ids_are_left_out_and_the_terminal_says_why(tr
     write_rows(trained["corpus"] / "good.parquet", sample_rows(80, 0))
     write_rows(trained["corpus"] / "first.parquet", sample_rows(30, 100))
     write_rows(trained["corpus"] / "second.parquet", sample_rows(30, 120))  # ten ids of first again
-    for shard in ("good", "first"):
+    for shard in ("good", "first", "second"):
         assert materialize(trained["instance"], trained["resources"], ["raw_corpus"], shard).success
-    later = materialize(trained["instance"], trained["resources"], ["raw_corpus"], "second")
-    assert not later.success
-    reasons = " ".join(failure_reasons(later))
+    indexed = materialize(trained["instance"], trained["resources"], ["corpus_id_index", "training_sample"])
+    assert not indexed.success
+    reasons = " ".join(failure_reasons(indexed))
     shared = sorted(r["id"] for r in sample_rows(10, 120))
-    assert "raw_corpus_ids_unique_across_shards failed" in reasons and "clashing_shards ['first']" in reasons and shared[0] in reasons
+    assert "corpus_ids_unique_across_shards failed" in reasons and "clashing_shards ['first', 'second']" in reasons and shared[0] in reasons
     result = materialize(trained["instance"], trained["resources"], ["training_sample"])
     assert result.success, failure_text(result)
     assert sample_ids(trained["storage"]) == {r["id"] for r in sample_rows(80, 0)}
     excluded = {row.data["shard"]: row.data["reason"] for row in result.asset_materializations_for_node("training_sample")[0].metadata["excluded_shards"].records}
     assert sorted(excluded) == ["first", "second"] and "shares ids with raw_corpus[second]" in excluded["first"]
+    assert "shares ids with raw_corpus[first]" in excluded["second"]
 
 
 # --- 6: what would fail after the teacher is refused before it --------------------------------------

@@ -1,6 +1,7 @@
 """Curation: the quality classifier on student embeddings, and the scored corpus, shard by shard."""
 
 import json
+import os
 import time
 from dataclasses import dataclass, replace
 
@@ -8,7 +9,7 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
-from embedding_assets.assets.ingest import raw_corpus, training_sample
+from embedding_assets.assets.ingest import raw_corpus, shared_id_failures, training_sample
 from embedding_assets.assets.reference import NEGATIVE, REFERENCE, annotations, reference_set, text_hash
 from embedding_assets.assets.selection import clusters, current_centroids
 from embedding_assets.assets.training import distilled_model
@@ -21,7 +22,7 @@ from embedding_assets.engine.curation import NONE, CurationHead, head_card, lexi
 from embedding_assets.engine.errors import ArtifactError
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.interrupts import stop_on_interrupt
-from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, code_versions_table, latest_metadata_value
+from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, code_versions_table, latest_metadata_value, short_hash
 from embedding_assets.placement import SHARD_POD_TAGS
 from embedding_assets.plots import score_histogram
 from embedding_assets.progress import ProgressLog, StepMemory, throughput
@@ -33,6 +34,7 @@ from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
 # rest is cut and counted, so one huge document costs bounded time and memory.
 MAX_SCORED_CHARS = 1_000_000
 MIN_CALIBRATION_DOCUMENTS = 50
+SHARDS_PER_RUN = int(os.environ.get("EMBEDDING_ASSETS_SHARDS_PER_RUN") or 16)
 SCORE_BINS = 20
 BOOLEAN_LABELS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False, "keep": True, "drop": False}
 
@@ -255,7 +257,7 @@ def quality_classifier(context: dg.AssetExecutionContext, storage: Storage, cura
             "settings": settings_table(settings),
             **({"positive_labels": labels_table(settings["positive_labels"])} if settings.get("positive_labels") else {}),
             **head.evaluation,
-            **throughput(time.perf_counter() - started, sample.num_rows, latest_metadata_value(context.instance, "training_sample", "tokens")),
+            **throughput(time.perf_counter() - started, sample.num_rows, latest_metadata_value(context.instance, "features", "tokens")),
         },
     )
 
@@ -306,6 +308,9 @@ def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
     code_version=CODE_VERSIONS["scored_corpus"],
     retry_policy=STORAGE_RETRY_POLICY,
     op_tags=SHARD_POD_TAGS,
+    # A backfill (UI, CLI, automation) scores up to SHARDS_PER_RUN shards per run, loading the model once
+    # per run instead of once per shard, and paying one run's start for them all.
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=SHARDS_PER_RUN),
     # Missing partitions, and partitions whose shard, model or classifier was re-materialised, once
     # every input's blocking checks passed (the step itself also refuses an input that failed one).
     automation_condition=dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
@@ -313,9 +318,14 @@ def scored_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
 )
 @stop_on_interrupt
 def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.MaterializeResult:
-    shard = context.partition_key
+    shards = context.partition_keys
     memory = StepMemory.start()
-    raw = versions.published(context, "raw_corpus", shard)
+    clashes = shared_id_failures(context.instance)
+    for shard in shards:
+        shared = clashes.get(shard)
+        if shared:
+            raise dg.Failure(f"raw_corpus[{shard}] is not scored: it {shared}; remove or fix one of the shards, then materialise corpus_id_index", allow_retries=False)
+    raws = {shard: versions.published(context, "raw_corpus", shard) for shard in shards}
     embedder = read_model(storage, versions.published(context, "distilled_model"))
     head = read_head(storage, versions.published(context, "quality_classifier"))
     if head.model_version != embedder.version:
@@ -325,7 +335,22 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
         )
     centroids, clusters_version = current_centroids(context, storage, embedder.version)
     if centroids is None:
-        context.log.warning(f"no clusters for model {embedder.version}: the cluster columns of {shard} stay null; materialise clusters, then this shard")
+        context.log.warning(f"no clusters for model {embedder.version}: the cluster columns stay null; materialise clusters, then score the shards again")
+    # The model, head and centroids are loaded once per step, however many shards it scores (BackfillPolicy).
+    scored = {shard: score_shard(context, storage, shard, raws[shard], embedder, head, centroids, clusters_version) for shard in shards}
+    # The step's own memory, which stays flat as shards grow, since batches stream.
+    step_memory = memory.report()
+    if len(shards) == 1:
+        data_version, metadata = scored[shards[0]]
+        return dg.MaterializeResult(data_version=dg.DataVersion(data_version), metadata={**metadata, **step_memory})
+    # A step's output has one data version for all its partitions: each shard's own is in its metadata.
+    for shard, (data_version, metadata) in scored.items():
+        context.add_asset_metadata({**metadata, **step_memory, "shard_content_version": data_version}, partition_key=shard)
+    return dg.MaterializeResult(data_version=dg.DataVersion(short_hash(*(scored[shard][0] for shard in shards))))
+
+
+def score_shard(context, storage: Storage, shard: str, raw: versions.Version, embedder: LexicalEmbedder, head: CurationHead, centroids, clusters_version: str) -> tuple[str, dict]:
+    """Score one shard into a new version of scored_corpus[shard]: its content hash and its materialisation metadata."""
     lineage = {
         "shard": shard,
         "raw_shard_version": raw.data_version or "unknown",
@@ -406,24 +431,19 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
         if head.scores
         else {"scores": "none: no curation is configured (set --reference, --annotations or --positive-labels)"}
     )
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(hasher.version),
-        metadata={
-            "shard": shard,
-            "dagster/row_count": rows,
-            "raw_shard_version": lineage["raw_shard_version"],
-            "code_versions": code_versions_table(),
-            "uri": dg.MetadataValue.path(uri),
-            **versions.record(context, storage, version),
-            "curation_mode": head.mode,
-            **scoring,
-            "truncated_texts": truncated,
-            "empty_texts": empty,
-            "model_version": embedder.version,
-            "classifier_version": head.version,
-            "clustered": centroids is not None,
-            **throughput(seconds, rows, latest_metadata_value(context.instance, "raw_corpus", "tokens", shard)),
-            # Stays flat as shards grow, since batches stream.
-            **memory.report(),
-        }
-    )
+    return hasher.version, {
+        "shard": shard,
+        "dagster/row_count": rows,
+        "raw_shard_version": lineage["raw_shard_version"],
+        "code_versions": code_versions_table(),
+        "uri": dg.MetadataValue.path(uri),
+        **versions.record(context, storage, version),
+        "curation_mode": head.mode,
+        **scoring,
+        "truncated_texts": truncated,
+        "empty_texts": empty,
+        "model_version": embedder.version,
+        "classifier_version": head.version,
+        "clustered": centroids is not None,
+        **throughput(seconds, rows, latest_metadata_value(context.instance, "raw_corpus", "tokens_estimate", shard)),
+    }

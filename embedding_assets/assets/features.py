@@ -9,13 +9,14 @@ from pydantic import Field
 
 from embedding_assets import paths, versions
 from embedding_assets.assets.ingest import training_sample
+from embedding_assets.assets.teacher import teacher_model
 from embedding_assets.engine.features import build_features
 from embedding_assets.engine.ngrams import PAD
 from embedding_assets.engine.tokenization import load_tokenizer
 from embedding_assets.progress import throughput
 from embedding_assets.resources import Storage, Teacher
 from embedding_assets.stored import read_sample
-from embedding_assets.lineage import CODE_VERSIONS, OWNERS, latest_metadata_value, short_hash
+from embedding_assets.lineage import CODE_VERSIONS, OWNERS, short_hash
 
 
 
@@ -75,7 +76,8 @@ def lengths_table(lengths: np.ndarray, max_length: int) -> dg.TableMetadataValue
 
 
 @dg.asset(
-    deps=[training_sample],
+    # The n-grams are made of the teacher's WordPiece ids: another teacher tokenizer means other features.
+    deps=[training_sample, teacher_model],
     group_name="training",
     kinds={"safetensors"},
     owners=OWNERS,
@@ -85,7 +87,7 @@ def lengths_table(lengths: np.ndarray, max_length: int) -> dg.TableMetadataValue
 def features(context: dg.AssetExecutionContext, config: FeaturesConfig, storage: Storage, teacher: Teacher) -> dg.MaterializeResult:
     if config.vocabulary_size < 1 or not 1 <= config.max_ngram_length <= 16:
         raise dg.Failure(f"vocabulary_size must be >= 1 and max_ngram_length in 1..16; got {config.vocabulary_size}, {config.max_ngram_length}")
-    sample = read_sample(storage, versions.published(context, "training_sample"), ["id", "text"])
+    sample = read_sample(storage, versions.published(context, "training_sample"), ["id", "text", "split"])
     texts = sample["text"].to_pylist()
     batches = [texts[i : i + 4096] for i in range(0, len(texts), 4096)]
     started = time.perf_counter()
@@ -98,6 +100,7 @@ def features(context: dg.AssetExecutionContext, config: FeaturesConfig, storage:
         min_document_frequency=config.min_document_frequency,
         counter_capacity=config.counter_capacity,
         front_end=config.front_end,
+        tokenizer_model=teacher.model,
     )
     seconds = time.perf_counter() - started
     data = built.to_bytes()
@@ -110,6 +113,8 @@ def features(context: dg.AssetExecutionContext, config: FeaturesConfig, storage:
         metadata={
             "uri": dg.MetadataValue.path(uri),
             **versions.record(context, storage, version),
+            "tokenizer_model": built.tokenizer_model,
+            "tokenizer_sha256": built.tokenizer_sha256,
             "vocabulary_size": built.vocabulary.size,
             "counted_ngrams": built.counted_ngrams,
             "documents": len(texts),
@@ -118,7 +123,10 @@ def features(context: dg.AssetExecutionContext, config: FeaturesConfig, storage:
             "ngrams_by_length": lengths_table(lengths, config.max_ngram_length),
             "idf_min": round(float(built.vocabulary.idf.min()), 3) if built.vocabulary.size else 0.0,
             "idf_max": round(float(built.vocabulary.idf.max()), 3) if built.vocabulary.size else 0.0,
-            **throughput(seconds, len(texts), latest_metadata_value(context.instance, "training_sample", "tokens")),
+            # Counted here, where the sample is tokenised anyway; later stages report rates against these.
+            "tokens": int(built.document_tokens.sum()),
+            "train_tokens": int(built.document_tokens[np.array(sample["split"].to_pylist()) == "train"].sum()),
+            **throughput(seconds, len(texts), int(built.document_tokens.sum())),
             "ngrams_by_idf_band": idf_bands(built),
         }
     )

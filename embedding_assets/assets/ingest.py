@@ -1,6 +1,9 @@
 """Ingest: each corpus shard under the corpus contract, and the training sample drawn from them."""
 
 import hashlib
+import itertools
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -8,19 +11,22 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pydantic import Field
 
 from embedding_assets.engine.config import DistillConfig
 from embedding_assets.engine.errors import InputError, SourceUnavailable
 from embedding_assets.engine.tokenization import load_tokenizer
 from embedding_assets.partitions import corpus_shards
-from embedding_assets.paths import TRAINING_SAMPLE_FILE, shard_file
+from embedding_assets.engine.threads import available_cpus
+from embedding_assets.paths import CORPUS_ID_INDEX_FILE, TRAINING_SAMPLE_FILE, shard_file, shard_ids_file
 from embedding_assets.progress import throughput, token_counts
 from embedding_assets.resources import CorpusSource, Curation, Storage, Teacher
 from embedding_assets.resources.curation import CurationSettingsError
 from embedding_assets.resources.s3 import is_transient
 from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
 from embedding_assets.interrupts import stop_on_interrupt
+from embedding_assets.checks.reasons import failure_reason
 from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_metadata_value, short_hash
 from embedding_assets import versions
 
@@ -40,6 +46,8 @@ def shard_schema(schema: pa.Schema) -> dg.TableSchema:
         else dg.TableColumn(f.name, str(f.type), "extra column of the shard, passed through as is")
         for f in schema
     ])
+# Tokens per character are measured on this many characters of a shard's first documents.
+TOKEN_ESTIMATE_CHARACTERS = 200_000
 
 
 def retryable(exc: InputError) -> bool:
@@ -147,22 +155,35 @@ def corpus_shards_now(context, corpus: CorpusSource) -> CorpusShards:
         problems = versions.gate_problems(instance, latest[shard])
         if problems:
             failed[shard] = "; ".join(problems.values())
-        for other in clashing_shards(instance, shard):
-            # Of two shards that share ids, the gate fails on the one ingested later only: exclude its partners too.
-            if other in listing:
-                failed.setdefault(other, f"shares ids with raw_corpus[{shard}], whose raw_corpus_ids_unique_across_shards gate failed")
+    for shard, why in shared_id_failures(instance).items():
+        if shard in listing:
+            failed.setdefault(shard, why)
     published = {shard: latest[shard] for shard in current if shard not in failed}
     return CorpusShards(current, departed, dict(sorted(failed.items())), published)
 
 
-def clashing_shards(instance: dg.DagsterInstance, shard: str) -> list[str]:
-    """The shards the latest id gate of `shard` found sharing its ids."""
-    key = dg.AssetCheckKey(raw_corpus.key, "raw_corpus_ids_unique_across_shards")
-    records = instance.event_log_storage.get_asset_check_execution_history(key, limit=1, partition_filter=versions.PartitionKeyFilter(key=shard))
+def shared_id_failures(instance: dg.DagsterInstance) -> dict[str, str]:
+    """Shards that share ids with another, as the gate of the latest corpus_id_index found: shard -> why."""
+    latest = versions.latest_version(instance, "corpus_id_index")
+    if latest is None:
+        return {}
+    key = dg.AssetCheckKey(dg.AssetKey("corpus_id_index"), "corpus_ids_unique_across_shards")
+    records = instance.event_log_storage.get_asset_check_execution_history(key, limit=1)
     evaluation = records[0].event.dagster_event.event_specific_data if records and records[0].event else None
-    if evaluation is None or getattr(evaluation, "passed", True):
-        return []
-    return list(getattr(evaluation.metadata.get("clashing_shards"), "value", None) or [])
+    target = getattr(evaluation, "target_materialization_data", None)
+    # Only the gate's result on the latest index counts: an older clash may have been fixed since.
+    if evaluation is None or evaluation.passed or target is None or target.storage_id != latest.storage_id:
+        return {}
+    problem = failure_reason(evaluation.check_name, evaluation.metadata)
+    partners: dict[str, set[str]] = {}
+    for pair in evaluation.metadata["clashing_shard_pairs"].value:
+        a, b = pair.split(" & ")
+        partners.setdefault(a, set()).add(b)
+        partners.setdefault(b, set()).add(a)
+    return {
+        shard: f"shares ids with raw_corpus[{', '.join(sorted(partners.get(shard, {'...'})))}]: {problem}"
+        for shard in evaluation.metadata["clashing_shards"].value
+    }
 
 
 @dg.asset(
@@ -186,8 +207,6 @@ def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage:
         raise dg.Failure(str(exc), allow_retries=retryable(exc)) from exc
     if shard not in shards:
         raise dg.Failure(f"shard {shard!r} is a partition but no such file is under {corpus.location}", allow_retries=False)
-    tokenizer = load_tokenizer(teacher.tokenizer_json())
-    tokens = 0
     started = time.perf_counter()
     batches = corpus.read(shards[shard])
     try:
@@ -196,27 +215,30 @@ def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage:
         raise dg.Failure(f"shard {shard}: the file has no documents ({shards[shard]})", allow_retries=False) from None
     except InputError as exc:
         raise dg.Failure(str(exc), allow_retries=retryable(exc)) from exc
+    characters = 0
+    id_hashes: list[np.ndarray] = []
 
     def all_batches():
-        nonlocal tokens
-        tokens += int(token_counts(tokenizer, first.column("text").to_pylist()).sum())
-        yield first
-        for batch in batches:
+        nonlocal characters
+        for batch in itertools.chain([first], batches):
             if batch.schema != first.schema:
                 try:
                     batch = pa.Table.from_batches([batch]).cast(first.schema).to_batches()[0]
                 except (pa.ArrowInvalid, ValueError, KeyError) as exc:
                     raise InputError(f"shard {shard}: columns change part-way through the file: {batch.schema} vs {first.schema}") from exc
-            tokens += int(token_counts(tokenizer, batch.column("text").to_pylist()).sum())
+            characters += text_characters(batch)
+            id_hashes.append(corpus_id_hash(batch.column("id")))
             yield batch
 
     hasher = BatchHasher()
     version = versions.new_version(context, "raw_corpus", shard)
     try:
         uri, rows = storage.write_parquet(hasher.wrap(all_batches()), first.schema, *version.file(shard_file(shard)))
+        write_id_hashes(storage, version, shard, id_hashes)
     except InputError as exc:
         raise dg.Failure(str(exc), allow_retries=retryable(exc)) from exc
     seconds = time.perf_counter() - started
+    tokens = estimated_tokens(teacher, first, characters)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(hasher.version),
         metadata={
@@ -228,9 +250,101 @@ def raw_corpus(context: dg.AssetExecutionContext, corpus: CorpusSource, storage:
             "source_fingerprint": listing.fingerprints[shard],
             "uri": dg.MetadataValue.path(uri),
             **versions.record(context, storage, version),
-            "tokens": tokens,
+            "characters": characters,
+            "tokens_estimate": tokens,
             **throughput(seconds, rows, tokens),
         }
+    )
+
+
+def text_characters(batch: pa.RecordBatch) -> int:
+    return int(pc.sum(pc.utf8_length(batch.column("text"))).as_py() or 0)
+
+
+def estimated_tokens(teacher: Teacher, first: pa.RecordBatch, characters: int) -> int:
+    """The shard's WordPiece tokens, estimated from its characters at the rate of its first documents
+    (at most TOKEN_ESTIMATE_CHARACTERS of them): ingest never tokenises a whole shard only to count.
+    Features, which tokenise the sample anyway, count exactly."""
+    texts, seen = [], 0
+    for text in first.column("text").to_pylist():
+        if text is None:
+            continue
+        texts.append(text)
+        seen += len(text)
+        if seen >= TOKEN_ESTIMATE_CHARACTERS:
+            break
+    if not seen:
+        return 0
+    counted = int(token_counts(load_tokenizer(teacher.tokenizer_json()), texts).sum())
+    return round(characters * counted / seen)
+
+
+def corpus_id_hash(ids: pa.Array) -> np.ndarray:
+    """The 64-bit hash of each (non-null) id that the corpus id index merges."""
+    return id_hash(pc.drop_null(ids).cast(pa.string()).to_pylist(), "corpus-id")
+
+
+def write_id_hashes(storage: Storage, version: versions.Version, shard: str, hashes: list[np.ndarray]) -> None:
+    """The shard's id hashes, sorted, in the same version folder as the shard: written once, at ingest."""
+    column = np.sort(np.concatenate(hashes)) if hashes else np.empty(0, np.uint64)
+    schema = pa.schema([pa.field("id_hash", pa.uint64(), nullable=False)], metadata={"shard": shard})
+    table = pa.table([pa.array(column, pa.uint64())], schema=schema)
+    storage.write_parquet(table.to_batches(max_chunksize=1 << 20), schema, *version.file(shard_ids_file(shard)))
+
+
+INDEX_SCHEMA = pa.schema([pa.field("id_hash", pa.uint64(), nullable=False), pa.field("shard", pa.string(), nullable=False)])
+
+
+def id_hash_batches(storage: Storage, shards: dict[str, versions.Version]):
+    """Every shard's id hashes with its name, streamed from the files written beside the shards."""
+    for shard, version in shards.items():
+        with storage.open_parquet(*version.file(shard_ids_file(shard))) as parquet:
+            for batch in parquet.iter_batches(batch_size=1 << 20, columns=["id_hash"]):
+                yield pa.record_batch([batch.column(0), pa.repeat(pa.scalar(shard, pa.string()), batch.num_rows)], schema=INDEX_SCHEMA)
+
+
+@dg.asset(
+    deps=[raw_corpus],
+    group_name="ingest",
+    kinds={"duckdb", "parquet"},
+    owners=OWNERS,
+    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id_hash", "uint64", "64-bit hash of a document id"), dg.TableColumn("shard", "string")])},
+    code_version=CODE_VERSIONS["corpus_id_index"],
+    retry_policy=STORAGE_RETRY_POLICY,
+    description=(
+        "Every id hash of every published shard of the corpus location, with its shard, sorted by hash: merged once from the "
+        "hashes each shard wrote at ingest, so checking ids across shards costs one pass over all ids, not one per shard."
+    ),
+)
+@stop_on_interrupt
+def corpus_id_index(context: dg.AssetExecutionContext, corpus: CorpusSource, storage: Storage) -> dg.MaterializeResult:
+    import duckdb
+
+    started = time.perf_counter()
+    shards = shards_in_location(context, corpus)
+    if not shards:
+        raise dg.Failure(f"no shard of {corpus.location} is ingested with its gates passed: materialise raw_corpus first", allow_retries=False)
+    reader = pa.RecordBatchReader.from_batches(INDEX_SCHEMA, id_hash_batches(storage, shards))
+    version = versions.new_version(context, "corpus_id_index")
+    with tempfile.TemporaryDirectory(prefix="corpus-id-index-") as scratch:
+        merged = os.path.join(scratch, "index.parquet")
+        with duckdb.connect(config={"temp_directory": scratch, "threads": available_cpus()}) as db:
+            db.register("hashes", reader)
+            db.execute(f"COPY (SELECT id_hash, shard FROM hashes ORDER BY id_hash, shard) TO '{merged}' (FORMAT parquet, COMPRESSION zstd)")
+        index = pq.ParquetFile(merged)
+        batches = (pa.RecordBatch.from_arrays(batch.columns, schema=INDEX_SCHEMA) for batch in index.iter_batches(batch_size=1 << 20))
+        hasher = BatchHasher()
+        uri, rows = storage.write_parquet(hasher.wrap(batches), INDEX_SCHEMA, *version.file(CORPUS_ID_INDEX_FILE))
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(hasher.version),
+        metadata={
+            "dagster/row_count": rows,
+            "uri": dg.MetadataValue.path(uri),
+            **versions.record(context, storage, version),
+            "shards": len(shards),
+            "raw_shard_versions": {shard: v.name for shard, v in list(shards.items())[:50]},
+            **throughput(time.perf_counter() - started, rows),
+        },
     )
 
 
@@ -283,7 +397,7 @@ def refuse_untrainable(context, config: SampleConfig, kept: pa.Table, split: np.
 
 
 @dg.asset(
-    deps=[raw_corpus],
+    deps=[raw_corpus, corpus_id_index],
     group_name="ingest",
     kinds={"parquet"},
     owners=OWNERS,
@@ -297,7 +411,7 @@ def refuse_untrainable(context, config: SampleConfig, kept: pa.Table, split: np.
 )
 @stop_on_interrupt
 def training_sample(
-    context: dg.AssetExecutionContext, config: SampleConfig, corpus: CorpusSource, storage: Storage, teacher: Teacher, curation: Curation
+    context: dg.AssetExecutionContext, config: SampleConfig, corpus: CorpusSource, storage: Storage, curation: Curation
 ) -> dg.MaterializeResult:
     if config.size < 2 or not 0 < config.heldout_fraction < 1:
         raise dg.Failure(f"sample size must be >= 2 and heldout_fraction in (0, 1); got {config.size}, {config.heldout_fraction}", allow_retries=False)
@@ -318,22 +432,30 @@ def training_sample(
     total = 0
     for shard in shards:
         with storage.open_parquet(*found.published[shard].file(shard_file(shard))) as parquet:
-            for batch in parquet.iter_batches(batch_size=8192):
+            has_label = config.label_column in parquet.schema_arrow.names
+            columns = ["id", "text"] + ([config.label_column] if has_label else [])
+            # Only the columns the sample keeps, a record batch at a time: memory holds the sample and one batch.
+            for batch in parquet.iter_batches(batch_size=8192, columns=columns):
                 ids = batch.column("id").to_pylist()
                 total += len(ids)
-                names = batch.schema.names
-                labels = batch.column(config.label_column) if config.label_column in names else pa.nulls(len(ids), pa.string())
+                hashes = id_hash(ids, f"sample:{config.seed}")
+                if kept is not None and kept.num_rows >= config.size:
+                    # Rows above the k-th smallest hash so far can never enter the sample.
+                    chosen = hashes <= kept["sample_hash"][config.size - 1].as_py()
+                    if not chosen.any():
+                        continue
+                    batch, hashes = batch.filter(pa.array(chosen)), hashes[chosen]
+                labels = batch.column(config.label_column) if has_label else pa.nulls(batch.num_rows, pa.string())
                 candidates = pa.table({
                     "id": batch.column("id"),
                     "text": batch.column("text"),
                     "label": labels.cast(pa.string()),
-                    "shard": pa.array([shard] * len(ids), pa.string()),
-                    "sample_hash": pa.array(id_hash(ids, f"sample:{config.seed}")),
+                    "shard": pa.array([shard] * batch.num_rows, pa.string()),
+                    "sample_hash": pa.array(hashes),
                 })
                 kept = candidates if kept is None else pa.concat_tables([kept, candidates])
-                if kept.num_rows > config.size:
-                    order = np.lexsort((np.array(kept["id"].to_pylist(), dtype=object), kept["sample_hash"].to_numpy()))
-                    kept = kept.take(order[: config.size])
+                order = np.lexsort((np.array(kept["id"].to_pylist(), dtype=object), kept["sample_hash"].to_numpy()))
+                kept = kept.take(order[: config.size])
     if kept is None or kept.num_rows == 0:
         raise dg.Failure("no documents to sample: no raw_corpus shard is materialised", allow_retries=False)
     order = np.lexsort((np.array(kept["id"].to_pylist(), dtype=object), kept["sample_hash"].to_numpy()))
@@ -350,8 +472,7 @@ def training_sample(
     heldout = int((split == "heldout").sum())
     labels = pc.value_counts(sample["label"]).to_pylist()
     shard_versions = {shard: found.published[shard].data_version for shard in shards}
-    tokens = token_counts(load_tokenizer(teacher.tokenizer_json()), sample["text"].to_pylist())
-    shard_tokens = [latest_metadata_value(context.instance, "raw_corpus", "tokens", shard) for shard in shards]
+    shard_tokens = [latest_metadata_value(context.instance, "raw_corpus", "tokens_estimate", shard) for shard in shards]
     corpus_tokens = sum(shard_tokens) if None not in shard_tokens else None
     return dg.MaterializeResult(
         data_version=dg.DataVersion(short_hash(hasher.version, str(config.size), str(config.seed))),
@@ -373,8 +494,6 @@ def training_sample(
             "heldout_documents": heldout,
             "labels": len([v for v in labels if v["values"] is not None]),
             "seed": config.seed,
-            "tokens": int(tokens.sum()),
-            "train_tokens": int(tokens[split == "train"].sum()),
             **throughput(time.perf_counter() - started, total, corpus_tokens),
         }
     )

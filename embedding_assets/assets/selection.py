@@ -230,7 +230,7 @@ def share_table(rows: list[dict], key: str) -> dg.TableMetadataValue:
 
 
 @dg.asset(
-    deps=["scored_corpus", clusters],
+    deps=["scored_corpus", clusters, distilled_model],
     group_name="selection",
     kinds={"faiss", "parquet"},
     owners=OWNERS,
@@ -328,7 +328,8 @@ SELECTION_SCHEMA = pa.schema([
 
 
 @dg.asset(
-    deps=[near_duplicates],
+    # Reads the scored shards and the clusters of the current model, besides the duplicate groups.
+    deps=[near_duplicates, "scored_corpus", clusters, distilled_model],
     group_name="selection",
     kinds={"parquet"},
     owners=OWNERS,

@@ -63,7 +63,7 @@ def teacher_model(context: dg.AssetExecutionContext, teacher: Teacher, storage: 
     uri = storage.write_bytes(json.dumps(identity, indent=1, sort_keys=True).encode(), *version.file(paths.TEACHER_MODEL_FILE))
     return dg.MaterializeResult(
         data_version=dg.DataVersion(identity["sha256"]),
-        metadata={"uri": dg.MetadataValue.path(uri), **versions.record(context, storage, version), **{k: str(v) for k, v in identity.items()}},
+        metadata={"uri": dg.MetadataValue.path(uri), **versions.record(context, storage, version), **{k: str(v) for k, v in identity.items()}, "tokenizer_sha256": teacher.tokenizer_sha256()},
     )
 
 
@@ -110,6 +110,7 @@ def teacher_embeddings(
     schema = embeddings_schema(dim, pa.float32(), {
         "model": identity["model"],
         "model_sha256": identity["sha256"],
+        "tokenizer_sha256": teacher.tokenizer_sha256(),
         "dim": str(dim),
         "normalization": "l2" if teacher.normalize else "none",
         "quantization_limit": "none",
@@ -126,6 +127,7 @@ def teacher_embeddings(
             **versions.record(context, storage, version),
             "teacher": identity["model"],
             "teacher_sha256": identity["sha256"],
+            "tokenizer_sha256": schema.metadata[b"tokenizer_sha256"].decode(),
             "device": result.device,
             "dim": dim,
             "chunk_size": config.chunk_size,
@@ -136,6 +138,6 @@ def teacher_embeddings(
             "chunk_folders_removed": removed,
             "prior_tokens": len(result.token_sums.ids),
             # Throughput of the teacher itself: only the documents embedded in this run count.
-            **throughput(result.seconds, result.embedded, latest_metadata_value(context.instance, "training_sample", "tokens") if result.reused == 0 else None),
+            **throughput(result.seconds, result.embedded, latest_metadata_value(context.instance, "features", "tokens") if result.reused == 0 else None),
         }
     )

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from embedding_assets import paths, versions
 from embedding_assets.assets.features import features
+from embedding_assets.assets.ingest import training_sample
 from embedding_assets.assets.teacher import teacher_embeddings
 from embedding_assets.engine.config import DistillConfig
 from embedding_assets.progress import ProgressLog, throughput
@@ -32,7 +33,7 @@ class DistillationConfig(DistillConfig, dg.Config):
 
 
 @dg.asset(
-    deps=[features, teacher_embeddings],
+    deps=[features, teacher_embeddings, training_sample],
     group_name="training",
     kinds={"pytorch", "safetensors"},
     owners=OWNERS,
@@ -55,6 +56,7 @@ def distilled_model(
     inputs = {key: versions.published(context, key) for key in UPSTREAM}
     feats = Features.from_bytes(storage.read_bytes(*inputs["features"].file(paths.FEATURES_FILE)))
     teacher_ids, teacher_vectors, teacher_meta = read_embeddings(storage, *inputs["teacher_embeddings"].file(paths.TEACHER_EMBEDDINGS_FILE))
+    refuse_tokenizer_mismatch(feats, teacher_meta)
     sample = read_sample(storage, inputs["training_sample"], ["id", "text", "label", "split"])
     if not feats.ids == teacher_ids == sample["id"].to_pylist():
         raise dg.Failure("features, teacher_embeddings and training_sample disagree on the documents; re-materialise them together")
@@ -79,8 +81,29 @@ def distilled_model(
         "uri": dg.MetadataValue.path(uri),
         **versions.record(context, storage, version),
         **training_metadata(embedder, report),
-        **throughput(time.perf_counter() - started, report.train_documents * config.epochs, scaled(latest_metadata_value(context.instance, "training_sample", "train_tokens"), config.epochs)),
+        **throughput(time.perf_counter() - started, report.train_documents * config.epochs, scaled(latest_metadata_value(context.instance, "features", "train_tokens"), config.epochs)),
     })
+
+
+def refuse_tokenizer_mismatch(feats, teacher_meta: dict[bytes, bytes]) -> None:
+    """The student's n-grams and the teacher's token prior index one vocabulary: features and
+    teacher embeddings must come from the same tokenizer, compared by content hash."""
+    teacher_model = teacher_meta.get(b"model", b"unknown").decode()
+    teacher_hash = teacher_meta.get(b"tokenizer_sha256", b"").decode()
+    features_model = feats.tokenizer_model or "unknown"
+    if not teacher_hash:
+        raise dg.Failure(
+            f"teacher_embeddings (teacher {teacher_model}) record no tokenizer hash, so they cannot be matched with the features "
+            f"(tokenizer of {features_model}, sha256 {feats.tokenizer_sha256}); re-materialise teacher_embeddings",
+            allow_retries=False,
+        )
+    if teacher_hash != feats.tokenizer_sha256:
+        raise dg.Failure(
+            f"features were built with the tokenizer of {features_model} (sha256 {feats.tokenizer_sha256}), but teacher_embeddings "
+            f"come from {teacher_model}, whose tokenizer is sha256 {teacher_hash}: the n-grams and the teacher's token ids belong to "
+            "two vocabularies; re-materialise features (and teacher_embeddings) with one teacher",
+            allow_retries=False,
+        )
 
 
 def settings(config: DistillationConfig) -> DistillConfig:

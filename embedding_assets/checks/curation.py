@@ -1,16 +1,19 @@
 """Gates on curation: the classifier's quality and calibration, and each scored shard against its raw shard."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 import numpy as np
 import pandas as pd
 
 from embedding_assets.assets.curation import SCORE_BINS, calibration_rows, quality_classifier, scored_corpus
 from embedding_assets.checks.expectations import validate
+from embedding_assets.checks.partitioned import per_shard
 from embedding_assets import versions
 from embedding_assets.checks.reasons import bounds_table, failed_entry
 from embedding_assets.paths import HEAD_FILE, MODEL_FILE, shard_file
 from embedding_assets.partitions import corpus_shards
-from embedding_assets.stored import read_sample
+from embedding_assets.stored import model_config, read_sample
 from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.engine.curation import CurationHead
 from embedding_assets.resources import QualityGates, Storage
@@ -70,20 +73,23 @@ def quality_classifier_calibration(context: dg.AssetCheckExecutionContext, stora
 
 
 def read_scored(storage: Storage, scored: versions.Version, shard: str) -> pd.DataFrame:
+    """Ids, scores and keep flags of a scored shard; the embedding dimension from the file's schema, not its rows."""
     with storage.open_parquet(*scored.file(shard_file(shard))) as parquet:
-        table = parquet.read(columns=["id", "embedding", "score", "keep"])
-    frame = table.select(["id", "score", "keep"]).to_pandas()
-    frame["embedding_dim"] = table["embedding"].type.list_size
+        frame = parquet.read(columns=["id", "score", "keep"]).to_pandas()
+        frame["embedding_dim"] = parquet.schema_arrow.field("embedding").type.list_size
     return frame
 
 
 @dg.asset_check(asset=scored_corpus, partitions_def=corpus_shards, blocking=True, description="The same ids as the raw shard; scores within the head's range (none when no curation is configured); embeddings of the model's dimension.")
-def scored_corpus_contract(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
-    shard = context.partition_key
+def scored_corpus_contract(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> Iterator:
+    yield from per_shard(context, lambda shard: contract(context, storage, gates, shard))
+
+
+def contract(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates, shard: str) -> dg.AssetCheckResult:
     scored = read_scored(storage, versions.latest(context, "scored_corpus", shard), shard)
     with storage.open_parquet(*versions.published(context, "raw_corpus", shard).file(shard_file(shard))) as parquet:
         raw_ids = parquet.read(columns=["id"])["id"].to_pylist()
-    model_dim = LexicalEmbedder.from_bytes(storage.read_bytes(*versions.published(context, "distilled_model").file(MODEL_FILE))).dim
+    model_dim = int(model_config(storage, versions.published(context, "distilled_model"))["dims"][-1])
     head = load_head(storage, versions.published(context, "quality_classifier"))
     scored_ids = scored["id"].tolist()
     missing = sorted(set(raw_ids) - set(scored_ids))[: gates.failing_ids_cap]
@@ -130,8 +136,11 @@ def score_bins(scores: np.ndarray, score_range: tuple[float, float]) -> list[int
         "A first scoring with no reference is the baseline. Severity is QualityGates.drift_severity (warn or block)."
     ),
 )
-def scored_corpus_drift(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
-    shard = context.partition_key
+def scored_corpus_drift(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> Iterator:
+    yield from per_shard(context, lambda shard: drift(context, storage, gates, shard))
+
+
+def drift(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates, shard: str) -> dg.AssetCheckResult:
     scored = read_scored(storage, versions.latest(context, "scored_corpus", shard), shard)
     classifier = load_head(storage, versions.published(context, "quality_classifier"))
     severity = dg.AssetCheckSeverity.WARN if gates.drift_severity == "warn" else dg.AssetCheckSeverity.ERROR

@@ -9,7 +9,7 @@ from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.engine.features import Features
 from embedding_assets.checks.reasons import bounds_table, failed_entry
 from embedding_assets.resources import QualityGates, Storage
-from embedding_assets.stored import read_sample
+from embedding_assets.stored import model_config, read_sample
 
 RELOAD_DOCUMENTS = 256
 RELOAD_TOLERANCE = 1e-5
@@ -17,7 +17,7 @@ RELOAD_TOLERANCE = 1e-5
 
 @dg.asset_check(asset=distilled_model, blocking=True, description="Held-out recall@10 and Spearman against the teacher at or above their floors, and clearly above the untrained network.")
 def distilled_model_fidelity(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
-    evaluation = LexicalEmbedder.from_bytes(storage.read_bytes(*versions.latest(context, "distilled_model").file(paths.MODEL_FILE))).provenance["evaluation"]
+    evaluation = model_config(storage, versions.latest(context, "distilled_model"))["provenance"]["evaluation"]
     student, untrained = evaluation["student"], evaluation["untrained_student"]
     gain = student["recall_at_10"] - untrained["recall_at_10"]
     bounds = [

@@ -118,6 +118,26 @@ def parse(data, fmt: str = FORMAT) -> tuple[dict, dict[str, np.ndarray]]:
     return config, tensors
 
 
+def read_config(read_range, fmt: str = FORMAT) -> dict:
+    """The JSON config of a model file from its safetensors header alone: `read_range(start, length)`
+    returns bytes of the file, and only the 8-byte length and the header are read. The tensors, and
+    so the content hash, are not checked: for a shape or a recorded value, not for loading."""
+    prefix = read_range(0, 8)
+    if len(prefix) < 8:
+        raise ArtifactError(f"not a safetensors file: only {len(prefix)} bytes")
+    (size,) = struct.unpack("<Q", prefix)
+    if size > MAX_HEADER_BYTES:
+        raise ArtifactError("not a safetensors file: header length is out of range (truncated or another format)")
+    header = _header(prefix + read_range(8, size))
+    try:
+        config = json.loads(header.get("__metadata__", {})["config"])
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ArtifactError("the file has no embedded config; it was not written by this project") from exc
+    if config.get("format") != fmt:
+        raise ArtifactError(f"format is {config.get('format')!r}, expected {fmt!r}")
+    return config
+
+
 def parse_file(path: str | os.PathLike, fmt: str = FORMAT) -> tuple[dict, dict[str, np.ndarray]]:
     """`parse` of a local file mapped into memory: pages are read as the tensors are touched, and never copied.
 

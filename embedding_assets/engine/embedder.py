@@ -23,6 +23,7 @@ from embedding_assets.engine.network import finish
 from embedding_assets.engine.ngrams import prefix_keys
 from embedding_assets.engine.quantization import quantize_uint8
 from embedding_assets.engine.storage import is_url, read_bytes, write_bytes_atomic
+from embedding_assets.engine.threads import available_cpus
 from embedding_assets.engine.tfidf import Vocabulary, count_matrix, tfidf_rows
 from embedding_assets.engine.tokenization import WORDPIECE, load_tokenizer, make_front_end
 
@@ -116,7 +117,7 @@ class LexicalEmbedder:
         """
         if lexical is not None and (lexical.ndim != 2 or lexical.shape[0] != self.vocabulary.size or lexical.dtype != np.float32):
             raise ValueError(f"lexical must be float32 of shape ({self.vocabulary.size}, k), got {lexical.dtype} {lexical.shape}")
-        threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        threads = threads or available_cpus()
         with ThreadPoolExecutor(threads) as pool:
             batch: list[str] = []
             for text in texts:

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from embedding_assets.engine import artifact
 from embedding_assets.engine.ngrams import NgramCounter
 from embedding_assets.engine.tfidf import Vocabulary, count_matrix, tfidf_rows
-from embedding_assets.engine.tokenization import WORDPIECE, make_front_end
+from embedding_assets.engine.tokenization import WORDPIECE, make_front_end, tokenizer_sha256
 
 FEATURES_FORMAT = "embedding_assets.features"
 
@@ -24,6 +24,12 @@ class Features:
     tfidf: sp.csr_matrix  # [documents, V], rows in sample order
     ids: list[str]
     counted_ngrams: int  # distinct n-grams the bounded counter tracked
+    tokenizer_model: str = ""  # the model whose tokenizer this is, as the teacher names it
+    document_tokens: np.ndarray | None = None  # tokens per document, counted while building (not stored)
+
+    @property
+    def tokenizer_sha256(self) -> str:
+        return tokenizer_sha256(self.tokenizer_json)
 
     def to_bytes(self) -> bytes:
         tensors = {
@@ -39,6 +45,7 @@ class Features:
             "front_end": self.vocabulary.front_end,
             "ids": self.ids,
             "counted_ngrams": self.counted_ngrams,
+            "tokenizer_model": self.tokenizer_model,
         }
         return artifact.dump(config, tensors, FEATURES_FORMAT)
 
@@ -60,6 +67,7 @@ class Features:
             tfidf=sp.csr_matrix((values, indices, indptr), shape=(n_docs, size)),
             ids=list(config["ids"]),
             counted_ngrams=int(config["counted_ngrams"]),
+            tokenizer_model=str(config.get("tokenizer_model", "")),
         )
 
 
@@ -72,6 +80,7 @@ def build_features(
     min_document_frequency: int,
     counter_capacity: int,
     front_end: str = WORDPIECE,
+    tokenizer_model: str = "",
 ) -> Features:
     """Pick the vocabulary in one bounded-memory pass, then count exactly over the kept n-grams.
 
@@ -80,9 +89,11 @@ def build_features(
     """
     tokens = make_front_end(front_end, tokenizer_json)
     counter = NgramCounter(counter_capacity, max_ngram_length)
+    lengths = []
     for texts in text_batches:
         ids_flat, offsets = tokens.tokenize(texts)
         counter.update(ids_flat, offsets)
+        lengths.append(np.diff(offsets))
     vocabulary = Vocabulary.from_counter(counter, vocabulary_size, min_document_frequency, front_end)
     counts = sp.vstack([count_matrix(tokens, vocabulary, texts) for texts in text_batches], format="csr")
     if counts.shape[0] != len(ids):
@@ -96,4 +107,6 @@ def build_features(
         tfidf=tfidf_rows(counts, vocabulary.idf),
         ids=list(ids),
         counted_ngrams=len(counter.keys),
+        tokenizer_model=tokenizer_model,
+        document_tokens=np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
     )

@@ -14,6 +14,7 @@ Both split a whole batch at once over its UTF-8 bytes with numpy: no Python obje
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections.abc import Sequence
@@ -129,6 +130,19 @@ def load_tokenizer(tokenizer_json: str) -> Tokenizer:
     spec["truncation"] = None
     spec["padding"] = None
     return Tokenizer.from_str(json.dumps(spec))
+
+
+def tokenizer_sha256(tokenizer_json: str) -> str:
+    """A content hash of what the tokenizer does: its JSON, keys sorted, truncation and padding
+    left out (as `load_tokenizer` drops them), so the same vocabulary and rules hash the same."""
+    try:
+        spec = json.loads(tokenizer_json)
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"tokenizer is not valid JSON: {exc}") from exc
+    spec["truncation"] = None
+    spec["padding"] = None
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def tokenize(tokenizer: Tokenizer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
