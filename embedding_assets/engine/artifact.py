@@ -101,12 +101,7 @@ def parse(data, fmt: str = FORMAT) -> tuple[dict, dict[str, np.ndarray]]:
         # One writable copy: torch and the compiled kernels take writable arrays only.
         data = np.frombuffer(bytearray(data), dtype=np.uint8)
     header = _header(data)
-    try:
-        config = json.loads(header.get("__metadata__", {})["config"])
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise ArtifactError("the file has no embedded config; it was not written by this project") from exc
-    if config.get("format") != fmt:
-        raise ArtifactError(f"format is {config.get('format')!r}, expected {fmt!r}")
+    config = _config(header, fmt)
     version = config.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ArtifactError(
@@ -128,7 +123,11 @@ def read_config(read_range, fmt: str = FORMAT) -> dict:
     (size,) = struct.unpack("<Q", prefix)
     if size > MAX_HEADER_BYTES:
         raise ArtifactError("not a safetensors file: header length is out of range (truncated or another format)")
-    header = _header(prefix + read_range(8, size))
+    return _config(_header(prefix + read_range(8, size)), fmt)
+
+
+def _config(header: dict, fmt: str) -> dict:
+    """The project's JSON config from a safetensors header, refused when absent or of another format."""
     try:
         config = json.loads(header.get("__metadata__", {})["config"])
     except (KeyError, TypeError, json.JSONDecodeError) as exc:

@@ -123,25 +123,23 @@ def load_tokenizer(tokenizer_json: str) -> Tokenizer:
     Tokenizer files exported for transformers often carry a fixed truncation and padding
     length; for lexical features every token of every document counts, and pads must not.
     """
+    return Tokenizer.from_str(json.dumps(_untruncated_spec(tokenizer_json)))
+
+
+def _untruncated_spec(tokenizer_json: str) -> dict:
     try:
         spec = json.loads(tokenizer_json)
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"tokenizer is not valid JSON: {exc}") from exc
     spec["truncation"] = None
     spec["padding"] = None
-    return Tokenizer.from_str(json.dumps(spec))
+    return spec
 
 
 def tokenizer_sha256(tokenizer_json: str) -> str:
     """A content hash of what the tokenizer does: its JSON, keys sorted, truncation and padding
     left out (as `load_tokenizer` drops them), so the same vocabulary and rules hash the same."""
-    try:
-        spec = json.loads(tokenizer_json)
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"tokenizer is not valid JSON: {exc}") from exc
-    spec["truncation"] = None
-    spec["padding"] = None
-    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = json.dumps(_untruncated_spec(tokenizer_json), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
