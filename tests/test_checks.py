@@ -69,8 +69,10 @@ def test_ids_shared_with_another_shard_fail_the_index_gate_naming_both_shards(tr
     passed, meta = evaluation(result, "corpus_ids_unique_across_shards")
     assert not passed
     assert meta["clashing_ids"] == ["x2"] and meta["clashing_shards"] == ["first", "second"]
-    assert meta["collisions"] == [{"id": "x2", "shards": ["first", "second"]}]
-    assert meta["clashing_shard_pairs"] == ["first & second"] and meta["shared_ids"] == 1 and meta["ids_indexed"] == 4
+    assert [r.data for r in meta["collisions"].records] == [{"id": "x2", "shards": "first, second"}]
+    assert meta["clashing_shard_pairs"] == ["first & second"] and meta["ids_indexed"] == 4
+    [bound] = meta["bounds"].records
+    assert bound.data["observed"] == "1" and bound.data["bound"] == "0" and not bound.data["passed"]
     assert not materialized(result, "training_sample")
     refused = run(trained, ["scored_corpus"], partition="second")
     assert not refused.success
