@@ -65,7 +65,8 @@ def test_a_steps_peak_memory_is_its_own_not_the_peak_an_earlier_step_left_in_the
     report = memory.report()
     del step
     assert report["peak_rss_method"].startswith("kernel high-water mark")  # /proc/self/clear_refs is writable here
-    assert 55 <= report["step_added_rss_mib"] < 120
+    # 60 MiB touched; pages the allocator already held may serve part of it, but never the 300 MiB of before.
+    assert 40 <= report["step_added_rss_mib"] < 120
     assert report["peak_rss_mib"] < process_peak - 150
     assert report["peak_rss_mib"] >= report["rss_at_step_start_mib"] + report["step_added_rss_mib"] - 0.2
 

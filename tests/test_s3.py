@@ -90,9 +90,10 @@ def test_every_output_lands_in_the_bucket(s3_pipeline):
     expected = {f"storage/{name.split('.')[0]}/{name}" for name in (
         "training_sample.parquet", "features.safetensors", "teacher_model.json", "teacher_embeddings.parquet",
         "distilled_model.safetensors", "distilled_model.md", "quality_classifier.safetensors", "quality_classifier.md",
-        "clusters.safetensors", "near_duplicates.parquet", "selection.parquet",
+        "clusters.safetensors", "near_duplicates.parquet", "selection.parquet", "corpus_id_index.parquet",
     )} | {"storage/teacher_embeddings/teacher_token_sums.safetensors"}
     expected |= {f"storage/{stage}/{shard}/{shard}.parquet" for stage in ("raw_corpus", "scored_corpus") for shard in shards}
+    expected |= {f"storage/raw_corpus/{shard}/{shard}.ids.parquet" for shard in shards}
     chunks = {key for key in keys if key.startswith("storage/teacher_chunks/")}
     # Each output in one version folder (its UTC time and run), as each was materialised once.
     versions = {key: re.search(r"/(\d{8}T\d{12}Z-[0-9a-f]{8})/", key) for key in keys - chunks}

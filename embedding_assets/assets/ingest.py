@@ -342,7 +342,13 @@ def corpus_id_index(context: dg.AssetExecutionContext, corpus: CorpusSource, sto
             "uri": dg.MetadataValue.path(uri),
             **versions.record(context, storage, version),
             "shards": len(shards),
-            "raw_shard_versions": {shard: v.name for shard, v in list(shards.items())[:50]},
+            "raw_shard_versions": dg.MetadataValue.table(
+                [dg.TableRecord({"shard": shard, "version": v.name}) for shard, v in list(shards.items())[:50]],
+                schema=dg.TableSchema(columns=[
+                    dg.TableColumn("shard", "string", "corpus shard whose ids the index holds (the first 50 listed)"),
+                    dg.TableColumn("version", "string", "the raw_corpus version folder its id hashes were read from"),
+                ]),
+            ),
             **throughput(time.perf_counter() - started, rows),
         },
     )
