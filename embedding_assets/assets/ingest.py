@@ -308,7 +308,7 @@ def id_hash_batches(storage: Storage, shards: dict[str, versions.Version]):
     group_name="ingest",
     kinds={"duckdb", "parquet"},
     owners=OWNERS,
-    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id_hash", "uint64", "64-bit hash of a document id"), dg.TableColumn("shard", "string")])},
+    metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn("id_hash", "uint64", "64-bit hash of a document id"), dg.TableColumn("shard", "string", "the shard that holds the id")])},
     code_version=CODE_VERSIONS["corpus_id_index"],
     retry_policy=STORAGE_RETRY_POLICY,
     description=(
