@@ -62,24 +62,30 @@ def test_a_steps_peak_memory_is_its_own_not_the_peak_an_earlier_step_left_in_the
     del earlier
     memory = StepMemory.start()
     step = touched(60)
-    report = memory.report()
+    # The RSS the step really reached, read while its block is alive. What else the process holds
+    # (allocator pages, file pages the kernel may reclaim meanwhile) moves it; the peak must follow it.
+    reached = status_mib("VmRSS")
     del step
+    report = memory.report()
     assert report["peak_rss_method"].startswith("kernel high-water mark")  # /proc/self/clear_refs is writable here
-    # 60 MiB touched; pages the allocator already held may serve part of it, but never the 300 MiB of before.
-    assert 40 <= report["step_added_rss_mib"] < 120
-    assert report["peak_rss_mib"] < process_peak - 150
-    assert report["peak_rss_mib"] >= report["rss_at_step_start_mib"] + report["step_added_rss_mib"] - 0.2
+    assert report["peak_rss_mib"] >= reached - 1
+    assert report["peak_rss_mib"] < process_peak - 150  # never the 300 MiB of before
+    assert report["step_added_rss_mib"] == pytest.approx(max(report["peak_rss_mib"] - report["rss_at_step_start_mib"], 0), abs=0.2)
 
 
 def test_where_the_high_water_mark_cannot_be_reset_the_step_samples_its_memory(monkeypatch, tmp_path):
     monkeypatch.setattr(StepMemory, "CLEAR_REFS", str(tmp_path / "absent" / "clear_refs"))
     memory = StepMemory.start()
     step = touched(80)
+    reached = status_mib("VmRSS")
     time.sleep(0.2)
-    report = memory.report()
     del step
+    after = status_mib("VmRSS")
+    report = memory.report()
     assert report["peak_rss_method"].startswith("VmRSS sampled")
-    assert report["step_added_rss_mib"] >= 75
+    # The block is gone when the report is made: only the sampler can have seen the peak.
+    assert reached - after >= 40
+    assert report["peak_rss_mib"] >= reached - 1
 
 
 def latest(instance, key, partition=None):
