@@ -81,8 +81,11 @@ refresh_shard = dg.define_asset_job(
 
 select_corpus = dg.define_asset_job(
     "select_corpus",
-    selection=dg.AssetSelection.assets(near_duplicates, selection, corpus_report),
-    description="Near-duplicate groups across every scored shard, then the final keep list; and the corpus report.",
+    selection=dg.AssetSelection.assets(corpus_id_index, near_duplicates, selection, corpus_report),
+    description=(
+        "The corpus id index and its uniqueness gate over every shard as it is now (shards the corpus sensor added since training "
+        "included), then near-duplicate groups across the scored shards it holds, the final keep list, and the corpus report."
+    ),
 )
 
 CURATION_INPUTS = {"reference-classifier": reference_set, "reference-similarity": reference_set, "annotations": annotations}

@@ -1,5 +1,7 @@
 """clusters, near_duplicates and selection materialised on the small corpus; bad input refused with nothing written; the audit of a duplicate."""
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -13,6 +15,8 @@ from embedding_assets.assets.selection import DEFAULT_THRESHOLD
 from embedding_assets.audit import audit, summary
 from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS
 from embedding_assets.engine import LexicalEmbedder, clustering
+from embedding_assets.resources import CorpusSource
+from embedding_assets.sample_corpus import SAMPLE_CORPUS_DIR
 
 
 def metadata(instance, key):
@@ -155,3 +159,62 @@ def test_a_shard_of_another_model_is_refused_by_name_and_nothing_is_written(sele
     message = failure_text(result)
     assert "scored_corpus[notes]" in message and "0123456789abcdef" in message and current in message
     assert snapshot(selectable["storage"]) == before
+
+
+def late_rows(offset: int, prefix: str) -> list[dict]:
+    """Documents of the built-in sample that the small corpus does not hold, ids prefixed."""
+    table = pq.read_table(sorted(SAMPLE_CORPUS_DIR.glob("*.parquet"))[3])
+    return [{"id": prefix + r["id"], "text": r["text"], "label": r["label"]} for r in table.to_pylist()[offset::45][:30]]
+
+
+def test_ids_are_compared_across_shards_only_once_the_id_index_has_checked_them(trained, pipeline):
+    """A shard the corpus sensor ingests and scores (refresh_shard) after the id index was built is
+    not read by near_duplicates and selection until the index holds it, and one whose ids clash with
+    another shard's stops them at the index's gate, with the last keep list left where it was."""
+    workspace = {**trained, "resources": {**trained["resources"], "corpus": CorpusSource(location=str(trained["corpus"]))}}
+    shutil.copytree(pipeline["resources"]["corpus"].location, trained["corpus"], dirs_exist_ok=True)
+    instance = workspace["instance"]
+
+    def refresh(shard):
+        instance.add_dynamic_partitions("corpus_shards", [shard])
+        for asset in ("raw_corpus", "scored_corpus"):
+            result = dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=[asset], partition_key=shard, instance=instance, resources=workspace["resources"], raise_on_error=False)
+            assert result.success, failure_text(result)
+
+    def selected_shards():
+        return set(pq.read_table(stored_file(workspace["storage"], "selection.parquet"))["shard"].to_pylist())
+
+    pq.write_table(pa.Table.from_pylist(late_rows(1, "late-")), trained["corpus"] / "late.parquet")
+    refresh("late")
+    result = run(workspace, ["near_duplicates", "selection"])
+    assert result.success, failure_text(result)
+    assert "late" not in selected_shards()
+    left_out = result.asset_materializations_for_node("selection")[0].metadata["shards_left_out"].records
+    assert [r.data["shard"] for r in left_out] == ["late"] and "materialise corpus_id_index" in left_out[0].data["reason"]
+
+    result = run(workspace, ["corpus_id_index", "near_duplicates", "selection"])
+    assert result.success, failure_text(result)
+    assert "late" in selected_shards()
+    assert "shards_left_out" not in result.asset_materializations_for_node("selection")[0].metadata
+
+    # Rewritten and refreshed again: its scored version is of raw ids the index has not checked.
+    pq.write_table(pa.Table.from_pylist(late_rows(1, "late-")[:-1]), trained["corpus"] / "late.parquet")
+    refresh("late")
+    result = run(workspace, ["near_duplicates"])
+    assert not result.success
+    assert "scored_corpus[late] was scored from raw_corpus[late] version" in failure_text(result) and "materialise corpus_id_index" in failure_text(result)
+
+    shared = pipeline["ids"]["notes"][0]
+    pq.write_table(pa.Table.from_pylist(late_rows(2, "clash-") + [{"id": shared, "text": "a document under an id another shard holds", "label": "x"}]), trained["corpus"] / "clash.parquet")
+    refresh("clash")
+    before = snapshot(workspace["storage"] / "selection")
+    result = run(workspace, ["corpus_id_index", "near_duplicates", "selection"])
+    assert not result.success
+    failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    assert [e.check_name for e in failed] == ["corpus_ids_unique_across_shards"]
+    assert failed[0].metadata["clashing_shards"].value == ["clash", "notes"] and shared in failed[0].metadata["clashing_ids"].value
+    assert not result.asset_materializations_for_node("near_duplicates") and snapshot(workspace["storage"] / "selection") == before
+    result = run(workspace, ["near_duplicates"])
+    assert not result.success
+    message = failure_text(result)
+    assert "corpus_id_index version" in message and "corpus_ids_unique_across_shards" in message

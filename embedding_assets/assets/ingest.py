@@ -2,6 +2,7 @@
 
 import hashlib
 import itertools
+import json
 import os
 import tempfile
 import time
@@ -295,6 +296,21 @@ def write_id_hashes(storage: Storage, version: versions.Version, shard: str, has
 INDEX_SCHEMA = pa.schema([pa.field("id_hash", pa.uint64(), nullable=False), pa.field("shard", pa.string(), nullable=False)])
 
 
+# The index's parquet footer names the raw version (data version) of each shard it holds, so a
+# reader of ids across shards can tell which shard versions the uniqueness gate has checked.
+INDEXED_VERSIONS_KEY = "raw_shard_versions"
+
+
+def indexed_raw_versions(storage: Storage, index: versions.Version) -> dict[str, str]:
+    """Shard -> the raw_corpus data version whose ids this corpus_id_index holds (read from its footer)."""
+    with storage.open_parquet(*index.file(CORPUS_ID_INDEX_FILE)) as parquet:
+        metadata = parquet.schema_arrow.metadata or {}
+    found = metadata.get(INDEXED_VERSIONS_KEY.encode())
+    if found is None:
+        raise dg.Failure(f"corpus_id_index version {index.name} does not name the shard versions it holds: materialise corpus_id_index again", allow_retries=False)
+    return json.loads(found)
+
+
 def id_hash_batches(storage: Storage, shards: dict[str, versions.Version]):
     """Every shard's id hashes with its name, streamed from the files written beside the shards."""
     for shard, version in shards.items():
@@ -334,7 +350,9 @@ def corpus_id_index(context: dg.AssetExecutionContext, corpus: CorpusSource, sto
         index = pq.ParquetFile(merged)
         batches = (pa.RecordBatch.from_arrays(batch.columns, schema=INDEX_SCHEMA) for batch in index.iter_batches(batch_size=1 << 20))
         hasher = BatchHasher()
-        uri, rows = storage.write_parquet(hasher.wrap(batches), INDEX_SCHEMA, *version.file(CORPUS_ID_INDEX_FILE))
+        indexed = json.dumps({shard: v.data_version for shard, v in shards.items()}, sort_keys=True)
+        schema = INDEX_SCHEMA.with_metadata({INDEXED_VERSIONS_KEY: indexed})
+        uri, rows = storage.write_parquet(hasher.wrap(batches), schema, *version.file(CORPUS_ID_INDEX_FILE))
     return dg.MaterializeResult(
         data_version=dg.DataVersion(hasher.version),
         metadata={

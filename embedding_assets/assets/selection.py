@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from embedding_assets import versions
-from embedding_assets.assets.ingest import corpus_shards_now, id_hash, raw_corpus
+from embedding_assets.assets.ingest import corpus_id_index, corpus_shards_now, id_hash, indexed_raw_versions, raw_corpus
 from embedding_assets.paths import shard_file
 from embedding_assets.assets.training import distilled_model
 from embedding_assets.engine import clustering
@@ -184,17 +184,37 @@ NEAR_DUPLICATES_COLUMNS = {
 }
 
 
-def scored_shards(context, storage: Storage, model_version: str) -> dict[str, versions.Version]:
-    """The published version of every scored shard, once each was made with the current model and
-    clusters (read from the files' footers)."""
-    shards = sorted(context.instance.get_dynamic_partitions(corpus_shards.name))
+def scored_shards(context, storage: Storage, model_version: str) -> tuple[dict[str, versions.Version], dict[str, str]]:
+    """The published scored version of each shard the published corpus_id_index holds, once each was
+    scored from the very raw version whose ids the index checked, with the current model and clusters
+    (read from the files' footers); and the registered shards left out, each with why.
+
+    Near-duplicate groups and the keep list name documents by id across shards, so they read only
+    shards whose ids the uniqueness gate has seen together: a shard ingested and scored after the
+    index (by the corpus sensor, say) is not read until the index is built again (select_corpus does)."""
+    index = versions.published(context, "corpus_id_index")
+    indexed = indexed_raw_versions(storage, index)
     centroids, clusters_version = current_centroids(context, storage, model_version)
     if centroids is None:
         raise dg.Failure(f"clusters has not been materialised for model {model_version}; materialise clusters, then scored_corpus", allow_retries=False)
-    found = {shard: versions.published(context, "scored_corpus", shard) for shard in shards}
+    registered = context.instance.get_dynamic_partitions(corpus_shards.name)
+    left_out = {
+        shard: f"not in corpus_id_index version {index.name}: not in the corpus location then, its raw_corpus failed a gate, or it was ingested since; materialise corpus_id_index to take it in"
+        for shard in sorted(set(registered) - set(indexed))
+    }
+    for shard, why in left_out.items():
+        context.log.warning(f"scored_corpus[{shard}] is left out: {why}")
+    found = {shard: versions.published(context, "scored_corpus", shard) for shard in sorted(indexed)}
     for shard, scored in found.items():
         with storage.open_parquet(*scored.file(shard_file(shard))) as parquet:
             meta = {k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
+        if meta.get("raw_shard_version") != indexed[shard]:
+            raise dg.Failure(
+                f"scored_corpus[{shard}] was scored from raw_corpus[{shard}] version {meta.get('raw_shard_version')}, but corpus_id_index "
+                f"(version {index.name}) checked the ids of its version {indexed[shard]} against the other shards; materialise corpus_id_index "
+                f"and scored_corpus[{shard}] so both hold the shard's current version (select_corpus builds the index first)",
+                allow_retries=False,
+            )
         if meta.get("model_version") != model_version:
             raise dg.Failure(
                 f"scored_corpus[{shard}] holds embeddings of model {meta.get('model_version')}, but the current distilled_model is {model_version}; re-materialise scored_corpus[{shard}]",
@@ -205,7 +225,16 @@ def scored_shards(context, storage: Storage, model_version: str) -> dict[str, ve
                 f"scored_corpus[{shard}] holds cluster ids of clusters version {meta.get('clusters_version')}, but the current clusters are {clusters_version}; re-materialise scored_corpus[{shard}]",
                 allow_retries=False,
             )
-    return found
+    return found, left_out
+
+
+def left_out_table(left_out: dict[str, str]) -> dict:
+    """The metadata entry naming the registered shards a corpus-wide asset did not read; none when it read them all."""
+    if not left_out:
+        return {}
+    rows = [dg.TableRecord({"shard": shard, "reason": why}) for shard, why in list(left_out.items())[:50]]
+    schema = dg.TableSchema(columns=[dg.TableColumn("shard", "string", "corpus shard not read (the first 50 listed)"), dg.TableColumn("reason", "string", "why it was not read")])
+    return {"shards_left_out": dg.MetadataValue.table(rows, schema=schema)}
 
 
 def read_columns(storage: Storage, shards: dict[str, versions.Version], columns: list[str]) -> tuple[pa.Table, np.ndarray]:
@@ -230,7 +259,7 @@ def share_table(rows: list[dict], key: str) -> dg.TableMetadataValue:
 
 
 @dg.asset(
-    deps=["scored_corpus", clusters, distilled_model],
+    deps=["scored_corpus", corpus_id_index, clusters, distilled_model],
     group_name="selection",
     kinds={"faiss", "parquet"},
     owners=OWNERS,
@@ -247,7 +276,7 @@ def near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesCon
     memory = StepMemory.start()
     started = time.perf_counter()
     model_version = read_model(storage, versions.published(context, "distilled_model")).version
-    found = scored_shards(context, storage, model_version)
+    found, left_out = scored_shards(context, storage, model_version)
     shards = list(found)
     table, shard_index = read_columns(storage, found, ["id", "embedding", "cluster", "score"])
     dim = table.schema.field("embedding").type.list_size
@@ -304,6 +333,7 @@ def near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesCon
             "largest_block": found.largest_block,
             "duplicate_share_by_shard": share_table(per_shard, "shard"),
             "duplicate_share_by_cluster": share_table(sorted(per_cluster, key=lambda r: -r["duplicate_share"]), "cluster"),
+            **left_out_table(left_out),
             **throughput(seconds, len(cluster)),
             **memory.report(),
         },
@@ -329,7 +359,7 @@ SELECTION_SCHEMA = pa.schema([
 
 @dg.asset(
     # Reads the scored shards and the clusters of the current model, besides the duplicate groups.
-    deps=[near_duplicates, "scored_corpus", clusters, distilled_model],
+    deps=[near_duplicates, "scored_corpus", corpus_id_index, clusters, distilled_model],
     group_name="selection",
     kinds={"parquet"},
     owners=OWNERS,
@@ -354,7 +384,7 @@ def selection(context: dg.AssetExecutionContext, config: SelectionConfig, storag
         meta = {k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
     if meta.get("model_version") != model_version:
         raise dg.Failure(f"near_duplicates was found with model {meta.get('model_version')}, the current model is {model_version}; re-materialise near_duplicates", allow_retries=False)
-    found = scored_shards(context, storage, model_version)
+    found, left_out = scored_shards(context, storage, model_version)
     shards = list(found)
     if json.loads(meta.get("shards", "[]")) != shards:
         raise dg.Failure(f"near_duplicates covers shards {meta.get('shards')}, the corpus has {shards}; re-materialise near_duplicates", allow_retries=False)
@@ -410,6 +440,7 @@ def selection(context: dg.AssetExecutionContext, config: SelectionConfig, storag
                     dg.TableColumn("kept", "int", "its documents in the final keep list"),
                 ]),
             ),
+            **left_out_table(left_out),
             **throughput(time.perf_counter() - started, n),
         },
     )
