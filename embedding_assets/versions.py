@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 import dagster as dg
 from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from embedding_assets.checks.reasons import failure_reason
 
@@ -178,9 +179,15 @@ def record(context, storage, version: Version) -> dict:
     return stored_at(version)
 
 
+def writing_runs(instance: dg.DagsterInstance) -> set[str]:
+    """The run id prefixes (as in version folder names) of the runs still in progress."""
+    return {run.run_id[:8] for run in instance.get_runs(filters=dg.RunsFilter(statuses=IN_PROGRESS_RUN_STATUSES))}
+
+
 def prune(context, storage, version: Version, keep: int) -> list[str]:
     """Remove the versions of the asset (partition) beyond the newest `keep` (this one counted) and
-    the folders no materialisation names (left by a killed or failed write); never the last good one."""
+    the folders no materialisation names, left by a killed or failed write; never the last good one,
+    and never the folder of a run still in progress, which may be another run writing its version now."""
     folder = asset_folder(version.asset, version.partition)
     named = [
         record.asset_materialization.metadata[STORED_AT].value.rsplit("/", 1)[-1]
@@ -189,7 +196,10 @@ def prune(context, storage, version: Version, keep: int) -> list[str]:
     ]
     good = last_good_version(context.instance, version.asset, version.partition)
     protected = {version.name, *named[: max(keep, 1) - 1]} | ({good.name} if good else set())
-    removed = [name for name in storage.list_names(*folder) if name not in protected]
+    candidates = [name for name in storage.list_names(*folder) if name not in protected]
+    unnamed = [name for name in candidates if name not in named]
+    running = writing_runs(context.instance) if unnamed else set()
+    removed = [name for name in candidates if name in named or name.rsplit("-", 1)[-1] not in running]
     for name in removed:
         storage.delete_folder(*folder, name)
     return removed

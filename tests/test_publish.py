@@ -2,6 +2,7 @@
 any kind, and the last good version stays where it was."""
 
 import dagster as dg
+from dagster._core.utils import make_new_run_id
 
 from conftest import TEST_RUN_CONFIG, failure_text, stored_file
 from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS, defs
@@ -83,3 +84,26 @@ def test_a_model_that_failed_its_fidelity_gate_is_not_used_downstream(trained):
     assert scored_snapshot(trained) == before
     assert stored_file(trained["storage"], "distilled_model.safetensors").parent.name == bad.name
     assert (trained["storage"] / "distilled_model" / good.name / "distilled_model.safetensors").is_file()
+
+
+def test_pruning_spares_the_folder_a_run_in_progress_is_writing_and_removes_it_once_that_run_failed(trained):
+    instance, storage = trained["instance"], trained["storage"]
+    resources = {"corpus": trained["pipeline_corpus"], "storage": Storage(base=str(storage), keep_versions=1)}
+    writer = dg.DagsterRun(job_name="select_corpus", run_id=make_new_run_id(), status=dg.DagsterRunStatus.STARTED)
+    instance.add_run(writer)
+    folder = storage / "corpus_id_index"
+    older = latest_version(instance, "corpus_id_index").name
+    writing = folder / f"20261201T000000000000Z-{writer.run_id[:8]}"
+    killed = folder / "20261201T000000000001Z-0badc0de"
+    for partial in (writing, killed):
+        partial.mkdir()
+        (partial / "corpus_id_index.parquet.tmp").write_bytes(b"half written")
+
+    # Pruning runs before the new version's checks: the older one is still the last good one.
+    assert run(trained, ["corpus_id_index"], **resources).success
+    newest = latest_version(instance, "corpus_id_index").name
+    assert sorted(p.name for p in folder.iterdir()) == sorted([older, newest, writing.name])
+
+    instance.report_run_failed(writer)
+    assert run(trained, ["corpus_id_index"], **resources).success
+    assert sorted(p.name for p in folder.iterdir()) == sorted([newest, latest_version(instance, "corpus_id_index").name])
