@@ -4,6 +4,7 @@ import json
 
 import dagster as dg
 
+from embedding_assets import versions
 from embedding_assets.assets.curation import scored_corpus
 from embedding_assets.assets.ingest import raw_corpus
 from embedding_assets.assets.report import corpus_report
@@ -16,17 +17,11 @@ from embedding_assets.resources import CorpusSource
 def ingested_files(instance: dg.DagsterInstance, shards: list[str]) -> dict[str, tuple[str, str]]:
     """Shard -> (source URL, file fingerprint) of the latest raw_corpus materialisation of each of
     `shards` that has one: two queries for all of them, not one per shard."""
-    latest = instance.get_latest_storage_id_by_partition(raw_corpus.key, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions=set(shards))
-    if not latest:
-        return {}
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=raw_corpus.key, storage_ids=list(latest.values())), limit=len(latest)
-    ).records
     found = {}
-    for record in records:
+    for shard, record in versions.latest_records(instance, "raw_corpus", shards).items():
         metadata = record.asset_materialization.metadata
         if "source" in metadata and "source_fingerprint" in metadata:
-            found[record.partition_key] = (str(metadata["source"].value), str(metadata["source_fingerprint"].value))
+            found[shard] = (str(metadata["source"].value), str(metadata["source_fingerprint"].value))
     return found
 
 

@@ -1,12 +1,17 @@
 """Write, audit, publish: a version that failed a blocking check is never read by a later run of
 any kind, and the last good version stays where it was."""
 
+import shutil
+
 import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
 from dagster._core.utils import make_new_run_id
 
 from conftest import TEST_RUN_CONFIG, failure_text, stored_file
 from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS, defs
-from embedding_assets.resources import QualityGates, Storage
+from embedding_assets import versions
+from embedding_assets.resources import CorpusSource, QualityGates, Storage
 from embedding_assets.versions import latest_version
 
 SHARD = "stdlib-docs-00"
@@ -107,3 +112,23 @@ def test_pruning_spares_the_folder_a_run_in_progress_is_writing_and_removes_it_o
     instance.report_run_failed(writer)
     assert run(trained, ["corpus_id_index"], **resources).success
     assert sorted(p.name for p in folder.iterdir()) == sorted([newest, latest_version(instance, "corpus_id_index").name])
+
+
+def test_the_gates_of_many_shards_are_read_in_a_few_queries_and_agree_with_each_shards_own(trained):
+    instance = trained["instance"]
+    shards = sorted(trained["instance"].get_dynamic_partitions("corpus_shards"))
+    latest = versions.latest_versions(instance, "raw_corpus", shards)
+    assert sorted(latest) == shards and all(latest[s] == versions.latest_version(instance, "raw_corpus", s) for s in shards)
+    assert versions.gate_problems_by_partition(instance, latest) == {}
+
+    # One shard whose newest version failed its contract, one whose newest version was never checked.
+    shutil.copytree(trained["pipeline_corpus"].location, trained["corpus"], dirs_exist_ok=True)
+    resources = {**trained["resources"], "corpus": CorpusSource(location=str(trained["corpus"]))}
+    table = pq.read_table(trained["corpus"] / f"{SHARD}.parquet")
+    pq.write_table(table.set_column(table.schema.get_field_index("text"), "text", pa.array([""] * table.num_rows)), trained["corpus"] / f"{SHARD}.parquet")
+    assert not dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["raw_corpus"], partition_key=SHARD, instance=instance, resources=resources, raise_on_error=False).success
+    assert dg.materialize(ALL_ASSETS, selection=["raw_corpus"], partition_key="notes", instance=instance, resources=resources).success
+    latest = versions.latest_versions(instance, "raw_corpus", shards)
+    found = versions.gate_problems_by_partition(instance, latest)
+    assert found == {shard: versions.gate_problems(instance, latest[shard]) for shard in (SHARD, "notes")}
+    assert "raw_corpus_contract" in found[SHARD] and "has no result for this version" in found["notes"]["raw_corpus_contract"]

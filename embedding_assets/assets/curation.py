@@ -325,7 +325,7 @@ def scored_corpus(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
         shared = clashes.get(shard)
         if shared:
             raise dg.Failure(f"raw_corpus[{shard}] is not scored: it {shared}; remove or fix one of the shards, then materialise corpus_id_index", allow_retries=False)
-    raws = {shard: versions.published(context, "raw_corpus", shard) for shard in shards}
+    raws = versions.published_many(context, "raw_corpus", shards)
     embedder = read_model(storage, versions.published(context, "distilled_model"))
     head = read_head(storage, versions.published(context, "quality_classifier"))
     if head.model_version != embedder.version:

@@ -28,7 +28,7 @@ from embedding_assets.resources.s3 import is_transient
 from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
 from embedding_assets.interrupts import stop_on_interrupt
 from embedding_assets.checks.reasons import failure_reason
-from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, latest_metadata_value, short_hash
+from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, short_hash
 from embedding_assets import versions
 
 SAMPLE_COLUMNS = ("id", "text", "label", "shard", "split")
@@ -78,13 +78,15 @@ class CorpusShards:
     `departed`: partitions whose file is no longer in the location (another corpus, or a removed
     shard); their stored outputs stay, but nothing reads them. `failed`: current shards whose latest
     materialisation failed a raw_corpus gate (or shares ids with one that did), with the reason.
-    `published`: the version to read of each usable shard.
+    `published`: the version to read of each usable shard. `tokens_estimate`: each current shard's
+    token estimate, from its latest materialisation.
     """
 
     current: list[str]
     departed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     published: dict[str, versions.Version] = field(default_factory=dict)
+    tokens_estimate: dict[str, int | None] = field(default_factory=dict)
 
     @property
     def usable(self) -> list[str]:
@@ -115,12 +117,9 @@ def shards_in_location(context, corpus: CorpusSource) -> dict[str, versions.Vers
     except InputError as exc:
         raise dg.Failure(str(exc), allow_retries=retryable(exc)) from exc
     instance = context.instance
-    found = {}
-    for shard in sorted(set(instance.get_dynamic_partitions(corpus_shards.name)) & set(listing)):
-        version = versions.latest_version(instance, "raw_corpus", shard)
-        if version is not None and not versions.gate_problems(instance, version):
-            found[shard] = version
-    return found
+    latest = versions.latest_versions(instance, "raw_corpus", set(instance.get_dynamic_partitions(corpus_shards.name)) & set(listing))
+    failed = versions.gate_problems_by_partition(instance, latest)
+    return {shard: version for shard, version in latest.items() if shard not in failed}
 
 
 def corpus_shards_now(context, corpus: CorpusSource) -> CorpusShards:
@@ -134,33 +133,31 @@ def corpus_shards_now(context, corpus: CorpusSource) -> CorpusShards:
     registered = set(instance.get_dynamic_partitions(corpus_shards.name))
     departed = sorted(registered - set(listing))
     current = sorted(listing)
+    records = versions.latest_records(instance, "raw_corpus", [shard for shard in current if shard in registered])
     latest: dict[str, versions.Version] = {}
     for shard in current:
-        source = latest_metadata_value(instance, "raw_corpus", "source", shard) if shard in registered else None
-        version = versions.latest_version(instance, "raw_corpus", shard) if source is not None else None
-        if version is None:
+        record = records.get(shard)
+        source = record.asset_materialization.metadata.get("source") if record is not None else None
+        if source is None:
             raise dg.Failure(
                 f"raw_corpus[{shard}] ({listing[shard]}) has not been materialised; "
                 "materialise it first (ingest_corpus, or python -m embedding_assets.run)",
                 allow_retries=False,
             )
-        if str(source) != listing[shard]:
+        if str(source.value) != listing[shard]:
             raise dg.Failure(
-                f"raw_corpus[{shard}] was read from {source}, but the corpus location {corpus.location} now holds {listing[shard]}; "
+                f"raw_corpus[{shard}] was read from {source.value}, but the corpus location {corpus.location} now holds {listing[shard]}; "
                 f"re-materialise raw_corpus[{shard}] (ingest_corpus, or python -m embedding_assets.run), or use another DAGSTER_HOME and storage for another corpus",
                 allow_retries=False,
             )
-        latest[shard] = version
-    failed: dict[str, str] = {}
-    for shard in current:
-        problems = versions.gate_problems(instance, latest[shard])
-        if problems:
-            failed[shard] = "; ".join(problems.values())
+        latest[shard] = versions.version_of(record, "raw_corpus", shard)
+    failed = {shard: "; ".join(problems.values()) for shard, problems in versions.gate_problems_by_partition(instance, latest).items()}
     for shard, why in shared_id_failures(instance).items():
         if shard in listing:
             failed.setdefault(shard, why)
     published = {shard: latest[shard] for shard in current if shard not in failed}
-    return CorpusShards(current, departed, dict(sorted(failed.items())), published)
+    estimates = {shard: getattr(records[shard].asset_materialization.metadata.get("tokens_estimate"), "value", None) for shard in current}
+    return CorpusShards(current, departed, dict(sorted(failed.items())), published, estimates)
 
 
 def shared_id_failures(instance: dg.DagsterInstance) -> dict[str, str]:
@@ -496,7 +493,7 @@ def training_sample(
     heldout = int((split == "heldout").sum())
     labels = pc.value_counts(sample["label"]).to_pylist()
     shard_versions = {shard: found.published[shard].data_version for shard in shards}
-    shard_tokens = [latest_metadata_value(context.instance, "raw_corpus", "tokens_estimate", shard) for shard in shards]
+    shard_tokens = [found.tokens_estimate.get(shard) for shard in shards]
     corpus_tokens = sum(shard_tokens) if None not in shard_tokens else None
     return dg.MaterializeResult(
         data_version=dg.DataVersion(short_hash(hasher.version, str(config.size), str(config.seed))),

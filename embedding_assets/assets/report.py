@@ -63,14 +63,15 @@ def drift_of(instance: dg.DagsterInstance, scored: versions.Version) -> tuple[st
     return "not run", None
 
 
-def published_shard(context, shard: str) -> tuple[versions.Version | None, str]:
-    """The version of scored_corpus[shard] readers use, or why there is none."""
-    try:
-        return versions.published(context, "scored_corpus", shard), "scored"
-    except versions.GateFailed:
-        return None, "refused: its newest scoring failed a blocking gate (see its checks)"
-    except dg.Failure:
-        return None, "not scored"
+def published_shards(context, shards: list[str]) -> dict[str, versions.Version | str]:
+    """Shard -> the version of scored_corpus[shard] readers use, or why there is none; a few queries for all."""
+    instance = context.instance
+    latest = versions.latest_versions(instance, "scored_corpus", shards)
+    refused = versions.gate_problems_by_partition(instance, latest)
+    return {
+        shard: "not scored" if shard not in latest else "refused: its newest scoring failed a blocking gate (see its checks)" if shard in refused else latest[shard]
+        for shard in shards
+    }
 
 
 def footer(parquet) -> dict[str, str]:
@@ -100,10 +101,9 @@ def corpus_report(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
     rows, produced_by = [], set()
     documents = kept = 0
     shards = sorted(context.instance.get_dynamic_partitions(corpus_shards.name))
-    for shard in shards:
-        scored, status = published_shard(context, shard)
-        if scored is None:
-            rows.append({"shard": shard, "status": status, "documents": None, "kept": None, "keep_fraction": None,
+    for shard, scored in published_shards(context, shards).items():
+        if isinstance(scored, str):
+            rows.append({"shard": shard, "status": scored, "documents": None, "kept": None, "keep_fraction": None,
                          "drift_check": "not run", "score_psi": None, "model_version": None, "classifier_version": None})
             continue
         shard_kept = 0

@@ -204,7 +204,7 @@ def scored_shards(context, storage: Storage, model_version: str) -> tuple[dict[s
     }
     for shard, why in left_out.items():
         context.log.warning(f"scored_corpus[{shard}] is left out: {why}")
-    found = {shard: versions.published(context, "scored_corpus", shard) for shard in sorted(indexed)}
+    found = versions.published_many(context, "scored_corpus", indexed)
     for shard, scored in found.items():
         with storage.open_parquet(*scored.file(shard_file(shard))) as parquet:
             meta = {k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
