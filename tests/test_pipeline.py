@@ -1,5 +1,7 @@
 """The whole graph materialised on a small corpus, its outputs checked against the contracts."""
 
+import shutil
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -58,6 +60,21 @@ def test_corpus_report_adds_up_the_scored_files(pipeline):
         documents, kept = documents + table.num_rows, kept + shard_kept
     assert (meta["documents"], meta["kept"]) == (documents, kept)
     assert meta["score_histogram_summary"].startswith(f"Scores of all {documents:,} documents in {len(rows)} shards; {kept:,} kept")
+
+
+def test_a_shard_whose_file_left_the_corpus_is_marked_departed_and_left_out_of_the_totals(trained, pipeline):
+    from embedding_assets.definitions import ALL_ASSETS, ALL_CHECKS
+    from embedding_assets.resources import CorpusSource
+
+    shutil.copytree(pipeline["resources"]["corpus"].location, trained["corpus"], dirs_exist_ok=True)
+    (trained["corpus"] / "lines.txt").unlink()
+    resources = {**trained["resources"], "corpus": CorpusSource(location=str(trained["corpus"]))}
+    assert dg.materialize(ALL_ASSETS + ALL_CHECKS, selection=["corpus_report"], instance=trained["instance"], resources=resources).success
+    meta = materialization(trained["instance"], "corpus_report")
+    rows = {r.data["shard"]: r.data for r in meta["shards"].records}
+    assert rows["lines"]["status"].startswith("departed") and rows["lines"]["documents"] is None
+    assert meta["shards_departed"] == 1 and meta["shards_scored"] == len(pipeline["ids"]) - 1
+    assert meta["documents"] == sum(len(ids) for shard, ids in pipeline["ids"].items() if shard != "lines")
 
 
 def test_training_sample_is_a_split_subset_of_the_corpus(pipeline):

@@ -11,11 +11,13 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 
 from embedding_assets import versions
 from embedding_assets.assets.curation import read_head, scored_corpus
+from embedding_assets.assets.ingest import retryable
 from embedding_assets.lineage import CODE_VERSIONS, OWNERS, short_hash
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.plots import score_histogram
 from embedding_assets.progress import StepMemory, throughput
-from embedding_assets.resources import Storage
+from embedding_assets.engine.errors import InputError
+from embedding_assets.resources import CorpusSource, Storage
 from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
 from embedding_assets.stored import open_scored_shard
 
@@ -32,7 +34,7 @@ AFTER_SCORING = (
 SHARDS_SCHEMA = dg.TableSchema(
     columns=[
         dg.TableColumn("shard", "string", "corpus shard (scored_corpus partition)"),
-        dg.TableColumn("status", "string", "scored; not scored yet; or refused, when its newest scoring failed a blocking gate (readers then use no version of it)"),
+        dg.TableColumn("status", "string", "scored; not scored yet; refused, when its newest scoring failed a blocking gate (readers then use no version of it); or departed, when its file is no longer in the corpus location (not in the totals)"),
         dg.TableColumn("documents", "int", "rows in the scored file"),
         dg.TableColumn("kept", "int", "documents with keep = true"),
         dg.TableColumn("keep_fraction", "float", "kept / documents, 3 decimals"),
@@ -63,15 +65,22 @@ def drift_of(instance: dg.DagsterInstance, scored: versions.Version) -> tuple[st
     return "not run", None
 
 
-def published_shards(context, shards: list[str]) -> dict[str, versions.Version | str]:
+def published_shards(context, shards: list[str], listing: dict[str, str]) -> dict[str, versions.Version | str]:
     """Shard -> the version of scored_corpus[shard] readers use, or why there is none; a few queries for all."""
     instance = context.instance
     latest = versions.latest_versions(instance, "scored_corpus", shards)
     refused = versions.gate_problems_by_partition(instance, latest)
-    return {
-        shard: "not scored" if shard not in latest else "refused: its newest scoring failed a blocking gate (see its checks)" if shard in refused else latest[shard]
-        for shard in shards
-    }
+    found: dict[str, versions.Version | str] = {}
+    for shard in shards:
+        if shard not in listing:
+            found[shard] = "departed: its file is no longer in the corpus location"
+        elif shard not in latest:
+            found[shard] = "not scored"
+        elif shard in refused:
+            found[shard] = "refused: its newest scoring failed a blocking gate (see its checks)"
+        else:
+            found[shard] = latest[shard]
+    return found
 
 
 def footer(parquet) -> dict[str, str]:
@@ -92,16 +101,20 @@ def footer(parquet) -> dict[str, str]:
         "files' score and keep columns, shard by shard in record batches; refreshed after scoring."
     ),
 )
-def corpus_report(context: dg.AssetExecutionContext, storage: Storage) -> dg.MaterializeResult:
+def corpus_report(context: dg.AssetExecutionContext, corpus: CorpusSource, storage: Storage) -> dg.MaterializeResult:
     memory = StepMemory.start()
     started = time.perf_counter()
+    try:
+        listing = corpus.shards()
+    except InputError as exc:
+        raise dg.Failure(str(exc), allow_retries=retryable(exc)) from exc
     head = read_head(storage, versions.published(context, "quality_classifier"))
     low, high = head.score_range
     counts = np.zeros(REPORT_BINS, dtype=np.int64)
     rows, produced_by = [], set()
     documents = kept = 0
     shards = sorted(context.instance.get_dynamic_partitions(corpus_shards.name))
-    for shard, scored in published_shards(context, shards).items():
+    for shard, scored in published_shards(context, shards, listing).items():
         if isinstance(scored, str):
             rows.append({"shard": shard, "status": scored, "documents": None, "kept": None, "keep_fraction": None,
                          "drift_check": "not run", "score_psi": None, "model_version": None, "classifier_version": None})
@@ -140,6 +153,7 @@ def corpus_report(context: dg.AssetExecutionContext, storage: Storage) -> dg.Mat
         "shards_scored": len(scored_rows),
         "shards_not_scored": sum(r["status"] == "not scored" for r in rows),
         "shards_refused": sum(r["status"].startswith("refused") for r in rows),
+        "shards_departed": sum(r["status"].startswith("departed") for r in rows),
         "shards_drift_failed": sum(r["drift_check"].startswith("failed") for r in scored_rows),
         "shards_by_another_classifier": len(stale),
         "distinct_model_classifier_pairs": len(produced_by),
