@@ -219,6 +219,12 @@ def test_scored_corpus_killed_mid_write_keeps_the_previous_shard_and_reruns_to_t
     assert len(leftovers) == 1 and leftovers[0].parent.parent == target.parent.parent and leftovers[0].parent != target.parent
     assert final_files(storage) == before
     assert_every_file_reads(storage)
+    # The killed run is still "started" for the instance, and pruning spares the folder of a run in
+    # progress; terminating it in the UI (or run monitoring, where the launcher checks its workers) marks it failed.
+    with dg.instance_for_test(temp_dir=str(workspace["home"])) as instance:
+        [killed] = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+        assert leftovers[0].parent.name.endswith(killed.run_id[:8])
+        instance.report_run_failed(killed)
 
     result = materialize(workspace, ["scored_corpus"], partition="big", resources=resources)
     assert metadata(result, "scored_corpus")["dagster/row_count"] == 24_000
