@@ -155,3 +155,21 @@ def test_classifier_threshold_keeps_the_target_share_of_the_sample(pipeline):
     assert meta["calibrated_on"] == "heldout"  # the documents the student never saw, like most of a corpus
     assert meta["calibration_keep_fraction"] == pytest.approx(0.2, abs=0.02)
     assert meta["heldout_auc"] > 0.6
+
+
+def test_past_its_cap_the_table_of_shards_lists_every_shard_that_needs_a_look_first():
+    from embedding_assets.assets.report import listed_rows
+
+    def row(i, status="scored", drift="passed"):
+        return {"shard": f"s{i:04d}", "status": status, "drift_check": drift}
+
+    rows = [row(i) for i in range(3000)]
+    rows[2500] = row(2500, "refused: its newest scoring failed a blocking gate")
+    rows[2900] = row(2900, drift="failed (error)")
+    rows[10] = row(10, "not scored")
+    listed, what = listed_rows(rows, 1000)
+    shards = [r["shard"] for r in listed]
+    assert len(listed) == 1000 and shards == sorted(shards)
+    assert {"s0010", "s2500", "s2900"} <= set(shards) and shards[:2] == ["s0000", "s0001"]
+    assert what.startswith("1,000 of 3,000 shards") and "(3 listed)" in what
+    assert listed_rows(rows[:40], 1000) == (rows[:40], "all 40 shards")

@@ -22,6 +22,8 @@ from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
 from embedding_assets.stored import open_scored_shard
 
 REPORT_BINS = 40
+# Rows of the table of shards; past it, the shards that need a look come first.
+MAX_LISTED_SHARDS = 1000
 DRIFT_CHECK = "scored_corpus_drift"
 
 # After scoring: when any scored shard changes (or the report is missing), once no shard is being scored.
@@ -83,6 +85,21 @@ def published_shards(context, shards: list[str], listing: dict[str, str]) -> dic
     return found
 
 
+def listed_rows(rows: list[dict], cap: int) -> tuple[list[dict], str]:
+    """The rows the table of shards shows, in shard order, and what they are: every one up to `cap`;
+    beyond it, every shard that needs a look (not scored, refused, departed, drift failed) first, then
+    scored ones, so a corpus of thousands of shards keeps a table the UI can show."""
+    if len(rows) <= cap:
+        return rows, f"all {len(rows):,} shards"
+    attention = [i for i, r in enumerate(rows) if r["status"] != "scored" or r["drift_check"].startswith("failed")]
+    shown = set(attention[:cap])
+    shown |= set([i for i in range(len(rows)) if i not in shown][: cap - len(shown)])
+    return [rows[i] for i in sorted(shown)], (
+        f"{len(shown):,} of {len(rows):,} shards: every one not scored, refused, departed or failing its drift gate "
+        f"({min(len(attention), cap):,} listed), then scored ones in shard order; the totals cover them all"
+    )
+
+
 def footer(parquet) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
 
@@ -138,6 +155,7 @@ def corpus_report(context: dg.AssetExecutionContext, corpus: CorpusSource, stora
         })
         documents += shard_documents
         kept += shard_kept
+    listed, listed_what = listed_rows(rows, MAX_LISTED_SHARDS)
     scored_rows = [r for r in rows if r["status"] == "scored"]
     if not scored_rows:
         raise dg.Failure("no shard of scored_corpus has been materialised; score the corpus first (score_corpus)", allow_retries=False)
@@ -146,7 +164,8 @@ def corpus_report(context: dg.AssetExecutionContext, corpus: CorpusSource, stora
         context.log.warning(f"{len(stale)} shards were scored by another quality_classifier than the current {head.version}: {stale[:20]}")
     keep_fraction = kept / max(documents, 1)
     metadata = {
-        "shards": dg.MetadataValue.table([dg.TableRecord(r) for r in rows], schema=SHARDS_SCHEMA),
+        "shards": dg.MetadataValue.table([dg.TableRecord(r) for r in listed], schema=SHARDS_SCHEMA),
+        "shards_listed": listed_what,
         "documents": documents,
         "kept": kept,
         "keep_fraction": round(keep_fraction, 4),
