@@ -101,23 +101,28 @@ def gates() -> dict[str, list[tuple[dg.AssetCheckKey, bool]]]:
     return found
 
 
+def evaluation_for(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, version: Version, partitioned: bool = True):
+    """The result of `check_key` aimed at this very version (an AssetCheckEvaluation), or None when
+    none of its recent results is."""
+    history = instance.event_log_storage.get_asset_check_execution_history(
+        check_key,
+        limit=HISTORY,
+        status={AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED},
+        partition_filter=PartitionKeyFilter(key=version.partition) if partitioned else None,
+    )
+    for record in history:
+        evaluation = record.event.dagster_event.event_specific_data if record.event else None
+        target = getattr(evaluation, "target_materialization_data", None)
+        if target is not None and target.storage_id == version.storage_id:
+            return evaluation
+    return None
+
+
 def gate_problems(instance: dg.DagsterInstance, version: Version) -> dict[str, str]:
     """Blocking check name -> why this version may not be read; empty when every one passed."""
     problems = {}
     for check_key, partitioned in gates().get(version.asset, []):
-        history = instance.event_log_storage.get_asset_check_execution_history(
-            check_key,
-            limit=HISTORY,
-            status={AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED},
-            partition_filter=PartitionKeyFilter(key=version.partition) if partitioned else None,
-        )
-        evaluation = None
-        for record in history:
-            candidate = record.event.dagster_event.event_specific_data if record.event else None
-            target = getattr(candidate, "target_materialization_data", None)
-            if target is not None and target.storage_id == version.storage_id:
-                evaluation = candidate
-                break
+        evaluation = evaluation_for(instance, check_key, version, partitioned)
         if evaluation is None:
             problems[check_key.name] = f"{check_key.name} has no result for this version (it did not run, or its step failed): run the checks of {version.label}"
         elif not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:

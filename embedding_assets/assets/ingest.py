@@ -166,11 +166,9 @@ def shared_id_failures(instance: dg.DagsterInstance) -> dict[str, str]:
     if latest is None:
         return {}
     key = dg.AssetCheckKey(dg.AssetKey("corpus_id_index"), "corpus_ids_unique_across_shards")
-    records = instance.event_log_storage.get_asset_check_execution_history(key, limit=1)
-    evaluation = records[0].event.dagster_event.event_specific_data if records and records[0].event else None
-    target = getattr(evaluation, "target_materialization_data", None)
     # Only the gate's result on the latest index counts: an older clash may have been fixed since.
-    if evaluation is None or evaluation.passed or target is None or target.storage_id != latest.storage_id:
+    evaluation = versions.evaluation_for(instance, key, latest, partitioned=False)
+    if evaluation is None or evaluation.passed:
         return {}
     problem = failure_reason(evaluation.check_name, evaluation.metadata)
     partners: dict[str, set[str]] = {}

@@ -6,8 +6,6 @@ import time
 import dagster as dg
 import numpy as np
 import pyarrow.compute as pc
-from dagster._core.event_api import PartitionKeyFilter
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from embedding_assets import versions
 from embedding_assets.assets.curation import read_head, scored_corpus
@@ -50,21 +48,12 @@ SHARDS_SCHEMA = dg.TableSchema(
 
 def drift_of(instance: dg.DagsterInstance, scored: versions.Version) -> tuple[str, float | None]:
     """The drift gate's outcome and PSI on this very version of the shard."""
-    history = instance.event_log_storage.get_asset_check_execution_history(
-        dg.AssetCheckKey(scored_corpus.key, DRIFT_CHECK),
-        limit=versions.HISTORY,
-        status={AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED},
-        partition_filter=PartitionKeyFilter(key=scored.partition),
-    )
-    for record in history:
-        evaluation = record.event.dagster_event.event_specific_data if record.event else None
-        target = getattr(evaluation, "target_materialization_data", None)
-        if target is None or target.storage_id != scored.storage_id:
-            continue
-        psi = evaluation.metadata.get("score_psi")
-        psi = psi.value if psi is not None and isinstance(psi.value, (int, float)) else None
-        return ("passed" if evaluation.passed else f"failed ({evaluation.severity.value.lower()})"), psi
-    return "not run", None
+    evaluation = versions.evaluation_for(instance, dg.AssetCheckKey(scored_corpus.key, DRIFT_CHECK), scored)
+    if evaluation is None:
+        return "not run", None
+    psi = evaluation.metadata.get("score_psi")
+    psi = psi.value if psi is not None and isinstance(psi.value, (int, float)) else None
+    return ("passed" if evaluation.passed else f"failed ({evaluation.severity.value.lower()})"), psi
 
 
 def published_shards(context, shards: list[str], listing: dict[str, str]) -> dict[str, versions.Version | str]:

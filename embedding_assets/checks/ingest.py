@@ -60,13 +60,14 @@ def raw_corpus_contract(context: dg.AssetCheckExecutionContext, storage: Storage
     )
 
 
-def shared_hashes(storage: Storage, index: versions.Version) -> tuple[dict[int, set[str]], int]:
+def shared_hashes(storage: Storage, index: versions.Version) -> tuple[dict[int, set[str]], int, int]:
     """Hashes that more than one shard holds, from one pass over the index (sorted by hash):
-    hash -> shards for the first MAX_COLLISIONS_KEPT of them, and how many there are in all."""
+    hash -> shards for the first MAX_COLLISIONS_KEPT of them, how many there are in all, and the ids indexed."""
     found: dict[int, set[str]] = {}
     total = 0
     last_hash, last_shard = None, None
     with storage.open_parquet(*index.file(CORPUS_ID_INDEX_FILE)) as parquet:
+        indexed = parquet.metadata.num_rows
         for batch in parquet.iter_batches(batch_size=1 << 20):
             hashes = batch.column("id_hash").to_numpy()
             shards = batch.column("shard").to_numpy(zero_copy_only=False)
@@ -81,7 +82,7 @@ def shared_hashes(storage: Storage, index: versions.Version) -> tuple[dict[int, 
                     found[key] = set()
                 found[key] |= {shards[i], shards[i + 1]}
             last_hash, last_shard = hashes[-1], shards[-1]
-    return found, total
+    return found, total, indexed
 
 
 def ids_of(storage: Storage, raw: versions.Version, shard: str, wanted: set[int]) -> dict[int, str]:
@@ -104,9 +105,7 @@ def ids_of(storage: Storage, raw: versions.Version, shard: str, wanted: set[int]
 )
 def corpus_ids_unique_across_shards(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
     index = versions.latest(context, "corpus_id_index")
-    with storage.open_parquet(*index.file(CORPUS_ID_INDEX_FILE)) as parquet:
-        indexed = parquet.metadata.num_rows  # the footer, not the rows
-    found, total = shared_hashes(storage, index)
+    found, total, indexed = shared_hashes(storage, index)
     collisions = []
     if found:
         wanted = dict(list(found.items())[: gates.failing_ids_cap])
