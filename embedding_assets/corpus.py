@@ -18,12 +18,15 @@ endpoint and credentials; without one, the URL's protocol picks a default filesy
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -31,6 +34,12 @@ from embedding_assets.engine.errors import InputError, SourceUnavailable
 
 SHARD_SUFFIXES = (".parquet", ".jsonl", ".txt")
 REQUIRED_COLUMNS = ("id", "text")
+# A shard key names a Dagster partition and a storage folder: word characters, and . + = @ - or a
+# space inside; no "..", which Dagster reserves, no control characters, commas, brackets or quotes.
+SHARD_KEY = re.compile(r"\w(?:[\w .+=@-]{0,198}[\w.+=@-])?")
+# Ids are stored, joined and shown in the UI: one line of text of a sane length.
+MAX_ID_CHARS = 2048
+CONTROL_CHARACTERS = r"[\x00-\x1f\x7f-\x9f]"
 # Errors of the filesystem itself, as opposed to bad content: what s3fs and local files raise.
 FILESYSTEM_ERRORS = (OSError, BotoCoreError, ClientError)
 
@@ -44,11 +53,14 @@ def _resolve(url: str, fs: fsspec.AbstractFileSystem | None) -> tuple[fsspec.Abs
 @dataclass
 class Listing:
     """What a corpus location holds: shard key -> URL, and every other file with why it is not a shard.
-    `fingerprints`: shard key -> the file's size and ETag (S3) or mtime (local), from the same listing."""
+    `fingerprints`: shard key -> the file's size and ETag (S3) or mtime (local), from the same listing.
+    `refused`: shard files that cannot be taken as they are (a name that cannot be a partition key, a
+    link out of the location), with what to do; a user must fix them rather than lose their documents."""
 
     shards: dict[str, str]
     skipped: dict[str, str] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 def fingerprint(info: dict) -> str:
@@ -75,6 +87,7 @@ def scan_location(location: str, fs: fsspec.AbstractFileSystem | None = None) ->
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     found: list[tuple[str, str, str, str]] = []
     skipped: dict[str, str] = {}
+    refused: dict[str, str] = {}
     for entry in entries:
         path = entry["name"].rstrip("/")
         name = PurePosixPath(path).name
@@ -87,14 +100,32 @@ def scan_location(location: str, fs: fsspec.AbstractFileSystem | None = None) ->
         if suffix.lower() not in SHARD_SUFFIXES:
             skipped[name] = f"not a shard file type (expected one of {', '.join(SHARD_SUFFIXES)})"
             continue
+        if protocol == "file" and entry.get("islink"):
+            target = os.path.realpath(path)
+            if os.path.commonpath([target, os.path.realpath(root)]) != os.path.realpath(root):
+                refused[name] = f"a symbolic link to {target}, outside the corpus location: copy the file into {location}, or point the corpus at its directory"
+                continue
         url = path if protocol == "file" else f"{protocol}://{path}"
         found.append((name[: -len(suffix)], name, url, fingerprint(entry)))
     stems = [stem for stem, _, _, _ in found]
     keys = [stem if stems.count(stem) == 1 else name for stem, name, _, _ in found]
-    return Listing(
-        {key: url for key, (_, _, url, _) in zip(keys, found)},
-        skipped,
-        {key: stamp for key, (_, _, _, stamp) in zip(keys, found)},
+    shards, fingerprints = {}, {}
+    for key, (_, name, url, stamp) in zip(keys, found):
+        problem = shard_key_problem(key)
+        if problem:
+            refused[name] = problem
+        else:
+            shards[key], fingerprints[key] = url, stamp
+    return Listing(shards, skipped, fingerprints, refused)
+
+
+def shard_key_problem(key: str) -> str | None:
+    """Why a file's shard key cannot name a partition and a storage folder, with what to do; None when it can."""
+    if SHARD_KEY.fullmatch(key) and ".." not in key:
+        return None
+    return (
+        f"its shard name {key!r} cannot be a partition key: rename the file to letters, digits and . _ + = @ - "
+        "(a space inside is allowed; no '..', control characters, commas, brackets or quotes), at most 200 characters"
     )
 
 
@@ -145,11 +176,27 @@ def _conform(batch: pa.RecordBatch, shard: str, first_row: int, lines: list[int]
         if column.null_count:
             index = column.is_null().to_pylist().index(True)
             raise InputError(f"shard {shard}: {_where(index, first_row, lines)}: {name} is null")
+        if name == "id":
+            _refuse_bad_ids(column, shard, first_row, lines)
         columns[name] = column
     for name in batch.schema.names:
         if name not in columns:
             columns[name] = batch.column(name)
     return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
+
+
+def _refuse_bad_ids(ids: pa.Array, shard: str, first_row: int, lines: list[int] | None) -> None:
+    """An id must be one line of text: not empty, no control character (NUL, newline, ...), at most MAX_ID_CHARS."""
+    lengths = pc.utf8_length(ids)
+    checks = (
+        (pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(ids)), 0), lambda i: "id is empty or only whitespace"),
+        (pc.match_substring_regex(ids, CONTROL_CHARACTERS), lambda i: f"id {ids[i].as_py()[:80]!r} holds a control character (a NUL, a newline, a tab, ...)"),
+        (pc.greater(lengths, MAX_ID_CHARS), lambda i: f"id is {lengths[i].as_py():,} characters long; at most {MAX_ID_CHARS:,} are allowed"),
+    )
+    for bad, why in checks:
+        if pc.any(bad).as_py():
+            index = bad.to_pylist().index(True)
+            raise InputError(f"shard {shard}: {_where(index, first_row, lines)}: {why(index)}")
 
 
 def _parquet_batches(fs, path: str, shard: str, batch_size: int) -> Iterator[pa.RecordBatch]:

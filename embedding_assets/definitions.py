@@ -52,10 +52,22 @@ def curation_from_env(corpus: str, s3: S3Settings) -> Curation:
     if not labels and not any(settings.values()) and mode in ("auto", "labels") and os.path.realpath(corpus) == os.path.realpath(SAMPLE_CORPUS_DIR):
         labels = list(NETWORKING_LABELS)
     optional = {
-        "keep_fraction": float(env("EMBEDDING_ASSETS_KEEP_FRACTION") or 0) or None,
-        "top_k": int(env("EMBEDDING_ASSETS_TOP_K") or 0) or None,
+        "keep_fraction": number_from_env("EMBEDDING_ASSETS_KEEP_FRACTION", float),
+        "top_k": number_from_env("EMBEDDING_ASSETS_TOP_K", int),
     }
     return Curation(mode=mode, positive_labels=labels, s3=s3, **settings, **{k: v for k, v in optional.items() if v is not None})
+
+
+def number_from_env(variable: str, kind: type):
+    """The variable's number, None when it is unset or empty; 0 is a value like any other, for the
+    settings to honour or refuse by name."""
+    raw = (os.environ.get(variable) or "").strip()
+    if not raw:
+        return None
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{variable}={raw!r}: expected {'an integer' if kind is int else 'a number'}") from None
 
 
 def resources_from_env() -> dict:

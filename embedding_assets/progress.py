@@ -78,9 +78,10 @@ def token_counts(tokenizer, texts: Iterable[str]) -> np.ndarray:
 
 
 def throughput(seconds: float, documents: int, tokens: int | None = None) -> dict[str, float]:
-    """`wall_seconds`, `docs_per_second` and, when the tokens are known, `tokens_per_second`."""
+    """`wall_seconds`, `docs_per_second`, the `documents_processed` it is the rate of and, when the
+    tokens are known, `tokens_per_second`."""
     seconds = max(seconds, 1e-9)
-    entries = {"wall_seconds": round(seconds, 3), "docs_per_second": round(documents / seconds, 1)}
+    entries = {"wall_seconds": round(seconds, 3), "docs_per_second": round(documents / seconds, 1), "documents_processed": int(documents)}
     if tokens is not None:
         entries["tokens_per_second"] = round(tokens / seconds, 1)
     return entries

@@ -42,6 +42,10 @@ class Interrupted(Exception):
     """Ctrl-C or SIGTERM: stop now, run nothing more, retry nothing."""
 
 
+def raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def failure_reasons(result) -> list[str]:
     """Why a run failed: each failed step's message, and each failed blocking check's reasons.
     `result` is a run's result, or its events (`run_events`)."""
@@ -301,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, ValueError) as exc:
         print(f"bad setting: {exc}", file=sys.stderr)
         return 2
+    from embedding_assets.assets.reference import curation_input_problems
     from embedding_assets.engine.errors import InputError
     from embedding_assets.jobs import pipeline
     from embedding_assets.resources.curation import CurationSettingsError
@@ -310,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     except CurationSettingsError as exc:
         print(f"bad curation settings: {exc}", file=sys.stderr)
         return 2
+    problems = curation_input_problems(defs.resources["curation"], defs.resources["gates"].min_reference_documents)
+    if problems:
+        for problem in problems:
+            print(f"bad curation input: {problem}", file=sys.stderr)
+        return 2
     corpus = defs.resources["corpus"]
     try:
         listing = corpus.listing()
@@ -318,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name, why in listing.skipped.items():
         print(f"{corpus.location}: {name} is not a shard: {why}", file=sys.stderr)
+    if listing.refused:
+        for name, why in listing.refused.items():
+            print(f"bad corpus: {corpus.location}: shard file {name!r}: {why}", file=sys.stderr)
+        return 2
     shards = sorted(listing.shards)
     if not shards:
         print(f"no shard files under {corpus.location}", file=sys.stderr)
@@ -331,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         ops["distilled_model"] = {"config": training}
 
     # A pod's eviction or `kill`: handled as Ctrl-C is (the runs are terminated, nothing retried).
-    signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))
+    # Its own handler, not SIGINT's: a background job of a script inherits SIGINT ignored.
+    signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         with instance_from_env() as instance:
             return run_pipeline(defs, instance, pipeline(mode), mode, corpus.location, shards, ops)

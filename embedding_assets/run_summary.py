@@ -32,18 +32,17 @@ class Summary:
     selected: int | None = None
 
 
-# Where a materialisation says how many documents it went through: the first of these it has.
-DOCUMENT_COUNTS = ("corpus_documents", "documents", "sample_documents", "dagster/row_count", "train_documents")
+# Where a materialisation says how many documents it went through: the first of these it has. The
+# teacher counts only what it embedded: a run that reused every chunk embedded nothing.
+DOCUMENT_COUNTS = ("embedded_documents", "corpus_documents", "documents", "sample_documents", "dagster/row_count", "train_documents", "documents_processed")
 
 
 def documents(metadata: dict) -> int:
-    """The documents a stage's materialisation went through: its count, else its wall time times its docs/s."""
+    """The documents a stage's materialisation went through, as it counted them; 0 when it does not say."""
     value = {k: getattr(v, "value", v) for k, v in metadata.items()}
     for key in DOCUMENT_COUNTS:
         if isinstance(value.get(key), int):
             return value[key]
-    if "wall_seconds" in value and "docs_per_second" in value:
-        return round(float(value["wall_seconds"]) * float(value["docs_per_second"]))
     return 0
 
 
@@ -117,7 +116,13 @@ def summary_lines(summary: Summary, wall_seconds: float, storage: str, home: str
         kept_total = None if any(k is None for _, k in summary.shards.values()) else sum(k for _, k in summary.shards.values())
         shard_rows.append(["all shards", f"{total:,}", "-" if kept_total is None else f"{kept_total:,}", "-" if kept_total is None else f"{kept_total / max(total, 1):.3f}"])
         lines += ["", *table(["shard", "documents", "kept", "keep fraction"], shard_rows)]
-    lines += ["", f"outputs: {storage}"]
+    if not summary.uris:
+        lines += ["", f"outputs: none; nothing was written to {storage}"]
+    else:
+        lines += ["", f"outputs: {storage}"]
+        named = {"scored_corpus", "selection"} & set(summary.uris)
+        if not named:
+            lines.append(f"  written: {', '.join(sorted(summary.uris))}")
     if "scored_corpus" in summary.uris:
         lines.append(f"  scored shards: {len(summary.shards)} files, the last {summary.uris['scored_corpus']}")
     if "selection" in summary.uris:

@@ -48,6 +48,8 @@ def corpus_shard_sensor(context: dg.SensorEvaluationContext, corpus: CorpusSourc
     if changed:
         for name, why in listing.skipped.items():
             context.log.warning(f"{corpus.location}: {name} is not a shard: {why}")
+    for name, why in listing.refused.items():
+        context.log.warning(f"{corpus.location}: shard file {name!r} is left out until it is fixed: {why}")
         ingested = ingested_files(context.instance, changed)
         changed = [key for key in changed if ingested.get(key) != (listing.shards[key], current[key])]
     known = set(context.instance.get_dynamic_partitions(corpus_shards.name))

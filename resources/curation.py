@@ -49,14 +49,15 @@ class Curation(dg.ConfigurableResource):
     @classmethod
     def _fraction(cls, value: float) -> float:
         if not 0 < value <= 1:
-            raise ValueError(f"keep_fraction must be in (0, 1], got {value}")
+            raise ValueError(f"keep_fraction (--keep-fraction, EMBEDDING_ASSETS_KEEP_FRACTION) must be in (0, 1], got {value}: a share of 0 keeps nothing")
         return value
 
     @field_validator("top_k", "max_negatives")
     @classmethod
-    def _positive(cls, value: int) -> int:
+    def _positive(cls, value: int, info) -> int:
         if value < 1:
-            raise ValueError(f"must be >= 1, got {value}")
+            flag = " (--top-k, EMBEDDING_ASSETS_TOP_K)" if info.field_name == "top_k" else ""
+            raise ValueError(f"{info.field_name}{flag} must be >= 1, got {value}")
         return value
 
     def resolved_mode(self) -> str:

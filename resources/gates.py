@@ -3,13 +3,30 @@
 Every field is also an environment variable, `EMBEDDING_ASSETS_GATE_<FIELD>` (`gates_from_env`).
 """
 
+import math
 import os
 from fnmatch import fnmatchcase
 
 import dagster as dg
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 DRIFT_SEVERITIES = ("warn", "block")
+# Allowed range of each numeric threshold; a share or a rate lies in [0, 1], a rank correlation in [-1, 1].
+SHARE = (0.0, 1.0)
+CORRELATION = (-1.0, 1.0)
+BOUNDS = {
+    "min_text_chars": (0, math.inf), "max_text_chars": (1, math.inf), "max_duplicate_text_ratio": SHARE,
+    "min_vocabulary_size": (0, math.inf), "max_vocabulary_size": (1, math.inf), "min_coverage": SHARE,
+    "norm_tolerance": (0.0, math.inf), "max_clipped_share": SHARE,
+    "min_recall_at_10": SHARE, "min_spearman": CORRELATION, "min_recall_gain": CORRELATION,
+    "min_reference_documents": (1, math.inf), "min_heldout_auc": SHARE, "min_heldout_spearman": CORRELATION,
+    "sample_keep_tolerance": SHARE, "shard_keep_tolerance": SHARE, "max_score_psi": (0.0, math.inf),
+    "min_rows_for_drift": (0, math.inf), "failing_ids_cap": (0, math.inf),
+}
+
+
+def variable(name: str) -> str:
+    return f"EMBEDDING_ASSETS_GATE_{name.upper()}"
 
 
 class QualityGates(dg.ConfigurableResource):
@@ -45,6 +62,23 @@ class QualityGates(dg.ConfigurableResource):
     )
     failing_ids_cap: int = Field(default=20, description="Most offending ids listed in a check's metadata.")
 
+    @field_validator(*BOUNDS)
+    @classmethod
+    def _in_bounds(cls, value, info):
+        low, high = BOUNDS[info.field_name]
+        if not (math.isfinite(value) and low <= value <= high):
+            allowed = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
+            raise ValueError(f"{info.field_name} ({variable(info.field_name)}) must be a finite number {allowed}, got {value}")
+        return value
+
+    @field_validator("drift_references")
+    @classmethod
+    def _fractions(cls, value: dict[str, float]) -> dict[str, float]:
+        for pattern, fraction in value.items():
+            if not (math.isfinite(fraction) and 0 <= fraction <= 1):
+                raise ValueError(f"drift_references ({variable('drift_references')}): the keep fraction of {pattern!r} must be in [0, 1], got {fraction}")
+        return value
+
     @field_validator("drift_severity")
     @classmethod
     def _severity(cls, value: str) -> str:
@@ -64,24 +98,23 @@ def gates_from_env(environ=os.environ) -> QualityGates:
     """QualityGates with each `EMBEDDING_ASSETS_GATE_<FIELD>` that is set; drift references as `pattern=fraction,...`."""
     values: dict = {}
     for name, spec in QualityGates.model_fields.items():
-        variable = f"EMBEDDING_ASSETS_GATE_{name.upper()}"
-        raw = environ.get(variable)
+        var = variable(name)
+        raw = environ.get(var)
         if raw is None or raw == "":
             continue
         if name == "drift_references":
             try:
                 values[name] = {pattern.strip(): float(fraction) for pattern, fraction in (item.rsplit("=", 1) for item in raw.split(",") if item.strip())}
             except ValueError as exc:
-                raise ValueError(f"{variable}={raw!r}: expected pattern=fraction pairs separated by commas, e.g. 'perl-*=0.05,debian-*=0.3'") from exc
+                raise ValueError(f"{var}={raw!r}: expected pattern=fraction pairs separated by commas, e.g. 'perl-*=0.05,debian-*=0.3'") from exc
         elif spec.annotation in (int, float):
             try:
                 values[name] = spec.annotation(raw)
             except ValueError as exc:
-                raise ValueError(f"{variable}={raw!r}: expected {'an integer' if spec.annotation is int else 'a number'}") from exc
+                raise ValueError(f"{var}={raw!r}: expected {'an integer' if spec.annotation is int else 'a number'}") from exc
         else:
             values[name] = raw
     try:
         return QualityGates(**values)
-    except Exception as exc:
-        names = ", ".join(f"EMBEDDING_ASSETS_GATE_{name.upper()}" for name in values)
-        raise ValueError(f"bad gate setting ({names}): {exc}") from exc
+    except ValidationError as exc:
+        raise ValueError("bad gate setting: " + "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())) from exc

@@ -84,3 +84,16 @@ def test_base_install_without_torch_scores_a_shard_equally(pipeline, tmp_path):
     assert base["keep"].to_pylist() == full["keep"].to_pylist()
     assert base["embedding"].to_pylist() == full["embedding"].to_pylist()
     assert base["model_version"].to_pylist() == full["model_version"].to_pylist()
+
+
+def test_base_install_loads_the_code_location_from_the_repository_root(tmp_path):
+    # From the root, the checkout's embedding_assets/ comes first on sys.path and shadows the installed
+    # copy: it must hold every module the installed one does, jobs and resources included.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    python = base_venv(env, tmp_path)
+    listed = subprocess.run(
+        [python, "-m", "dagster", "asset", "list", "-m", "embedding_assets.definitions"],
+        env={**env, "DAGSTER_HOME": str(tmp_path)}, cwd=ROOT, capture_output=True, text=True,
+    )
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    assert {"raw_corpus", "scored_corpus", "selection"} <= set(listed.stdout.split())

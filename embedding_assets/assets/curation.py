@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedding_assets.assets.ingest import raw_corpus, shared_id_failures, training_sample
-from embedding_assets.assets.reference import NEGATIVE, REFERENCE, annotations, reference_set, text_hash
+from embedding_assets.assets.reference import NEGATIVE, REFERENCE, annotation_targets, annotations, reference_set, text_hash
 from embedding_assets.assets.selection import clusters, current_centroids
 from embedding_assets.assets.training import distilled_model
 from embedding_assets import versions
@@ -36,7 +36,6 @@ MAX_SCORED_CHARS = 1_000_000
 MIN_CALIBRATION_DOCUMENTS = 50
 SHARDS_PER_RUN = int(os.environ.get("EMBEDDING_ASSETS_SHARDS_PER_RUN") or 16)
 SCORE_BINS = 20
-BOOLEAN_LABELS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False, "keep": True, "drop": False}
 
 
 def read_model(storage: Storage, version: versions.Version) -> LexicalEmbedder:
@@ -131,14 +130,7 @@ def annotations_data(storage: Storage, annotated: versions.Version, curation: Cu
     if "score" in table.column_names:
         y = table["score"].to_numpy().astype(np.float64)
     else:
-        labels = table["label"].to_pylist()
-        if curation.positive_labels:
-            y = np.isin(np.array(labels, dtype=object), list(curation.positive_labels))
-        else:
-            unknown = sorted({label for label in labels if label.lower() not in BOOLEAN_LABELS})
-            if unknown:
-                raise fail(f"annotation labels {unknown[:10]} are not true/false; name the labels to keep with --positive-labels")
-            y = np.array([BOOLEAN_LABELS[label.lower()] for label in labels])
+        y = annotation_targets(table["label"].to_pylist(), curation.positive_labels)
     return HeadData(
         [t for t, r in zip(texts, train) if r], y[train], [t for t, r in zip(texts, ~train) if r], y[~train],
         {"annotated_documents": len(texts)},

@@ -26,6 +26,7 @@ from embedding_assets.resources.curation import Curation
 REFERENCE = "reference"
 NEGATIVE = "negative"
 ANNOTATION_SUFFIXES = (".parquet", ".jsonl", ".csv")
+BOOLEAN_LABELS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False, "keep": True, "drop": False}
 
 
 def text_hash(texts: list[str]) -> list[bytes]:
@@ -209,6 +210,53 @@ def read_annotation_table(location: str, fs) -> pa.Table:
     if len(kinds) > 1:
         raise failure(f"annotations at {location}: some files give a label and others a score; use one kind")
     return pa.concat_tables(tables)
+
+
+def annotation_targets(labels: list[str], positive_labels: list[str]) -> np.ndarray:
+    """Which annotated documents are wanted: a label among `positive_labels`, else a true/false label."""
+    if positive_labels:
+        return np.isin(np.array(labels, dtype=object), list(positive_labels))
+    unknown = sorted({label for label in labels if label.lower() not in BOOLEAN_LABELS})
+    if unknown:
+        raise failure(
+            f"annotation labels {unknown[:10]} are not true/false ({', '.join(BOOLEAN_LABELS)}); "
+            "name the labels to keep with --positive-labels (EMBEDDING_ASSETS_POSITIVE_LABELS)"
+        )
+    return np.array([BOOLEAN_LABELS[label.lower()] for label in labels])
+
+
+def curation_input_problems(curation: Curation, min_reference_documents: int) -> list[str]:
+    """What is wrong with the reference sets and annotations the curation reads, found by reading
+    them (they are small) before any run starts: each problem names the setting, file and row."""
+    problems = []
+    sets = [("the reference set", "--reference", curation.reference, REFERENCE)]
+    if curation.negative_reference:
+        sets.append(("the negative reference set", "--negative-reference", curation.negative_reference, NEGATIVE))
+    if curation.resolved_mode() in ("reference-classifier", "reference-similarity"):
+        for what, flag, location, role in sets:
+            try:
+                refuse_bad_documents(read_documents(location, curation.filesystem(location), role), location, min_reference_documents, what)
+            except InputError as exc:
+                problems.append(f"{flag} {location}: {exc}")
+            except dg.Failure as exc:
+                problems.append(f"{flag}: {exc.description}")
+    if curation.resolved_mode() == "annotations" and curation.annotations:
+        try:
+            table = read_annotation_table(curation.annotations, curation.filesystem(curation.annotations))
+            counts = pc.value_counts(table["id"])
+            repeated = counts.filter(pc.greater(pc.struct_field(counts, "counts"), 1))
+            if len(repeated):
+                problems.append(f"--annotations {curation.annotations}: id {repeated[0]['values'].as_py()!r} is annotated more than once")
+            if "label" in table.column_names:
+                wanted = annotation_targets(table["label"].to_pylist(), curation.positive_labels)
+                if wanted.all() or not wanted.any():
+                    problems.append(
+                        f"--annotations {curation.annotations}: {'every' if wanted.all() else 'no'} annotated document is wanted "
+                        f"(labels {sorted(set(table['label'].to_pylist()))[:10]}); the head needs both wanted and unwanted examples"
+                    )
+        except dg.Failure as exc:
+            problems.append(f"--annotations: {exc.description}")
+    return problems
 
 
 @dg.asset(

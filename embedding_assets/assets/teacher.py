@@ -135,6 +135,7 @@ def teacher_embeddings(
             "chunks": result.chunks,
             "chunks_reused": result.reused,
             "chunks_computed": result.computed,
+            "embedded_documents": result.embedded,
             "chunk_folders_removed": removed,
             "prior_tokens": len(result.token_sums.ids),
             # Throughput of the teacher itself: only the documents embedded in this run count.
