@@ -231,21 +231,75 @@ def run_jobs(defs, context, steps, shards: list[str], ops: dict) -> tuple[list[s
                 if not partitioned:
                     return failures, run_ids
                 bad_shards.add(shard)
+        if partitioned and shards and bad_shards >= set(shards):
+            print(f"{job.name}: every shard failed; nothing more runs (there is nothing to go on with)", file=sys.stderr, flush=True)
+            return failures, run_ids
     return failures, run_ids
+
+
+INSTANCE_CONFIG = """\
+# Dagster's defaults: runs, events and schedules in SQLite under this folder. deploy/ shows the
+# settings of a shared deployment; https://docs.dagster.io/deployment/oss/dagster-yaml lists them all.
+"""
+LOCK_FILE = "run-command.lock"
+
+
+def ensure_instance_config(home: str) -> None:
+    """A DAGSTER_HOME without dagster.yaml gets a minimal one, so Dagster does not warn of its absence at every start."""
+    path = os.path.join(home, "dagster.yaml")
+    if not os.path.exists(path):
+        os.makedirs(home, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(INSTANCE_CONFIG)
+
+
+@contextmanager
+def only_run_command(home: str):
+    """Holds DAGSTER_HOME for this run command; another one on the same home raises `HomeInUse`.
+    Two at once would launch each other's shards and remove each other's runs as dead."""
+    import fcntl
+
+    path = os.path.join(home, LOCK_FILE)
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise HomeInUse(
+                f"another run command (pid {holder}) is running on DAGSTER_HOME={home}: wait for it to end, "
+                "or give this one its own DAGSTER_HOME and --storage"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)
+
+
+class HomeInUse(Exception):
+    """Another run command holds this DAGSTER_HOME."""
 
 
 @contextmanager
 def instance_from_env():
-    """The instance of DAGSTER_HOME; without it, one in a temporary directory that is removed at the
-    end (a launched run needs an instance that its own process can open)."""
+    """The instance of DAGSTER_HOME, held by this command alone; without DAGSTER_HOME, one in a
+    temporary directory that is removed at the end (a launched run needs an instance that its own
+    process can open)."""
     import dagster as dg
 
     if os.environ.get("DAGSTER_HOME"):
-        with dg.DagsterInstance.get() as instance:
+        home = os.environ["DAGSTER_HOME"]
+        ensure_instance_config(home)
+        with only_run_command(home), dg.DagsterInstance.get() as instance:
             yield instance
         return
     with tempfile.TemporaryDirectory(prefix="embedding_assets-dagster-") as home:
         print(f"DAGSTER_HOME is not set: this run's history is kept in {home} and removed at the end (make run keeps it in .dagster_home)", flush=True)
+        ensure_instance_config(home)
         os.environ["DAGSTER_HOME"] = home
         try:
             with dg.DagsterInstance.local_temp(home) as instance:
@@ -353,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted before any run started; nothing was launched", file=sys.stderr)
         return 130
+    except HomeInUse as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
 
 
 def run_pipeline(defs, instance, steps, mode: str, location: str, shards: list[str], ops: dict) -> int:

@@ -77,12 +77,23 @@ class TeacherChunks:
         self.storage.write_bytes(sums.to_bytes(), TEACHER_CHUNKS_DIR, self.key, sums_name(index))
         self.storage.write_parquet([batch], schema, TEACHER_CHUNKS_DIR, self.key, chunk_name(index))
 
-    def remove_others(self) -> int:
-        """Remove the chunk folders of every other key; returns how many."""
-        stale = [name for name in self.storage.list_names(TEACHER_CHUNKS_DIR) if name != self.key]
-        for name in stale:
+    def remove_all(self) -> int:
+        """Once the final file is written: remove every chunk folder, this key's too; returns how many."""
+        folders = self.storage.list_names(TEACHER_CHUNKS_DIR)
+        for name in folders:
             self.storage.delete_folder(TEACHER_CHUNKS_DIR, name)
-        return len(stale)
+        return len(folders)
+
+
+def read_assembled(storage: Storage, embeddings: tuple[str, ...], token_sums: tuple[str, ...], ids: list[str]) -> tuple[np.ndarray, TokenSums] | None:
+    """The vectors and token sums of a final file assembled earlier from the same key's chunks, or
+    None when it is gone, unreadable or not of these documents."""
+    try:
+        stored_ids, vectors, _ = read_embeddings(storage, *embeddings)
+        sums = TokenSums.from_bytes(storage.read_bytes(*token_sums))
+    except (pa.ArrowException, OSError, dg.Failure, ValueError, ArtifactError):
+        return None
+    return (vectors, sums) if stored_ids == ids else None
 
 
 def embed_in_chunks(
@@ -95,9 +106,12 @@ def embed_in_chunks(
     device: Callable[[], str],
     precision: str,
     log: Callable[[str], None] = print,
+    assembled: Callable[[str], tuple[np.ndarray, TokenSums] | None] = lambda key: None,
 ) -> ChunkedEmbeddings:
     """The teacher's vectors of `texts`, and its token sums over those flagged in `sum_over`; stored chunks are reused.
 
+    `assembled(key)` gives the final file an earlier run assembled from this key's chunks (which
+    were then removed), or None; when it has one, nothing is embedded.
     `device()` is asked only when a chunk has to be computed, so a full reuse never loads torch.
     `log` gets the plan and the progress of the chunks being computed.
     """
@@ -105,6 +119,11 @@ def embed_in_chunks(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     chunks = TeacherChunks(storage, chunk_key(teacher.identity()["sha256"], ids, texts, chunk_size))
     starts = list(range(0, len(texts), chunk_size))
+    earlier = assembled(chunks.key)
+    if earlier is not None:
+        log(f"teacher {teacher.model}: {len(texts)} documents read from the final file of an earlier run with key {chunks.key}; nothing to embed")
+        vectors, sums = earlier
+        return ChunkedEmbeddings(vectors, sums, chunks.key, len(starts), len(starts), 0, 0, "none", 0.0)
     stored = set(storage.list_names(TEACHER_CHUNKS_DIR, chunks.key))
     parts = [chunks.read(i, ids[s : s + chunk_size]) if chunk_name(i) in stored else None for i, s in enumerate(starts)]
     missing = [i for i, part in enumerate(parts) if part is None]

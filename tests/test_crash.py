@@ -120,7 +120,8 @@ def metadata(result, asset: str) -> dict:
 
 
 def chunk_files(storage: Path) -> dict[str, list[str]]:
-    return {d.name: sorted(p.name for p in d.glob("*.parquet")) for d in sorted((storage / "teacher_chunks").iterdir())}
+    folder = storage / "teacher_chunks"
+    return {d.name: sorted(p.name for p in d.glob("*.parquet")) for d in sorted(folder.iterdir())} if folder.exists() else {}
 
 
 def small_sample(storage: Path, home: Path, size: int) -> None:
@@ -146,13 +147,13 @@ def test_teacher_embeddings_killed_mid_run_keeps_the_previous_file_and_resumes(s
     workspace = {"storage": storage, "corpus": small_corpus[0], "home": tmp_path / "home", "resources": local_resources(small_corpus[0], storage)}
     materialize(workspace, ["teacher_model", "teacher_embeddings"], run_config=chunking(8))  # the previous materialisation
     before = final_files(storage)
-    [previous_key] = chunk_files(storage)
+    assert chunk_files(storage) == {}  # once the final file is written, its chunks are removed
 
     # Another chunk size is another set of chunks: the killed run has all 16 to embed.
     child = start_child(workspace, "teacher_embeddings", None, chunking(6))
 
     def two_new_chunks_stored():
-        return any(len(names) >= 2 for key, names in chunk_files(storage).items() if key != previous_key)
+        return any(len(names) >= 2 for names in chunk_files(storage).values())
 
     kill_when(child, two_new_chunks_stored)
     after_kill = final_files(storage)
@@ -160,7 +161,7 @@ def test_teacher_embeddings_killed_mid_run_keeps_the_previous_file_and_resumes(s
         k: v for k, v in before.items() if not k.startswith("teacher_chunks/")
     }  # teacher_embeddings.parquet and every other final file untouched
     assert_every_file_reads(storage)
-    [new_key] = [key for key in chunk_files(storage) if key != previous_key]
+    [new_key] = list(chunk_files(storage))
     stored = chunk_files(storage)[new_key]
     assert 2 <= len(stored) < 16
     for name in stored:
@@ -170,7 +171,7 @@ def test_teacher_embeddings_killed_mid_run_keeps_the_previous_file_and_resumes(s
     meta = metadata(result, "teacher_embeddings")
     assert meta["chunks"] == 16
     assert (meta["chunks_reused"], meta["chunks_computed"]) == (len(stored), 16 - len(stored))
-    assert chunk_files(storage) == {new_key: [f"{i:06d}.parquet" for i in range(16)]}  # the older set is gone
+    assert chunk_files(storage) == {}  # assembled into the final file, the resumed chunks are removed too
     assert meta["chunk_folders_removed"] == 1
     assert not temp_files(storage)
 
@@ -259,7 +260,7 @@ def test_chunks_of_another_sample_or_teacher_are_never_reused(tmp_path, small_co
     changed = run()
     assert changed["chunk_key"] != first["chunk_key"]
     assert (changed["chunks_reused"], changed["chunks_computed"]) == (0, 3)
-    assert list(chunk_files(storage)) == [changed["chunk_key"]]
+    assert chunk_files(storage) == {}
 
     previous = vectors(pq.read_table(stored_file(storage, "teacher_embeddings.parquet")))
     shorter_reads = {**resources, "teacher": Teacher(max_seq_length=16)}  # another teacher identity
@@ -267,3 +268,18 @@ def test_chunks_of_another_sample_or_teacher_are_never_reused(tmp_path, small_co
     assert other["chunk_key"] != changed["chunk_key"]
     assert (other["chunks_reused"], other["chunks_computed"]) == (0, 3)
     assert np.abs(vectors(pq.read_table(stored_file(storage, "teacher_embeddings.parquet"))) - previous).max() > 0.01
+
+
+def test_assembled_teacher_chunks_are_removed_and_a_rerun_with_the_same_key_reads_the_final_file(tmp_path, small_corpus):
+    storage = tmp_path / "storage"
+    small_sample(storage, tmp_path / "home", 24)
+    workspace = {"resources": local_resources(small_corpus[0], storage), "home": tmp_path / "home"}
+    first = metadata(materialize(workspace, ["teacher_model", "teacher_embeddings"], run_config=chunking(8)), "teacher_embeddings")
+    assert first["chunks_computed"] == 3 and first["embedded_documents"] == 24
+    assert chunk_files(storage) == {} and first["chunk_folders_removed"] == 1
+    written = pq.read_table(stored_file(storage, "teacher_embeddings.parquet"))
+
+    again = metadata(materialize(workspace, ["teacher_embeddings"], run_config=chunking(8)), "teacher_embeddings")
+    assert (again["chunk_key"], again["chunks_computed"], again["embedded_documents"], again["device"]) == (first["chunk_key"], 0, 0, "none")
+    assert chunk_files(storage) == {}
+    assert pq.read_table(stored_file(storage, "teacher_embeddings.parquet")).equals(written)

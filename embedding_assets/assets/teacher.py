@@ -25,7 +25,7 @@ from embedding_assets.progress import throughput
 from embedding_assets.resources import Compute, Storage, Teacher
 from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
 from embedding_assets.resources.teacher import model_problem
-from embedding_assets.resources.teacher_chunks import TeacherChunks, embed_in_chunks
+from embedding_assets.resources.teacher_chunks import TeacherChunks, embed_in_chunks, read_assembled
 from embedding_assets.stored import embedding_column, embeddings_schema, read_sample
 from embedding_assets.lineage import CODE_VERSIONS, OWNERS, latest_metadata_value, short_hash
 from embedding_assets.placement import GPU_POD_TAGS, GPU_POOL
@@ -99,10 +99,16 @@ def teacher_embeddings(
             "materialise teacher_model with it first, so lineage names the teacher that was used",
             allow_retries=False,
         )
+    def assembled(key: str):
+        earlier = versions.latest_version(context.instance, "teacher_embeddings")
+        if earlier is None or latest_metadata_value(context.instance, "teacher_embeddings", "chunk_key") != key:
+            return None
+        return read_assembled(storage, earlier.file(paths.TEACHER_EMBEDDINGS_FILE), earlier.file(paths.TEACHER_TOKEN_SUMS_FILE), ids)
+
     result = embed_in_chunks(
         storage, teacher, ids, texts,
         sum_over=[split == "train" for split in sample["split"].to_pylist()],  # held-out documents stay out of the prior
-        chunk_size=config.chunk_size, device=compute.torch_device, precision=compute.precision, log=context.log.info,
+        chunk_size=config.chunk_size, device=compute.torch_device, precision=compute.precision, log=context.log.info, assembled=assembled,
     )
     vectors, dim = result.vectors, result.vectors.shape[1]
     version = versions.new_version(context, "teacher_embeddings")
@@ -118,7 +124,7 @@ def teacher_embeddings(
     })
     table = pa.table([sample["id"], embedding_column(vectors)], schema=schema)
     uri, rows = storage.write_parquet(table.to_batches(), schema, *version.file(paths.TEACHER_EMBEDDINGS_FILE))
-    removed = TeacherChunks(storage, result.key).remove_others()
+    removed = TeacherChunks(storage, result.key).remove_all()
     return dg.MaterializeResult(
         data_version=dg.DataVersion(short_hash(identity["sha256"], "\n".join(ids), vectors.tobytes())),
         metadata={
