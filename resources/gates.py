@@ -83,7 +83,7 @@ class QualityGates(dg.ConfigurableResource):
     @classmethod
     def _severity(cls, value: str) -> str:
         if value not in DRIFT_SEVERITIES:
-            raise ValueError(f"drift_severity must be one of {DRIFT_SEVERITIES}, got {value!r}")
+            raise ValueError(f"drift_severity ({variable('drift_severity')}) must be one of {DRIFT_SEVERITIES}, got {value!r}")
         return value
 
     def drift_reference(self, shard: str) -> tuple[str, float] | None:

@@ -46,8 +46,8 @@ def test_progress_detail_and_eta_in_minutes():
 
 
 def test_throughput_names_and_rates():
-    assert throughput(2.0, 100, 5000) == {"wall_seconds": 2.0, "docs_per_second": 50.0, "tokens_per_second": 2500.0}
-    assert throughput(4.0, 10) == {"wall_seconds": 4.0, "docs_per_second": 2.5}
+    assert throughput(2.0, 100, 5000) == {"wall_seconds": 2.0, "docs_per_second": 50.0, "documents_processed": 100, "tokens_per_second": 2500.0}
+    assert throughput(4.0, 10) == {"wall_seconds": 4.0, "docs_per_second": 2.5, "documents_processed": 10}
 
 
 def touched(mib: int) -> mmap.mmap:

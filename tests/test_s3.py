@@ -243,3 +243,54 @@ def test_an_endpoint_refusing_connections_for_a_moment_is_retried(s3_pipeline):
         assert CurationHead.from_bytes(storage.read_bytes(*head)).scores
     finally:
         restart.join()
+
+
+def test_the_endpoint_stopped_mid_scoring_and_restarted_loses_nothing(s3_pipeline, tmp_path):
+    """The endpoint goes away once the step has scored its first batch of a large shard and comes back
+    once the step has failed on it: the retry policy runs the step again, and the shard is scored as an
+    undisturbed run scores it, with no partial object left."""
+    from embedding_assets.sample_corpus import SAMPLE_CORPUS_DIR
+
+    client, server, instance = s3_pipeline["client"], s3_pipeline["server"], s3_pipeline["instance"]
+    texts = pq.read_table(sorted(SAMPLE_CORPUS_DIR.glob("*.parquet"))[2])["text"].to_pylist()
+    size = 24_000  # three record batches
+    rows = {"id": [f"big-{i}" for i in range(size)], "text": [f"{texts[i % len(texts)]} (part {i // len(texts)})" for i in range(size)]}
+    pq.write_table(pa.table(rows), tmp_path / "big.parquet")
+    client.upload_file(str(tmp_path / "big.parquet"), BUCKET, "corpus/big.parquet")
+    instance.add_dynamic_partitions("corpus_shards", ["big"])
+    assert materialize_one(s3_pipeline, "raw_corpus", "big").success
+    assert materialize_one(s3_pipeline, "scored_corpus", "big").success
+    undisturbed = read_parquet(client, newest(client, "scored_corpus", "big"))
+
+    outcome = {}
+    scoring = threading.Thread(target=lambda: outcome.update(result=materialize_one(s3_pipeline, "scored_corpus", "big")))
+    known = {run.run_id for run in instance.get_runs()}
+    scoring.start()
+    try:
+        stopped = None
+        while scoring.is_alive() and stopped is None:
+            for run in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+                if run.run_id not in known and any(
+                    entry.step_key == "scored_corpus" and f"/{size:,} " in (entry.user_message or "") for entry in instance.all_logs(run.run_id)
+                ):
+                    server.stop()
+                    stopped = run.run_id
+            threading.Event().wait(0.05)
+        assert stopped, "the step ended before it logged its first scored batch"
+        while scoring.is_alive() and not instance.all_logs(stopped, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY):
+            threading.Event().wait(0.05)
+    finally:
+        if not server.running:
+            server.start()
+        scoring.join(timeout=300)
+    result = outcome["result"]
+    assert result.success
+    assert step_retries(result) == 1  # the endpoint's absence failed the step once; the retry found it back
+    after = read_parquet(client, newest(client, "scored_corpus", "big"))
+    for column in ("id", "embedding", "score", "keep", "model_version", "classifier_version"):
+        assert after[column].equals(undisturbed[column]), column
+    # Every object under the shard's folder is a whole version: a readable parquet file of every row.
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="storage/scored_corpus/big/"):
+        for item in page.get("Contents", []):
+            assert item["Key"].endswith("/big.parquet"), item["Key"]
+            assert read_parquet(client, item["Key"]).num_rows == size
