@@ -16,7 +16,6 @@ setup: $(VENV)/.installed
 
 run: $(VENV)/.installed
 	@mkdir -p .dagster_home
-	@touch .dagster_home/dagster.yaml
 	@DAGSTER_HOME=$(CURDIR)/.dagster_home $(PY) -m embedding_assets.run
 
 # The browser tests drive Debian's Chromium and its driver; installed when missing.
