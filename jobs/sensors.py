@@ -45,11 +45,11 @@ def corpus_shard_sensor(context: dg.SensorEvaluationContext, corpus: CorpusSourc
         return dg.SkipReason(str(exc))
     current = listing.fingerprints
     changed = sorted(key for key, fingerprint in current.items() if seen.get(key) != fingerprint)
+    for name, why in listing.refused.items():
+        context.log.warning(f"{corpus.location}: shard file {name!r} is left out until it is fixed: {why}")
     if changed:
         for name, why in listing.skipped.items():
             context.log.warning(f"{corpus.location}: {name} is not a shard: {why}")
-    for name, why in listing.refused.items():
-        context.log.warning(f"{corpus.location}: shard file {name!r} is left out until it is fixed: {why}")
         ingested = ingested_files(context.instance, changed)
         changed = [key for key in changed if ingested.get(key) != (listing.shards[key], current[key])]
     known = set(context.instance.get_dynamic_partitions(corpus_shards.name))
