@@ -238,8 +238,8 @@ def run_jobs(defs, context, steps, shards: list[str], ops: dict) -> tuple[list[s
 
 
 INSTANCE_CONFIG = """\
-# Dagster's defaults: runs, events and schedules in SQLite under this folder. deploy/ shows the
-# settings of a shared deployment; https://docs.dagster.io/deployment/oss/dagster-yaml lists them all.
+# Dagster's defaults: runs, events and schedules in SQLite under this folder. Dagster's
+# documentation of dagster.yaml lists the settings of a shared deployment (PostgreSQL, run queue).
 """
 LOCK_FILE = "run-command.lock"
 
@@ -247,10 +247,14 @@ LOCK_FILE = "run-command.lock"
 def ensure_instance_config(home: str) -> None:
     """A DAGSTER_HOME without dagster.yaml gets a minimal one, so Dagster does not warn of its absence at every start."""
     path = os.path.join(home, "dagster.yaml")
-    if not os.path.exists(path):
+    if os.path.exists(path):
+        return
+    try:
         os.makedirs(home, exist_ok=True)
-        with open(path, "w") as f:
+        with open(path, "x") as f:
             f.write(INSTANCE_CONFIG)
+    except OSError:
+        pass  # a read-only home, or another process wrote it first: Dagster then reads that, or warns
 
 
 @contextmanager
