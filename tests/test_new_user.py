@@ -54,7 +54,8 @@ class BackgroundRun:
     supervisor starts it: such a job inherits SIGINT ignored."""
 
     def __init__(self, tmp: Path, corpus: Path, home: Path, storage: Path, name: str):
-        self.log, self.pid_file, self.rc_file = tmp / f"{name}.log", tmp / f"{name}.pid", tmp / f"{name}.rc"
+        self.pid_file = tmp / f"{name}.pid"
+        self.log, self.rc_file = tmp / f"{name}.log", tmp / f"{name}.rc"
         command = (
             f"{sys.executable} -m embedding_assets.run --corpus {corpus} --storage {storage} "
             f"--positive-labels {','.join(NETWORKING_LABELS)} --sample-size 700 --epochs 1 > {self.log} 2>&1 & "
@@ -94,6 +95,30 @@ class BackgroundRun:
         self.shell.wait(30)
         return int(self.rc_file.read_text()), took
 
+    def close(self) -> None:
+        """Ends a run command a failed test left going, with the runs it launched."""
+        if self.shell.poll() is None and self.pid_file.exists():
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.shell.wait(90)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.shell.wait(30)
+
+
+@pytest.fixture
+def background(tmp_path):
+    """Starts BackgroundRun's and ends whichever a test leaves going."""
+    started: list[BackgroundRun] = []
+
+    def start(*args) -> BackgroundRun:
+        started.append(BackgroundRun(tmp_path, *args))
+        return started[-1]
+
+    yield start
+    for run in started:
+        run.close()
+
 
 @pytest.fixture
 def two_shards(tmp_path) -> Path:
@@ -103,9 +128,9 @@ def two_shards(tmp_path) -> Path:
     return corpus
 
 
-def test_sigterm_stops_the_run_command_started_in_the_background_of_a_script(tmp_path, two_shards):
+def test_sigterm_stops_the_run_command_started_in_the_background_of_a_script(tmp_path, two_shards, background):
     home, storage = tmp_path / "home", tmp_path / "storage"
-    run = BackgroundRun(tmp_path, two_shards, home, storage, "background")
+    run = background(two_shards, home, storage, "background")
     run.wait_for("curation mode: ")
     assert run.ignored_signals() & (1 << (signal.SIGINT - 1))  # the shell's background job ignores Ctrl-C, as it should
     assert not run.ignored_signals() & (1 << (signal.SIGTERM - 1))
@@ -116,9 +141,9 @@ def test_sigterm_stops_the_run_command_started_in_the_background_of_a_script(tmp
         assert not [r for r in instance.get_runs() if not r.is_finished]
 
 
-def test_a_second_run_command_on_the_same_home_is_refused_and_the_first_goes_on(tmp_path, two_shards):
+def test_a_second_run_command_on_the_same_home_is_refused_and_the_first_goes_on(tmp_path, two_shards, background):
     home, storage = tmp_path / "home", tmp_path / "storage"
-    first = BackgroundRun(tmp_path, two_shards, home, storage, "first")
+    first = background(two_shards, home, storage, "first")
     first.wait_for("curation mode: ")
     second = run_command("--corpus", str(two_shards), "--positive-labels", ",".join(NETWORKING_LABELS), home=home, storage=storage)
     assert second.returncode == 2, second.stdout + second.stderr
