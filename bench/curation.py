@@ -54,7 +54,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
-from bench.corpora import kernel_docs_files, python_docs_files, sample_labels  # noqa: E402
+from bench.corpora import kernel_docs_files, manual_package, manual_paragraphs, python_docs_files, sample_labels  # noqa: E402
 from bench.fidelity import manual_corpus  # noqa: E402
 from embedding_assets.engine import LexicalEmbedder  # noqa: E402
 from embedding_assets.engine.curation import (  # noqa: E402
@@ -72,7 +72,14 @@ from embedding_assets.engine.prior import TokenSums  # noqa: E402
 from embedding_assets.sample_corpus import NETWORKING_LABELS  # noqa: E402
 from embedding_assets.resources.teacher import Teacher  # noqa: E402
 
-CORPORA = ["sample", "python-docs", "kernel-docs"]
+CORPORA = ["sample", "python-docs", "django-docs", "zsh-docs", "kernel-docs"]
+# Corpora mixed from Debian manuals: name -> (manuals and how many paragraphs of each, the target
+# manual, the reference manual: another package on the target's subject).
+MIXED = {
+    "django-docs": ({"django": 1_200, "cmake": 1_400, "zsh": 1_400}, "django", "flask"),
+    "zsh-docs": ({"zsh": 1_000, "apache": 1_500, "django": 1_500}, "zsh", "bash"),
+}
+REFERENCE_LABEL = "reference set"
 CACHE_DIR = Path(os.environ.get("EMBEDDING_ASSETS_BENCH_CACHE", Path(__file__).resolve().parent.parent / ".bench_cache"))
 # The teacher embeds every document once (about 60 a second on two cores): the manuals are cut to
 # what it embeds in a few minutes each.
@@ -105,6 +112,8 @@ class Labelled:
     labels: list[str]
     target: tuple[str, ...]
     target_name: str
+    # Reference documents from another source, appended after the corpus's own texts (label REFERENCE_LABEL).
+    external: int = 0
 
     @property
     def positive(self) -> np.ndarray:
@@ -119,6 +128,8 @@ def load_corpus(name: str, limit: int | None) -> Labelled | None:
     elif name == "python-docs":
         found = manual_corpus(name, python_docs_files(), "/_sources/", min_words=20, limit=PYTHON_DOCS_LIMIT)
         corpus = found and Labelled(name, found.texts, found.labels, ("library",), "the library reference (library/)")
+    elif name in MIXED:
+        return mixed_corpus(name)
     else:
         found = manual_corpus(name, kernel_docs_files(), "/Documentation/", min_words=8, limit=KERNEL_DOCS_LIMIT,
                               markup=("::", "|", "+-", "==", "--", "#"))
@@ -129,6 +140,32 @@ def load_corpus(name: str, limit: int | None) -> Labelled | None:
     return corpus
 
 
+def mixed_corpus(name: str) -> Labelled | None:
+    """Paragraphs of several manuals (a seeded draw of each), then every paragraph of the reference manual."""
+    parts, target, reference = MIXED[name]
+    texts, labels = [], []
+    for manual, count in parts.items():
+        found = manual_paragraphs(manual)
+        if found is None:
+            return None
+        chosen = np.sort(np.random.default_rng(0).permutation(len(found))[:count])
+        texts += [found[i] for i in chosen]
+        labels += [manual] * len(chosen)
+    refs = manual_paragraphs(reference)
+    if refs is None:
+        return None
+    seen = set(texts)
+    refs = [t for t in refs if t not in seen]
+    return Labelled(name, texts + refs, labels + [REFERENCE_LABEL] * len(refs), (target,),
+                    f"the {target} manual; references: the {reference} manual", external=len(refs))
+
+
+def missing_packages(name: str) -> str:
+    if name in MIXED:
+        return " ".join(sorted({manual_package(m) for m in [*MIXED[name][0], MIXED[name][2]]}))
+    return {"python-docs": "python3-doc", "kernel-docs": "linux-doc"}[name]
+
+
 @dataclass
 class Split:
     """Who is what: the reference draws, the student's training sample and its held-out part."""
@@ -136,23 +173,31 @@ class Split:
     references: dict[int, np.ndarray]  # N -> document indices, nested
     train: np.ndarray  # indices of the student's training documents
     heldout: np.ndarray  # indices of the sample's held-out documents
+    external: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # references from another source
 
     def corpus(self, n: int, size: int) -> np.ndarray:
         keep = np.ones(size, dtype=bool)
         keep[self.references[n]] = False
+        keep[self.external] = False
         return np.flatnonzero(keep)
 
 
 def make_split(corpus: Labelled, ns: list[int], sample_size: int, seed: int) -> Split:
     rng = np.random.default_rng(seed)
-    targets = rng.permutation(np.flatnonzero(corpus.positive))
-    if max(ns) >= len(targets):
-        raise SystemExit(f"{corpus.name}: the target group has {len(targets)} documents, too few for a reference set of {max(ns)}")
-    references = {n: np.sort(targets[:n]) for n in ns}
-    pool = np.setdiff1d(np.arange(len(corpus.texts)), references[max(ns)])
+    external = np.arange(len(corpus.texts) - corpus.external, len(corpus.texts))
+    if corpus.external:
+        # Every reference document when fewer than N.
+        drawn = rng.permutation(external)
+        references = {n: np.sort(drawn[:n]) for n in ns}
+    else:
+        targets = rng.permutation(np.flatnonzero(corpus.positive))
+        if max(ns) >= len(targets):
+            raise SystemExit(f"{corpus.name}: the target group has {len(targets)} documents, too few for a reference set of {max(ns)}")
+        references = {n: np.sort(targets[:n]) for n in ns}
+    pool = np.setdiff1d(np.arange(len(corpus.texts)), np.concatenate([references[max(ns)], external]))
     sample = rng.permutation(pool)[: min(sample_size, len(pool))]
     cut = int(round(len(sample) * HELD_OUT_FRACTION))
-    return Split(references, np.sort(sample[cut:]), np.sort(sample[:cut]))
+    return Split(references, np.sort(sample[cut:]), np.sort(sample[:cut]), external)
 
 
 def _digest(teacher: Teacher, texts: list[str], with_sums: bool) -> str:
@@ -546,7 +591,7 @@ def main(argv: list[str] | None = None) -> None:
     for index, name in enumerate(args.corpus):
         corpus = load_corpus(name, args.limit)
         if corpus is None:
-            package = {"python-docs": "python3-doc", "kernel-docs": "linux-doc"}[name]
+            package = missing_packages(name)
             log(f"{name}: skipped, Debian's {package} is not installed (apt-get install {package})")
             continue
         split = make_split(corpus, args.n, args.sample_size, args.seed)

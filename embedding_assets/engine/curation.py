@@ -14,13 +14,26 @@ TF-IDF row as well (L2-normalised, as the network's input). Both come from one p
 encoder's first-layer kernel, so the lexical term costs no second tokenisation or lookup.
 Measured in bench.curation: on technical text the exact n-grams carry much of the signal.
 
-The keep rule is one threshold, calibrated once on corpus documents the head did not train on,
-so that a target share of them is kept. A head is one safetensors file (arrays plus a JSON
-header), never pickled; its version is the hash of its content.
+A logistic head is fitted as two: one on the embedding, one on the lexical rows, each with its
+own C, blended with a weight; C, C and the weight are chosen by the average precision of
+out-of-fold scores (folds by a hash of the document id), so the blend leans on whichever
+evidence ranks the held-out examples better. The blend of two linear heads on the same
+features is one linear head: scoring stays one pass.
+
+Cross-fitting: the corpus documents a head was fitted on (the reference classifier's negatives,
+the labelled or annotated documents) would score lower than unseen ones if the head that saw
+them judged them. The head keeps their id hashes and the fold heads fitted without each fold,
+and such a document is scored by the fold head that never saw it (`score_documents`); every
+other document is scored by the full head in one pass.
+
+The keep rule is one threshold, calibrated once on the scores (cross-fitted where needed) of
+corpus documents, so that a target share of them is kept. A head is one safetensors file
+(arrays plus a JSON header), never pickled; its version is the hash of its content.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -43,6 +56,19 @@ HEAD_FORMAT = "embedding_assets.curation_head"
 # an index answers the top-k instead.
 EXACT_SEARCH_MAX_REFERENCES = 50_000
 _QUERY_BLOCK = 4096
+FOLDS = 5
+# Inverse penalties tried for each half of a logistic head, and the blend weights of its dense half.
+C_GRID = (0.3, 3.0, 30.0)
+BLEND_WEIGHTS = tuple(i / 10 for i in range(11))
+
+
+def document_keys(ids: Sequence[str]) -> np.ndarray:
+    """A uint64 per document id, stable across runs: what a head records of the documents it was fitted on."""
+    return np.array([int.from_bytes(hashlib.blake2b(b"curation:" + str(i).encode(), digest_size=8).digest(), "little") for i in ids], dtype=np.uint64)
+
+
+def folds_of(keys: np.ndarray, folds: int = FOLDS) -> np.ndarray:
+    return (np.asarray(keys, dtype=np.uint64) % np.uint64(folds)).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -65,6 +91,17 @@ class CurationHead:
     target_keep_fraction: float = 0.2
     score_range: tuple[float, float] = (0.0, 1.0)
     evaluation: dict = field(default_factory=dict)
+    # Cross-fitting: id hashes (sorted) of the corpus documents the head was fitted on, the fold of
+    # each, and per fold the head fitted without it ([folds, dim], [folds, vocabulary], [folds]).
+    fitted_keys: np.ndarray | None = None
+    fitted_folds: np.ndarray | None = None
+    fold_coef: np.ndarray | None = None
+    fold_lexical_coef: np.ndarray | None = None
+    fold_intercepts: np.ndarray | None = None
+
+    @property
+    def cross_fitted(self) -> bool:
+        return self.fitted_keys is not None and len(self.fitted_keys) > 0
 
     @property
     def lexical(self) -> bool:
@@ -88,17 +125,48 @@ class CurationHead:
             if lexical_products is None:
                 raise ValueError("this head reads lexical features too; score it with score_texts")
             logits += lexical_products[:, 0]
-        if self.kind == "ridge":
-            return np.clip(logits, *self.score_range).astype(np.float32)
-        return (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)
+        return self._link(logits)
 
     def score_texts(self, embedder: LexicalEmbedder, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Embeddings and scores of texts, from one encoder pass."""
+        """Embeddings and scores of texts, from one encoder pass (the full head: for documents it never saw)."""
         if self.lexical:
             embeddings, products = embedder.encode(texts, lexical=self.lexical_weights)
             return embeddings, self.score(embeddings, products)
         embeddings = embedder.encode(texts)
         return embeddings, self.score(embeddings)
+
+    def fitted_fold(self, ids: Sequence[str]) -> np.ndarray:
+        """Per document, the fold it was fitted in (-1: a document the head never saw)."""
+        out = np.full(len(ids), -1, dtype=np.int64)
+        if not self.cross_fitted or len(ids) == 0:
+            return out
+        keys = document_keys(ids)
+        at = np.minimum(np.searchsorted(self.fitted_keys, keys), len(self.fitted_keys) - 1)
+        hit = self.fitted_keys[at] == keys
+        out[hit] = self.fitted_folds[at[hit]]
+        return out
+
+    def score_documents(self, embedder: LexicalEmbedder, ids: Sequence[str], texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings and scores of corpus documents: one pass of the full head, and the documents
+        the head was fitted on scored again by the fold head that did not see them."""
+        embeddings, scores = self.score_texts(embedder, texts)
+        folds = self.fitted_fold(ids)
+        seen = np.flatnonzero(folds >= 0)
+        if len(seen):
+            rows = embeddings[seen].astype(np.float64)
+            logits = np.einsum("nd,nd->n", rows, self.fold_coef[folds[seen]].astype(np.float64)) + self.fold_intercepts[folds[seen]]
+            if self.lexical:
+                weights = np.ascontiguousarray(self.fold_lexical_coef.T, dtype=np.float32)
+                products = embedder.encode([texts[i] for i in seen], lexical=weights)[1]
+                logits += products[np.arange(len(seen)), folds[seen]]
+            scores = scores.copy()
+            scores[seen] = self._link(logits)
+        return embeddings, scores
+
+    def _link(self, logits: np.ndarray) -> np.ndarray:
+        if self.kind == "ridge":
+            return np.clip(logits, *self.score_range).astype(np.float32)
+        return (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)
 
     @property
     def lexical_weights(self) -> np.ndarray:
@@ -131,8 +199,13 @@ class CurationHead:
         }
 
     def _tensors(self) -> dict[str, np.ndarray]:
-        named = {"coef": self.coef, "lexical_coef": self.lexical_coef, "references": self.references}
-        return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in named.items() if v is not None}
+        named = {"coef": self.coef, "lexical_coef": self.lexical_coef, "references": self.references,
+                 "fold_coef": self.fold_coef, "fold_lexical_coef": self.fold_lexical_coef, "fold_intercepts": self.fold_intercepts}
+        out = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in named.items() if v is not None}
+        if self.fitted_keys is not None:
+            out["fitted_keys"] = np.ascontiguousarray(self.fitted_keys, dtype=np.uint64)
+            out["fitted_folds"] = np.ascontiguousarray(self.fitted_folds, dtype=np.uint8)
+        return out
 
     @property
     def version(self) -> str:
@@ -159,6 +232,11 @@ class CurationHead:
                 target_keep_fraction=float(config["target_keep_fraction"]),
                 score_range=tuple(float(x) for x in config["score_range"]),
                 evaluation=dict(config.get("evaluation") or {}),
+                fitted_keys=tensors.get("fitted_keys"),
+                fitted_folds=None if "fitted_folds" not in tensors else tensors["fitted_folds"].astype(np.int64),
+                fold_coef=tensors.get("fold_coef"),
+                fold_lexical_coef=tensors.get("fold_lexical_coef"),
+                fold_intercepts=None if "fold_intercepts" not in tensors else tensors["fold_intercepts"].astype(np.float64),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"curation head config is missing or has a bad value for {exc}") from exc
@@ -167,6 +245,18 @@ class CurationHead:
         needed = {"similarity": ("references",), NONE: ()}.get(kind, ("coef",))
         for name in needed:
             artifact.require(tensors, name, (None,) * (2 if name == "references" else 1), np.float32)
+        if "fitted_keys" in tensors:
+            # Older heads have no fold heads, and score every document with the full head.
+            count = len(tensors["fitted_keys"])
+            artifact.require(tensors, "fitted_keys", (count,), np.uint64)
+            artifact.require(tensors, "fitted_folds", (count,), np.uint8)
+            folds = tensors["fold_intercepts"].shape[0] if "fold_intercepts" in tensors else 0
+            artifact.require(tensors, "fold_intercepts", (folds,), np.float32)
+            artifact.require(tensors, "fold_coef", (folds, len(head.coef)), np.float32)
+            if head.lexical:
+                artifact.require(tensors, "fold_lexical_coef", (folds, len(head.lexical_coef)), np.float32)
+            if count and (int(tensors["fitted_folds"].max()) >= folds or np.any(tensors["fitted_keys"][1:] <= tensors["fitted_keys"][:-1])):
+                raise ArtifactError("curation head: fitted_folds name a fold it has no head for, or fitted_keys are not sorted and distinct")
         if kind == "similarity" and "top_k" not in head.settings:
             raise ArtifactError("a similarity head needs a top_k setting")
         return head
@@ -267,6 +357,140 @@ def linear_head(
         intercept=intercept,
         score_range=score_range,
     )
+
+
+@dataclass
+class _CrossFit:
+    """A linear fit at one C: out-of-fold logits of every row, the fold fits, and the full fit."""
+
+    oof: np.ndarray
+    fold_coef: np.ndarray  # [folds, features]
+    fold_intercepts: np.ndarray  # [folds]
+    coef: np.ndarray | None = None
+    intercept: float = 0.0
+
+
+def _cross_fit(x, targets: np.ndarray, folds: np.ndarray, count: int, fit) -> _CrossFit:
+    oof = np.zeros(len(targets))
+    coefs, intercepts = [], []
+    for k in range(count):
+        held = folds == k
+        coef, intercept = fit(x[~held], targets[~held])
+        coefs.append(coef)
+        intercepts.append(intercept)
+        oof[held] = np.asarray(x[held] @ coef).ravel() + intercept
+    return _CrossFit(oof, np.array(coefs), np.array(intercepts))
+
+
+def _full(run: _CrossFit, x, targets: np.ndarray, fit) -> _CrossFit:
+    run.coef, run.intercept = fit(x, targets)
+    return run
+
+
+def blended_logistic(embeddings: np.ndarray, lexical, targets: np.ndarray, folds: np.ndarray, count: int = FOLDS,
+                     c_grid: Sequence[float] = C_GRID, weights: Sequence[float] = BLEND_WEIGHTS, seed: int = 0) -> dict:
+    """Logistic heads on the embedding and on the lexical rows, each at the C whose out-of-fold
+    average precision is best, blended with the weight that ranks the out-of-fold scores best,
+    then rescaled (Platt, on the out-of-fold blend) so the score reads as a probability.
+
+    Returns the blended full head and fold heads: coef, lexical_coef, intercept, fold_coef,
+    fold_lexical_coef, fold_intercepts, and `choice` (the Cs, the weight and the AP of each half)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score
+
+    y = np.asarray(targets, dtype=bool)
+
+    def runs(x):
+        out = {c: _cross_fit(x, y, folds, count, lambda a, b, c=c: fit_logistic(a, b, c, seed)) for c in c_grid}
+        best = max(out, key=lambda c: (average_precision_score(y, out[c].oof), -abs(np.log(c))))
+        return best, _full(out[best], x, y, lambda a, b: fit_logistic(a, b, best, seed))
+
+    c_dense, dense = runs(embeddings)
+    choice = {"c_dense": c_dense, "oof_ap_dense": round(float(average_precision_score(y, dense.oof)), 4)}
+    if lexical is None:
+        weight, lex = 1.0, None
+    else:
+        c_lexical, lex = runs(lexical)
+        scored = {w: average_precision_score(y, w * dense.oof + (1 - w) * lex.oof) for w in weights}
+        weight = max(scored, key=lambda w: (round(scored[w], 6), -abs(w - 0.5)))
+        choice.update(c_lexical=c_lexical, oof_ap_lexical=round(float(average_precision_score(y, lex.oof)), 4))
+    blend = weight * dense.oof + (0.0 if lex is None else (1 - weight) * lex.oof)
+    choice.update(dense_weight=weight, oof_ap=round(float(average_precision_score(y, blend)), 4))
+    platt = LogisticRegression(C=1e4, class_weight="balanced", max_iter=1000).fit(blend[:, None], y.astype(int))
+    a, b = float(platt.coef_[0, 0]), float(platt.intercept_[0])
+    out = {
+        "coef": a * weight * dense.coef,
+        "fold_coef": a * weight * dense.fold_coef,
+        "intercept": a * (weight * dense.intercept + (0.0 if lex is None else (1 - weight) * lex.intercept)) + b,
+        "fold_intercepts": a * (weight * dense.fold_intercepts + (0.0 if lex is None else (1 - weight) * lex.fold_intercepts)) + b,
+        "lexical_coef": None if lex is None else a * (1 - weight) * lex.coef,
+        "fold_lexical_coef": None if lex is None else a * (1 - weight) * lex.fold_coef,
+        "choice": choice,
+    }
+    return out
+
+
+def cross_fitted_head(
+    mode: str,
+    kind: str,
+    model_version: str,
+    settings: dict,
+    embeddings: np.ndarray,
+    targets: np.ndarray,
+    lexical: sp.csr_matrix | None,
+    ids: Sequence[str],
+    in_corpus: np.ndarray,
+    folds: int = FOLDS,
+) -> CurationHead:
+    """A linear head (a blended logistic one, or ridge) whose training rows that are corpus
+    documents (`in_corpus`, by `ids`) are later scored by fold heads that never saw them.
+
+    Folds go by a hash of the id. With too few examples for every fold to hold both classes,
+    the plain head of `linear_head`, and no fold heads."""
+    keys = document_keys(ids)
+    fold = folds_of(keys, folds)
+    y = np.asarray(targets)
+    if kind == "logistic" and (min(int(y.sum()), int((~y.astype(bool)).sum())) < 2 * folds
+                               or not all(len(set(y[fold != k].tolist())) == 2 for k in range(folds))):
+        return linear_head(mode, kind, model_version, settings, embeddings, targets, lexical)
+    if kind == "ridge":
+        x = embeddings if lexical is None else sp.hstack([sp.csr_matrix(embeddings), lexical], format="csr")
+        c = float(settings.get("c", 1.0))
+        run = _full(_cross_fit(x, y.astype(np.float64), fold, folds, lambda a, b: fit_ridge(a, b, 1.0 / c)), x, y.astype(np.float64),
+                    lambda a, b: fit_ridge(a, b, 1.0 / c))
+        dim = embeddings.shape[1]
+        parts = {"coef": run.coef[:dim], "lexical_coef": None if lexical is None else run.coef[dim:], "intercept": run.intercept,
+                 "fold_coef": run.fold_coef[:, :dim], "fold_lexical_coef": None if lexical is None else run.fold_coef[:, dim:],
+                 "fold_intercepts": run.fold_intercepts}
+        score_range = (float(np.min(y)), float(np.max(y)))
+    else:
+        parts = blended_logistic(embeddings, lexical, y.astype(bool), fold, folds, seed=int(settings.get("seed", 0)))
+        settings = {**settings, **{k: v for k, v in parts["choice"].items() if not k.startswith("oof_")}}
+        score_range = (0.0, 1.0)
+    corpus_keys, first = np.unique(keys[np.asarray(in_corpus, dtype=bool)], return_index=True)
+    corpus_folds = fold[np.asarray(in_corpus, dtype=bool)][first]
+
+    def f32(a):
+        return None if a is None else np.asarray(a, dtype=np.float32)
+
+    head = CurationHead(
+        mode=mode,
+        kind=kind,
+        model_version=model_version,
+        settings={**settings, "cross_fitted_folds": folds},
+        coef=f32(parts["coef"]),
+        lexical_coef=f32(parts["lexical_coef"]),
+        intercept=float(parts["intercept"]),
+        score_range=score_range,
+        fitted_keys=corpus_keys.astype(np.uint64),
+        fitted_folds=corpus_folds.astype(np.int64),
+        fold_coef=f32(parts["fold_coef"]),
+        fold_lexical_coef=f32(parts["fold_lexical_coef"]),
+        fold_intercepts=np.asarray(parts["fold_intercepts"], dtype=np.float32).astype(np.float64),
+    )
+    if kind == "logistic":
+        head = replace(head, evaluation={f"cross_validated_{k}": v for k, v in parts["choice"].items() if k.startswith("oof_")})
+    return head
 
 
 def similarity_head(model_version: str, settings: dict, references: np.ndarray) -> CurationHead:
