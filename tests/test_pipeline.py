@@ -152,8 +152,8 @@ def test_student_learns_beyond_its_untrained_self(pipeline):
 
 def test_classifier_threshold_keeps_the_target_share_of_the_sample(pipeline):
     meta = materialization(pipeline["instance"], "quality_classifier")
-    assert meta["calibrated_on"] == "heldout"  # the documents the student never saw, like most of a corpus
-    assert meta["calibration_keep_fraction"] == pytest.approx(0.2, abs=0.02)
+    assert meta["calibrated_on"] == "corpus"  # every document of a corpus this small, scored as scoring will score it
+    assert meta["calibration_keep_fraction"] == pytest.approx(0.2, abs=0.005)
     assert meta["heldout_auc"] > 0.6
 
 

@@ -117,7 +117,12 @@ class CurationHead:
         if self.kind == NONE:
             return np.full(len(embeddings), np.nan, dtype=np.float32)
         if self.kind == "similarity":
-            return reference_similarity(embeddings, self.references, int(self.settings["top_k"]))
+            scores = reference_similarity(embeddings, self.references, int(self.settings["top_k"]))
+            if self.lexical:
+                if lexical_products is None:
+                    raise ValueError("this head reads lexical features too; score it with score_texts")
+                scores = (scores + lexical_products[:, 0]).astype(np.float32)
+            return scores
         if embeddings.ndim != 2 or embeddings.shape[1] != len(self.coef):
             raise ValueError(f"embeddings have shape {embeddings.shape}, the head expects (n, {len(self.coef)})")
         logits = embeddings.astype(np.float64) @ self.coef.astype(np.float64) + self.intercept
@@ -265,7 +270,7 @@ class CurationHead:
 SCORE_MEANINGS = {
     "logistic": "the probability that a document is one of the wanted kind",
     "ridge": "the predicted annotation score",
-    "similarity": "the mean cosine of a document to its top-k nearest references",
+    "similarity": "the mean cosine of a document to its top-k nearest references (plus the weighted lexical cosine to their centroid, when the head has one)",
 }
 
 
@@ -277,13 +282,19 @@ def head_card(head: CurationHead) -> str:
             f"(student `{head.model_version}`) and not scored. Set a reference set, annotations or positive labels.\n"
         )
     features = "the student embedding and its n-gram TF-IDF features" if head.lexical else "the student embedding"
-    how = f"{len(head.references):,} reference embeddings" if head.kind == "similarity" else f"{head.kind} regression on {features}"
+    if head.kind == "similarity":
+        how = f"{len(head.references):,} reference embeddings" + (
+            f", plus {head.settings.get('lexical_weight')} x the TF-IDF cosine to the references' centroid" if head.lexical else "")
+    else:
+        how = f"{head.kind} regression on {features}"
     lines = [
         f"# Curation head `{head.version}`: {head.mode}",
         "",
         f"- student model `{head.model_version}`; {how}",
         f"- score: {SCORE_MEANINGS[head.kind]}, in [{head.score_range[0]:g}, {head.score_range[1]:g}]",
-        f"- keep: score >= {head.threshold:.6g}, calibrated to keep {head.target_keep_fraction:g} of held-out sample documents; empty texts are never kept",
+        f"- keep: score >= {head.threshold:.6g}, calibrated to keep {head.target_keep_fraction:g} of the corpus's documents; empty texts are never kept",
+        *([f"- the {len(head.fitted_keys):,} corpus documents it was fitted on are scored by the one of its {len(head.fold_intercepts)} fold heads that did not see them"]
+          if head.cross_fitted else []),
         "",
         "| setting | value |",
         "|---|---|",
@@ -493,19 +504,62 @@ def cross_fitted_head(
     return head
 
 
-def similarity_head(model_version: str, settings: dict, references: np.ndarray) -> CurationHead:
+def similarity_head(model_version: str, settings: dict, references: np.ndarray, lexical_centroid: np.ndarray | None = None) -> CurationHead:
+    """Mean top-k cosine to the reference embeddings, plus, with `lexical_centroid` (the weighted
+    unit centroid of the references' TF-IDF rows), a document's TF-IDF cosine to it."""
     top_k = int(settings["top_k"])
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     refs = np.ascontiguousarray(references, dtype=np.float32)
+    weight = 0.0 if lexical_centroid is None else float(np.linalg.norm(lexical_centroid))
     return CurationHead(
         mode="reference-similarity",
         kind="similarity",
         model_version=model_version,
         settings={**settings, "top_k": min(top_k, len(refs))},
         references=refs,
-        score_range=(-1.0, 1.0),
+        lexical_coef=None if lexical_centroid is None else np.asarray(lexical_centroid, dtype=np.float32),
+        score_range=(-1.0, 1.0 + weight),
     )
+
+
+SIMILARITY_LEXICAL_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def unit_centroid(rows) -> np.ndarray:
+    centroid = np.asarray(rows.mean(axis=0)).ravel().astype(np.float64)
+    norm = np.linalg.norm(centroid)
+    return centroid / norm if norm > 0 else centroid
+
+
+def lexical_similarity_head(model_version: str, settings: dict, references: np.ndarray, reference_lexical, reference_ids: Sequence[str],
+                            documents: np.ndarray, document_lexical, folds: int = FOLDS,
+                            weights: Sequence[float] = SIMILARITY_LEXICAL_WEIGHTS) -> CurationHead:
+    """A similarity head whose lexical weight is the one under which held-out references rank best
+    against corpus documents (`documents`, their embeddings and TF-IDF rows), references in folds
+    by a hash of their id: each fold's references are scored by a head built from the others."""
+    from sklearn.metrics import average_precision_score
+
+    top_k = int(settings["top_k"])
+    fold = folds_of(document_keys(reference_ids), folds)
+    if min(np.bincount(fold, minlength=folds)) < 2 or len(documents) < 2:
+        return similarity_head(model_version, settings, references)
+    doc_dense = documents.astype(np.float32)
+    gains = {w: [] for w in weights}
+    for k in range(folds):
+        held, rest = fold == k, fold != k
+        centroid = unit_centroid(reference_lexical[rest])
+        dense = np.r_[reference_similarity(references[held], references[rest], top_k), reference_similarity(doc_dense, references[rest], top_k)]
+        lexical = np.r_[np.asarray(reference_lexical[held] @ centroid).ravel(), np.asarray(document_lexical @ centroid).ravel()]
+        y = np.r_[np.ones(int(held.sum()), bool), np.zeros(len(doc_dense), bool)]
+        for w in weights:
+            gains[w].append(average_precision_score(y, dense + w * lexical))
+    weight = max(weights, key=lambda w: (round(float(np.mean(gains[w])), 6), -w))
+    settings = {**settings, "lexical_weight": weight, "cross_validated_ap": round(float(np.mean(gains[weight])), 4),
+                "cross_validated_ap_dense_only": round(float(np.mean(gains[weights[0]])), 4) if weights[0] == 0 else None}
+    if weight == 0:
+        return similarity_head(model_version, settings, references)
+    return similarity_head(model_version, settings, references, weight * unit_centroid(reference_lexical))
 
 
 def reference_similarity(queries: np.ndarray, references: np.ndarray, top_k: int) -> np.ndarray:
