@@ -60,6 +60,7 @@ from embedding_assets.engine import LexicalEmbedder  # noqa: E402
 from embedding_assets.engine.curation import (  # noqa: E402
     cross_fitted_head,
     fit_logistic,
+    word_ngrams,
     lexical_similarity_head,
     lexical_features,
     linear_head,
@@ -382,6 +383,7 @@ SIMILARITY_SYSTEMS = ["teacher", "student", "TF-IDF", "student + references in s
 
 
 PRODUCT_NEGATIVES = 20_000  # Curation.max_negatives
+STUDY_BLEND = bool(os.environ.get("BENCH_STUDY_BLEND"))
 PRODUCT_HEADS: dict[tuple[str, int], dict] = {}  # (corpus, N) -> the product's fitted heads, for the speed run
 
 
@@ -415,19 +417,46 @@ def product_heads(corpus: Labelled, split: Split, n: int, features: Features, st
                 "keep_outside_sample": float(kept[~in_sample].mean()) if (~in_sample).any() else None}
 
     started = time.perf_counter()
-    head = cross_fitted_head("reference-classifier", "logistic", student.version, {"c": settings.c}, emb[rows], y, lex[rows], ids, in_corpus)
+    mask = word_ngrams(student)
+    head = cross_fitted_head("reference-classifier", "logistic", student.version, {"c": settings.c}, emb[rows], y, lex[rows], ids, in_corpus,
+                             lexical_mask=mask)
     fit_seconds = time.perf_counter() - started
     log(f"  product classifier: {json.dumps({k: v for k, v in head.settings.items() if k not in ('c',)})} {json.dumps(head.evaluation)}")
-    scores = head.score_documents(student, doc_ids, texts)[1]
-    calibrated = head.calibrated(scores, keep_fraction)
+    sample_ids = [str(i) for i in split.train]
+    unmapped = head.score_documents(student, doc_ids, texts)[1]
+    calibrated, scores = head.calibrated_on_corpus(student, doc_ids, texts, sample_ids, keep_fraction)
     kept = calibrated.keep(scores)
     choice = {k: head.settings[k] for k in ("c_dense", "c_lexical", "dense_weight") if k in head.settings}
     PRODUCT_HEADS[corpus.name, n] = {"classifier": calibrated}
     yield "reference-classifier", "product", scores, kept, fit_seconds, {**rates(kept), **choice}
 
+    if STUDY_BLEND:
+        from sklearn.metrics import average_precision_score
+
+        from embedding_assets.engine.curation import _cross_fit, folds_of, document_keys
+
+        positive = corpus.positive[docs]
+        fold = folds_of(document_keys(ids))
+        halves, oof = {}, {}
+        masked = (lex @ sp.diags(mask.astype(np.float32))).tocsr()
+        for view, x in (("dense", emb), ("lexical", masked)):
+            for c in (0.03, 0.1, 0.3, 1.0, 3.0, 30.0):
+                coef, intercept = fit_logistic(x[rows], y, c)
+                halves[view, c] = np.asarray(x[docs] @ coef).ravel() + intercept
+                run = _cross_fit(x[rows], y, fold, 5, lambda a, b, c=c: fit_logistic(a, b, c))
+                oof[view, c] = run.oof
+        log("  blend study, per half and C, corpus AP / out-of-fold AP: " + json.dumps(
+            {f"{view} C={c}": f"{average_precision_score(positive, z):.3f} / {average_precision_score(y, oof[view, c]):.3f}" for (view, c), z in halves.items()}))
+        for cd, cl in ((head.settings.get("c_dense", 1.0), head.settings.get("c_lexical", 1.0)), (0.3, 0.3), (0.1, 0.3), (0.1, 0.1)):
+            zd, zl = halves["dense", cd], halves["lexical", cl]
+            log(f"  blend study, dense C={cd}, lexical C={cl}, per dense weight, corpus AP / out-of-fold AP: "
+                + json.dumps({w: f"{average_precision_score(positive, w * zd + (1 - w) * zl):.3f} / {average_precision_score(y, w * oof['dense', cd] + (1 - w) * oof['lexical', cl]):.3f}"
+                              for w in (0, 0.2, 0.4, 0.5, 0.6, 0.8, 1)}))
     plain = head.score_texts(student, texts)[1]
-    for name, these, calibration in (("cross-fitted, corpus threshold", scores, scores),
-                                     ("cross-fitted, held-out sample threshold", scores, scores[heldout]),
+    for name, these, calibration in (("cross-fitted, mapped, corpus threshold (the product)", scores, scores),
+                                     ("cross-fitted, mapped, held-out sample threshold", scores, scores[heldout]),
+                                     ("cross-fitted, corpus threshold", unmapped, unmapped),
+                                     ("cross-fitted, held-out sample threshold", unmapped, unmapped[heldout]),
                                      ("one head, corpus threshold", plain, plain),
                                      ("one head, held-out sample threshold", plain, plain[heldout])):
         kept_here = head.calibrated(calibration, keep_fraction).keep(these)
@@ -435,11 +464,11 @@ def product_heads(corpus: Labelled, split: Split, n: int, features: Features, st
 
     started = time.perf_counter()
     sim = lexical_similarity_head(student.version, {"top_k": settings.top_k}, emb[refs], lex[refs], [f"reference:{i}" for i in refs],
-                                  emb[negatives], lex[negatives])
+                                  emb[negatives], lex[negatives], lexical_mask=mask)
     fit_seconds = time.perf_counter() - started
     log(f"  product similarity: lexical weight {sim.settings.get('lexical_weight')}, cross-validated AP {sim.settings.get('cross_validated_ap')}")
-    scores = sim.score_documents(student, doc_ids, texts)[1]
-    kept = sim.calibrated(scores, keep_fraction).keep(scores)
+    sim, scores = sim.calibrated_on_corpus(student, doc_ids, texts, sample_ids, keep_fraction)
+    kept = sim.keep(scores)
     PRODUCT_HEADS[corpus.name, n]["similarity"] = sim
     yield "reference-similarity", "product", scores, kept, fit_seconds, {**rates(kept), "lexical_weight": sim.settings.get("lexical_weight", 0.0)}
 
@@ -675,6 +704,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 4,000 documents a corpus, N = 100 and 300, 2,000 training documents")
     parser.add_argument("--tune", action="store_true", help="also sweep C, the negatives count, fastText's epochs and rate, and top_k on the first corpus")
     parser.add_argument("--teacher-only", action="store_true", help="only embed (and cache) the corpora with the teacher")
+    parser.add_argument("--no-speed", action="store_true", help="skip the scoring-speed runs")
     parser.add_argument("--no-references-student", action="store_true", help="skip the second student whose sample holds the reference set")
     parser.add_argument("--c", type=float, default=HeadSettings.c)
     parser.add_argument("--negatives", type=int, default=HeadSettings.negatives)
@@ -721,7 +751,7 @@ def main(argv: list[str] | None = None) -> None:
         for n in args.n:
             rows = evaluate(corpus, split, n, features, settings, args.seed, students=students)
             speed = None
-            if n == max(args.n):
+            if n == max(args.n) and not args.no_speed:
                 log(f"{name}: scoring speed, N = {n}")
                 speed = scoring_speed(corpus, split, n, students["student"], features, vectorizer, cache, settings, args.seed)
             if n != max(args.n):  # the second student's sample holds the largest reference set

@@ -132,3 +132,27 @@ def test_a_cross_fitted_head_round_trips_and_a_bad_fold_table_is_refused(embedde
     loaded = CurationHead.from_bytes(plain.to_bytes())
     assert not loaded.cross_fitted
     assert np.array_equal(loaded.score_documents(embedder, ids, texts)[1], head.score_texts(embedder, texts)[1])
+
+
+def test_the_students_training_documents_are_kept_as_often_as_the_others(embedder, cross_fitted):
+    head, texts = cross_fitted
+    ids = [f"doc-{i}" for i in range(len(texts))]
+    # Documents 800 and on stand for the student's training documents: shift their scores down,
+    # as a student fitted to them shifts them.
+    raw = head.score_documents(embedder, ids, texts)[1].astype(np.float64)
+    raw[800:] -= 0.2
+    sample_ids = ids[800:]
+    calibrated, scores = head.calibrated_on_scores(ids, raw, [not t.strip() for t in texts], sample_ids, 0.25)
+    kept = calibrated.keep(scores)
+    assert kept.mean() == pytest.approx(0.25, abs=0.003)
+    assert abs(kept[800:].mean() - kept[:800].mean()) < 0.02
+    assert head.calibrated(raw, 0.25).keep(raw)[800:].mean() < 0.15  # without the map, far fewer of them
+    # Scoring maps the same documents the same way, one at a time or all at once, and after a round trip.
+    again = CurationHead.from_bytes(calibrated.to_bytes())
+    assert again.version == calibrated.version
+    shifted = raw.astype(np.float32)
+    assert np.array_equal(again.mapped(ids, shifted), calibrated.mapped(ids, shifted))
+    assert np.array_equal(calibrated.mapped(ids[:800], shifted[:800]), shifted[:800])  # unseen documents are not mapped
+    assert np.allclose(calibrated.mapped(ids, shifted), scores.astype(np.float32), atol=1e-6)
+    single = np.concatenate([calibrated.mapped([i], shifted[[k]]) for k, i in enumerate(ids[795:805], start=795)])
+    assert np.array_equal(single, calibrated.mapped(ids, shifted)[795:805])

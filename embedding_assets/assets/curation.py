@@ -70,15 +70,17 @@ def read_head(storage: Storage, version: versions.Version) -> CurationHead:
 @dataclass
 class Calibration:
     """Scores of the corpus documents the keep threshold is calibrated on (blank texts at -inf: never
-    kept), and which of them the student or the head was fitted on (the sample's training split)."""
+    kept), their ids, and which of them the student was fitted on (the sample's training split)."""
 
+    ids: list[str]
     scores: np.ndarray
+    blank: np.ndarray
     in_training_sample: np.ndarray
     corpus_documents: int
     source: str  # corpus, corpus draw, or training sample
 
-    def keep_rates(self, head: CurationHead) -> dict:
-        kept = head.keep(self.scores)
+    def keep_rates(self, head: CurationHead, scores: np.ndarray | None = None) -> dict:
+        kept = head.keep(self.scores if scores is None else scores)
         inside, outside = kept[self.in_training_sample], kept[~self.in_training_sample]
         return {
             "calibration_keep_fraction": round(float(kept.mean()), 4),
@@ -87,46 +89,58 @@ class Calibration:
         }
 
 
-def calibration_scores(context, storage: Storage, corpus: CorpusSource, embedder: LexicalEmbedder, head: CurationHead, sample) -> Calibration:
+def training_ids(sample) -> list[str]:
+    return [i for i, split in zip(sample["id"].to_pylist(), sample["split"].to_pylist()) if split == "train"]
+
+
+def calibration_scores(context, storage: Storage, corpus: CorpusSource, embedder: LexicalEmbedder, head: CurationHead, sample,
+                       mapped: bool = True) -> Calibration:
     """The head's scores of every corpus document, or of a draw of CALIBRATION_DOCUMENTS by a hash of
-    the id when the corpus is larger, read shard by shard as scoring reads them; documents the head
-    was fitted on are scored by their fold head, as scored_corpus scores them.
+    the id when the corpus is larger, read shard by shard as scoring reads them: as `score_documents`
+    gives them, or (`mapped` off) before the map of the student's training documents' scores.
 
     When the corpus location holds no usable shard now (another location, or shards not yet
     ingested), the training sample instead: a seeded draw of the same corpus."""
-    ids, splits = sample["id"].to_pylist(), sample["split"].to_pylist()
-    training_ids = {i for i, split in zip(ids, splits) if split == "train"}
+    inside_ids = set(training_ids(sample))
+    score = head.score_documents if mapped else head._score_unmapped
     try:
         found = corpus_shards_now(context, corpus)
         files = [found.published[shard].file(shard_file(shard)) for shard in found.usable]
     except dg.Failure as exc:
         context.log.warning(f"the keep threshold is calibrated on the training sample, not the corpus: {exc.description}")
         files = []
-    if not files:
-        texts = [t[:MAX_SCORED_CHARS] for t in sample["text"].to_pylist()]
-        scores = head.score_documents(embedder, ids, texts)[1].astype(np.float64)
-        scores[[not t.strip() for t in texts]] = -np.inf
-        return Calibration(scores, np.array([s == "train" for s in splits], dtype=bool), len(ids), "training sample")
+
+    def batches():
+        if not files:
+            yield sample["id"].to_pylist(), sample["text"].to_pylist()
+            return
+        for parts in files:
+            with storage.open_parquet(*parts) as parquet:
+                for batch in parquet.iter_batches(batch_size=8192, columns=["id", "text"]):
+                    batch_ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
+                    if cut < 1_000_000:
+                        chosen = np.flatnonzero(id_hash(batch_ids, "calibration") % np.uint64(1_000_000) < np.uint64(cut))
+                        batch_ids, texts = [batch_ids[i] for i in chosen], [texts[i] for i in chosen]
+                    yield batch_ids, texts
+
     total = 0
     for parts in files:
         with storage.open_parquet(*parts) as parquet:
             total += parquet.metadata.num_rows
     cut = round(min(1.0, CALIBRATION_DOCUMENTS / max(total, 1)) * 1_000_000)
-    scores, inside = [], []
-    for parts in files:
-        with storage.open_parquet(*parts) as parquet:
-            for batch in parquet.iter_batches(batch_size=8192, columns=["id", "text"]):
-                batch_ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
-                if cut < 1_000_000:
-                    chosen = np.flatnonzero(id_hash(batch_ids, "calibration") % np.uint64(1_000_000) < np.uint64(cut))
-                    batch_ids, texts = [batch_ids[i] for i in chosen], [texts[i] for i in chosen]
-                texts = [t[:MAX_SCORED_CHARS] for t in texts]
-                batch_scores = head.score_documents(embedder, batch_ids, texts)[1].astype(np.float64)
-                batch_scores[[not t.strip() for t in texts]] = -np.inf
-                scores.append(batch_scores)
-                inside.append(np.array([i in training_ids for i in batch_ids], dtype=bool))
-    scores = np.concatenate(scores)
-    return Calibration(scores, np.concatenate(inside), total, "corpus" if len(scores) == total else "corpus draw")
+    all_ids, scores, blanks = [], [], []
+    for batch_ids, texts in batches():
+        texts = [t[:MAX_SCORED_CHARS] for t in texts]
+        blank = np.array([not t.strip() for t in texts], dtype=bool)
+        batch_scores = score(embedder, batch_ids, texts)[1].astype(np.float64)
+        batch_scores[blank] = -np.inf
+        all_ids += batch_ids
+        scores.append(batch_scores)
+        blanks.append(blank)
+    scores = np.concatenate(scores) if scores else np.empty(0)
+    source = "training sample" if not files else ("corpus" if len(scores) == total else "corpus draw")
+    inside = np.array([i in inside_ids for i in all_ids], dtype=bool)
+    return Calibration(all_ids, scores, np.concatenate(blanks) if blanks else np.empty(0, bool), inside, total if files else len(all_ids), source)
 
 
 @dataclass
@@ -324,15 +338,18 @@ def quality_classifier(context: dg.AssetExecutionContext, storage: Storage, cura
             lineage["reference_set_version"] = references.data_version or "unknown"
         settings = {**settings, **lineage}
         head = fit_head(embedder, mode, data, curation, settings)
-        calibration = calibration_scores(context, storage, corpus, embedder, head, sample)
-        head = head.calibrated(calibration.scores, curation.keep_fraction)
+        calibration = calibration_scores(context, storage, corpus, embedder, head, sample, mapped=False)
+        if len(calibration.scores) == 0:
+            raise fail("no corpus document to calibrate the keep threshold on")
+        head, scores = head.calibrated_on_scores(calibration.ids, calibration.scores, calibration.blank, training_ids(sample), curation.keep_fraction)
         evaluation = {
             **head.evaluation,
             **head_evaluation(embedder, head, data),
             **data.counts,
             "calibrated_on": calibration.source,
             "calibration_documents": len(calibration.scores),
-            **calibration.keep_rates(head),
+            **calibration.keep_rates(head, scores),
+            "scores_mapped": head.sample_keys is not None,
         }
         head = replace(head, evaluation=evaluation)
     version = versions.new_version(context, "quality_classifier")
@@ -478,7 +495,8 @@ def score_shard(context, storage: Storage, shard: str, raw: versions.Version, em
                 truncated += len(long)
                 blank = np.array([not text.strip() for text in texts])
                 empty += int(blank.sum())
-                vectors, scores = head.score_texts(embedder, texts)
+                # The documents the head or the student was fitted on are judged as unseen ones (score_documents).
+                vectors, scores = head.score_documents(embedder, batch.column("id").to_pylist(), texts)
                 n = batch.num_rows
                 if head.scores:
                     # An empty text has nothing to judge; it is scored as such and never kept.

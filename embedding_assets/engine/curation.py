@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -60,6 +61,16 @@ FOLDS = 5
 # Inverse penalties tried for each half of a logistic head, and the blend weights of its dense half.
 C_GRID = (0.3, 3.0, 30.0)
 BLEND_WEIGHTS = tuple(i / 10 for i in range(11))
+
+
+# The map of the student's training documents' scores: quantile levels, and the fewest documents on each side.
+QUANTILES = 1001
+MIN_MAPPED = 100
+
+
+def _member(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[at] == keys
 
 
 def document_keys(ids: Sequence[str]) -> np.ndarray:
@@ -98,6 +109,11 @@ class CurationHead:
     fold_coef: np.ndarray | None = None
     fold_lexical_coef: np.ndarray | None = None
     fold_intercepts: np.ndarray | None = None
+    # The student was fitted to its training documents, which then score unlike the rest of the
+    # corpus: their id hashes (sorted), and the quantiles of their scores (row 0) and of the other
+    # calibration documents' scores (row 1) at the same levels, which map the first onto the second.
+    sample_keys: np.ndarray | None = None
+    sample_quantiles: np.ndarray | None = None
 
     @property
     def cross_fitted(self) -> bool:
@@ -152,8 +168,24 @@ class CurationHead:
         return out
 
     def score_documents(self, embedder: LexicalEmbedder, ids: Sequence[str], texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Embeddings and scores of corpus documents: one pass of the full head, and the documents
-        the head was fitted on scored again by the fold head that did not see them."""
+        """Embeddings and scores of corpus documents: one pass of the full head, the documents the
+        head was fitted on scored again by the fold head that did not see them, and the student's
+        training documents' scores mapped onto the distribution of the others'."""
+        embeddings, scores = self._score_unmapped(embedder, ids, texts)
+        return embeddings, self.mapped(ids, scores)
+
+    def mapped(self, ids: Sequence[str], scores: np.ndarray) -> np.ndarray:
+        """Scores with those of the student's training documents mapped by quantile onto the others'."""
+        if self.sample_keys is None or len(self.sample_keys) == 0 or len(ids) == 0:
+            return scores
+        inside = _member(self.sample_keys, document_keys(ids))
+        if not inside.any():
+            return scores
+        scores = scores.copy()
+        scores[inside] = np.interp(scores[inside], self.sample_quantiles[0], self.sample_quantiles[1]).astype(np.float32)
+        return scores
+
+    def _score_unmapped(self, embedder: LexicalEmbedder, ids: Sequence[str], texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         embeddings, scores = self.score_texts(embedder, texts)
         folds = self.fitted_fold(ids)
         seen = np.flatnonzero(folds >= 0)
@@ -180,6 +212,31 @@ class CurationHead:
 
     def keep(self, scores: np.ndarray) -> np.ndarray:
         return scores >= self.threshold
+
+    def calibrated_on_corpus(self, embedder: LexicalEmbedder, ids: Sequence[str], texts: Sequence[str], sample_ids: Sequence[str],
+                             target_keep_fraction: float) -> tuple[CurationHead, np.ndarray]:
+        """The head calibrated on corpus documents (all of a corpus, or a draw of it) and their scores
+        as `score_documents` will give them: first the map of the student's training documents'
+        (`sample_ids`) scores onto the others', then the threshold. Empty texts score -inf: never kept."""
+        scores = self._score_unmapped(embedder, ids, texts)[1].astype(np.float64)
+        return self.calibrated_on_scores(ids, scores, [not t.strip() for t in texts], sample_ids, target_keep_fraction)
+
+    def calibrated_on_scores(self, ids: Sequence[str], scores: np.ndarray, blank, sample_ids: Sequence[str],
+                             target_keep_fraction: float) -> tuple[CurationHead, np.ndarray]:
+        """`calibrated_on_corpus` from the unmapped scores of `score_documents` (cross-fitted, not mapped)."""
+        scores = np.asarray(scores, dtype=np.float64).copy()
+        blank = np.asarray(blank, dtype=bool)
+        sample_keys = np.unique(document_keys(sample_ids))
+        inside = _member(sample_keys, document_keys(ids)) & ~blank
+        outside = ~inside & ~blank
+        head = replace(self, sample_keys=None, sample_quantiles=None)
+        if inside.sum() >= MIN_MAPPED and outside.sum() >= MIN_MAPPED:
+            levels = np.linspace(0.0, 1.0, QUANTILES)
+            quantiles = np.stack([np.quantile(scores[inside], levels), np.quantile(scores[outside], levels)]).astype(np.float32)
+            head = replace(head, sample_keys=sample_keys, sample_quantiles=quantiles)
+            scores[inside] = np.interp(scores[inside].astype(np.float32), quantiles[0], quantiles[1]).astype(np.float32)
+        scores[blank] = -np.inf
+        return head.calibrated(scores, target_keep_fraction), scores
 
     def calibrated(self, scores: np.ndarray, target_keep_fraction: float) -> CurationHead:
         """The head with its threshold set so `target_keep_fraction` of `scores` is kept."""
@@ -210,6 +267,9 @@ class CurationHead:
         if self.fitted_keys is not None:
             out["fitted_keys"] = np.ascontiguousarray(self.fitted_keys, dtype=np.uint64)
             out["fitted_folds"] = np.ascontiguousarray(self.fitted_folds, dtype=np.uint8)
+        if self.sample_keys is not None:
+            out["sample_keys"] = np.ascontiguousarray(self.sample_keys, dtype=np.uint64)
+            out["sample_quantiles"] = np.ascontiguousarray(self.sample_quantiles, dtype=np.float32)
         return out
 
     @property
@@ -242,6 +302,8 @@ class CurationHead:
                 fold_coef=tensors.get("fold_coef"),
                 fold_lexical_coef=tensors.get("fold_lexical_coef"),
                 fold_intercepts=None if "fold_intercepts" not in tensors else tensors["fold_intercepts"].astype(np.float64),
+                sample_keys=tensors.get("sample_keys"),
+                sample_quantiles=tensors.get("sample_quantiles"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"curation head config is missing or has a bad value for {exc}") from exc
@@ -262,6 +324,11 @@ class CurationHead:
                 artifact.require(tensors, "fold_lexical_coef", (folds, len(head.lexical_coef)), np.float32)
             if count and (int(tensors["fitted_folds"].max()) >= folds or np.any(tensors["fitted_keys"][1:] <= tensors["fitted_keys"][:-1])):
                 raise ArtifactError("curation head: fitted_folds name a fold it has no head for, or fitted_keys are not sorted and distinct")
+        if "sample_keys" in tensors:
+            keys = artifact.require(tensors, "sample_keys", (None,), np.uint64)
+            quantiles = artifact.require(tensors, "sample_quantiles", (2, None), np.float32)
+            if np.any(keys[1:] <= keys[:-1]) or np.any(np.diff(quantiles, axis=1) < 0):
+                raise ArtifactError("curation head: sample_keys are not sorted and distinct, or sample_quantiles are not ascending")
         if kind == "similarity" and "top_k" not in head.settings:
             raise ArtifactError("a similarity head needs a top_k setting")
         return head
@@ -295,6 +362,8 @@ def head_card(head: CurationHead) -> str:
         f"- keep: score >= {head.threshold:.6g}, calibrated to keep {head.target_keep_fraction:g} of the corpus's documents; empty texts are never kept",
         *([f"- the {len(head.fitted_keys):,} corpus documents it was fitted on are scored by the one of its {len(head.fold_intercepts)} fold heads that did not see them"]
           if head.cross_fitted else []),
+        *([f"- the scores of the student's {len(head.sample_keys):,} training documents are mapped by quantile onto those of the other corpus documents"]
+          if head.sample_keys is not None else []),
         "",
         "| setting | value |",
         "|---|---|",
@@ -315,6 +384,28 @@ def no_head(model_version: str) -> CurationHead:
 def lexical_features(embedder: LexicalEmbedder, texts: Sequence[str]) -> sp.csr_matrix:
     """Each text's L2-normalised TF-IDF row over the student's vocabulary (CSR): the lexical head's input."""
     return embedder.tfidf(texts)
+
+
+PUNCTUATION = string.punctuation + "‘’“”«»‹›–—…•·§¶†‡°′″¡¿"
+
+
+def word_ngrams(embedder: LexicalEmbedder) -> np.ndarray:
+    """Per vocabulary n-gram, whether none of its tokens is a punctuation mark.
+
+    The lexical halves of the heads read only these. N-grams with punctuation are about half of a
+    WordPiece vocabulary, and on technical text they carry the markup of a source (reST roles,
+    backquotes, HTML leftovers) more than its subject: a reference set from another source is
+    then told apart by its format, which no corpus document of the wanted kind shares
+    (bench.curation: the student's lexical rows ranked at scikit-learn word TF-IDF's level once
+    they were left out, and well below it with them)."""
+    ids, _ = embedder.front_end.tokenize([" ".join(PUNCTUATION)])
+    marks = np.unique(np.asarray(ids, dtype=np.uint32))
+    ngrams = embedder.vocabulary.ngrams
+    return ~np.isin(ngrams, marks).any(axis=1)
+
+
+def _masked(lexical, mask: np.ndarray | None):
+    return lexical if lexical is None or mask is None else (lexical @ sp.diags(mask.astype(np.float32))).tocsr()
 
 
 def fit_logistic(x, y: np.ndarray, c: float = 1.0, seed: int = 0) -> tuple[np.ndarray, float]:
@@ -452,6 +543,7 @@ def cross_fitted_head(
     ids: Sequence[str],
     in_corpus: np.ndarray,
     folds: int = FOLDS,
+    lexical_mask: np.ndarray | None = None,
 ) -> CurationHead:
     """A linear head (a blended logistic one, or ridge) whose training rows that are corpus
     documents (`in_corpus`, by `ids`) are later scored by fold heads that never saw them.
@@ -461,6 +553,7 @@ def cross_fitted_head(
     keys = document_keys(ids)
     fold = folds_of(keys, folds)
     y = np.asarray(targets)
+    lexical = _masked(lexical, lexical_mask)
     if kind == "logistic" and (min(int(y.sum()), int((~y.astype(bool)).sum())) < 2 * folds
                                or not all(len(set(y[fold != k].tolist())) == 2 for k in range(folds))):
         return linear_head(mode, kind, model_version, settings, embeddings, targets, lexical)
@@ -478,6 +571,8 @@ def cross_fitted_head(
         parts = blended_logistic(embeddings, lexical, y.astype(bool), fold, folds, seed=int(settings.get("seed", 0)))
         settings = {**settings, **{k: v for k, v in parts["choice"].items() if not k.startswith("oof_")}}
         score_range = (0.0, 1.0)
+    if lexical is not None and lexical_mask is not None:
+        settings = {**settings, "lexical_ngrams": "without punctuation marks"}
     corpus_keys, first = np.unique(keys[np.asarray(in_corpus, dtype=bool)], return_index=True)
     corpus_folds = fold[np.asarray(in_corpus, dtype=bool)][first]
 
@@ -534,13 +629,16 @@ def unit_centroid(rows) -> np.ndarray:
 
 def lexical_similarity_head(model_version: str, settings: dict, references: np.ndarray, reference_lexical, reference_ids: Sequence[str],
                             documents: np.ndarray, document_lexical, folds: int = FOLDS,
-                            weights: Sequence[float] = SIMILARITY_LEXICAL_WEIGHTS) -> CurationHead:
+                            weights: Sequence[float] = SIMILARITY_LEXICAL_WEIGHTS, lexical_mask: np.ndarray | None = None) -> CurationHead:
     """A similarity head whose lexical weight is the one under which held-out references rank best
     against corpus documents (`documents`, their embeddings and TF-IDF rows), references in folds
     by a hash of their id: each fold's references are scored by a head built from the others."""
     from sklearn.metrics import average_precision_score
 
     top_k = int(settings["top_k"])
+    reference_lexical, document_lexical = _masked(reference_lexical, lexical_mask), _masked(document_lexical, lexical_mask)
+    if lexical_mask is not None:
+        settings = {**settings, "lexical_ngrams": "without punctuation marks"}
     fold = folds_of(document_keys(reference_ids), folds)
     if min(np.bincount(fold, minlength=folds)) < 2 or len(documents) < 2:
         return similarity_head(model_version, settings, references)
