@@ -79,8 +79,8 @@ CORPORA = ["sample", "python-docs", "django-docs", "zsh-docs", "kernel-docs"]
 # Corpora mixed from Debian manuals: name -> (manuals and how many paragraphs of each, the target
 # manual, the reference manual: another package on the target's subject).
 MIXED = {
-    "django-docs": ({"django": 1_200, "cmake": 1_400, "zsh": 1_400}, "django", "flask"),
-    "zsh-docs": ({"zsh": 1_000, "apache": 1_500, "django": 1_500}, "zsh", "bash"),
+    "django-docs": ({"django": 3_000, "cmake": 3_500, "zsh": 3_500}, "django", "flask"),
+    "zsh-docs": ({"zsh": 2_500, "apache": 3_750, "django": 3_750}, "zsh", "bash"),
 }
 REFERENCE_LABEL = "reference set"
 CACHE_DIR = Path(os.environ.get("EMBEDDING_ASSETS_BENCH_CACHE", Path(__file__).resolve().parent.parent / ".bench_cache"))
@@ -426,7 +426,7 @@ def product_heads(corpus: Labelled, split: Split, n: int, features: Features, st
     unmapped = head.score_documents(student, doc_ids, texts)[1]
     calibrated, scores = head.calibrated_on_corpus(student, doc_ids, texts, sample_ids, keep_fraction)
     kept = calibrated.keep(scores)
-    choice = {k: head.settings[k] for k in ("c_dense", "c_lexical", "dense_weight") if k in head.settings}
+    choice = {k: head.settings[k] for k in ("chosen_c", "view_agreement") if k in head.settings}
     PRODUCT_HEADS[corpus.name, n] = {"classifier": calibrated}
     yield "reference-classifier", "product", scores, kept, fit_seconds, {**rates(kept), **choice}
 
@@ -447,7 +447,7 @@ def product_heads(corpus: Labelled, split: Split, n: int, features: Features, st
                 oof[view, c] = run.oof
         log("  blend study, per half and C, corpus AP / out-of-fold AP: " + json.dumps(
             {f"{view} C={c}": f"{average_precision_score(positive, z):.3f} / {average_precision_score(y, oof[view, c]):.3f}" for (view, c), z in halves.items()}))
-        for cd, cl in ((head.settings.get("c_dense", 1.0), head.settings.get("c_lexical", 1.0)), (0.3, 0.3), (0.1, 0.3), (0.1, 0.1)):
+        for cd, cl in ((head.settings.get("chosen_c", 1.0), head.settings.get("chosen_c", 1.0)), (0.3, 0.3), (1.0, 1.0), (0.1, 0.1)):
             zd, zl = halves["dense", cd], halves["lexical", cl]
             log(f"  blend study, dense C={cd}, lexical C={cl}, per dense weight, corpus AP / out-of-fold AP: "
                 + json.dumps({w: f"{average_precision_score(positive, w * zd + (1 - w) * zl):.3f} / {average_precision_score(y, w * oof['dense', cd] + (1 - w) * oof['lexical', cl]):.3f}"

@@ -8,6 +8,7 @@ import pytest
 
 from embedding_assets.engine import ArtifactError, LexicalEmbedder
 from embedding_assets.engine.curation import (
+    C_GRID,
     FOLDS,
     CurationHead,
     cross_fitted_head,
@@ -97,7 +98,7 @@ def cross_fitted(embedder, sample_texts):
 def test_documents_a_head_was_fitted_on_are_scored_by_the_fold_head_that_never_saw_them(embedder, cross_fitted):
     head, texts = cross_fitted
     assert head.cross_fitted and len(head.fitted_keys) == 400 and head.fold_coef.shape == (FOLDS, embedder.dim)
-    assert {"c_dense", "c_lexical", "dense_weight"} <= set(head.settings) and 0 <= head.settings["dense_weight"] <= 1
+    assert head.settings["chosen_c"] in C_GRID and -1 <= head.settings["view_agreement"] <= 1
     ids = [f"doc-{i}" for i in range(len(texts))]
     embeddings, scores = head.score_documents(embedder, ids, texts)
     full = head.score_texts(embedder, texts)[1]

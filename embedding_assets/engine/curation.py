@@ -14,11 +14,11 @@ TF-IDF row as well (L2-normalised, as the network's input). Both come from one p
 encoder's first-layer kernel, so the lexical term costs no second tokenisation or lookup.
 Measured in bench.curation: on technical text the exact n-grams carry much of the signal.
 
-A logistic head is fitted as two: one on the embedding, one on the lexical rows, each with its
-own C, blended with a weight; C, C and the weight are chosen by the average precision of
-out-of-fold scores (folds by a hash of the document id), so the blend leans on whichever
-evidence ranks the held-out examples better. The blend of two linear heads on the same
-features is one linear head: scoring stays one pass.
+A logistic head is fitted as two: one on the embedding, one on the lexical rows (n-grams without
+punctuation marks), blended with equal weight on their logits scaled to unit spread, at the C
+where the two agree most on corpus documents neither was fitted on (out-of-fold, folds by a
+hash of the document id); see `blended_logistic` for why not the out-of-fold AP. The blend of two
+linear heads on the same features is one linear head: scoring stays one pass.
 
 Cross-fitting: the corpus documents a head was fitted on (the reference classifier's negatives,
 the labelled or annotated documents) would score lower than unseen ones if the head that saw
@@ -58,9 +58,8 @@ HEAD_FORMAT = "embedding_assets.curation_head"
 EXACT_SEARCH_MAX_REFERENCES = 50_000
 _QUERY_BLOCK = 4096
 FOLDS = 5
-# Inverse penalties tried for each half of a logistic head, and the blend weights of its dense half.
-C_GRID = (0.3, 3.0, 30.0)
-BLEND_WEIGHTS = tuple(i / 10 for i in range(11))
+# Inverse penalties tried for the two halves of a logistic head.
+C_GRID = (0.03, 0.1, 0.3, 1.0, 3.0)
 
 
 # The map of the student's training documents' scores: quantile levels, and the fewest documents on each side.
@@ -489,47 +488,58 @@ def _full(run: _CrossFit, x, targets: np.ndarray, fit) -> _CrossFit:
     return run
 
 
-def blended_logistic(embeddings: np.ndarray, lexical, targets: np.ndarray, folds: np.ndarray, count: int = FOLDS,
-                     c_grid: Sequence[float] = C_GRID, weights: Sequence[float] = BLEND_WEIGHTS, seed: int = 0) -> dict:
-    """Logistic heads on the embedding and on the lexical rows, each at the C whose out-of-fold
-    average precision is best, blended with the weight that ranks the out-of-fold scores best,
-    then rescaled (Platt, on the out-of-fold blend) so the score reads as a probability.
+def blended_logistic(embeddings: np.ndarray, lexical, targets: np.ndarray, folds: np.ndarray, count: int, agreement_rows: np.ndarray,
+                     c: float = 1.0, c_grid: Sequence[float] = C_GRID, seed: int = 0) -> dict:
+    """Logistic heads on the embedding and on the lexical rows at one C, blended with equal weight
+    on their logits scaled to unit spread, then rescaled (Platt, on the out-of-fold blend) so the
+    score reads as a probability.
+
+    C is the one at which the two halves' out-of-fold logits agree most (Spearman) on the corpus
+    documents among the examples (`agreement_rows`). Not the out-of-fold AP of the references
+    against those documents: with references from another source than the corpus's wanted
+    documents, that AP rises with C while the corpus ranking falls (each half learns the source
+    as C grows; bench.curation), whereas what both views of a document share is its subject.
+    Without lexical rows, the embedding head at `c`.
 
     Returns the blended full head and fold heads: coef, lexical_coef, intercept, fold_coef,
-    fold_lexical_coef, fold_intercepts, and `choice` (the Cs, the weight and the AP of each half)."""
+    fold_lexical_coef, fold_intercepts, and `choice` (C, the agreement, the halves' scales and
+    out-of-fold APs)."""
+    from scipy.stats import spearmanr
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import average_precision_score
 
     y = np.asarray(targets, dtype=bool)
 
-    def runs(x):
-        out = {c: _cross_fit(x, y, folds, count, lambda a, b, c=c: fit_logistic(a, b, c, seed)) for c in c_grid}
-        best = max(out, key=lambda c: (average_precision_score(y, out[c].oof), -abs(np.log(c))))
-        return best, _full(out[best], x, y, lambda a, b: fit_logistic(a, b, best, seed))
+    def fitted(x, at: float) -> _CrossFit:
+        return _full(_cross_fit(x, y, folds, count, lambda a, b: fit_logistic(a, b, at, seed)), x, y, lambda a, b: fit_logistic(a, b, at, seed))
 
-    c_dense, dense = runs(embeddings)
-    choice = {"c_dense": c_dense, "oof_ap_dense": round(float(average_precision_score(y, dense.oof)), 4)}
     if lexical is None:
-        weight, lex = 1.0, None
+        dense, lex, scales, choice = fitted(embeddings, c), None, (1.0, 0.0), {"chosen_c": c}
     else:
-        c_lexical, lex = runs(lexical)
-        scored = {w: average_precision_score(y, w * dense.oof + (1 - w) * lex.oof) for w in weights}
-        weight = max(scored, key=lambda w: (round(scored[w], 6), -abs(w - 0.5)))
-        choice.update(c_lexical=c_lexical, oof_ap_lexical=round(float(average_precision_score(y, lex.oof)), 4))
-    blend = weight * dense.oof + (0.0 if lex is None else (1 - weight) * lex.oof)
-    choice.update(dense_weight=weight, oof_ap=round(float(average_precision_score(y, blend)), 4))
+        dense_runs = {at: _cross_fit(embeddings, y, folds, count, lambda a, b, at=at: fit_logistic(a, b, at, seed)) for at in c_grid}
+        lexical_runs = {at: _cross_fit(lexical, y, folds, count, lambda a, b, at=at: fit_logistic(a, b, at, seed)) for at in c_grid}
+        agreement = {at: float(spearmanr(dense_runs[at].oof[agreement_rows], lexical_runs[at].oof[agreement_rows]).statistic) for at in c_grid}
+        c = max(c_grid, key=lambda at: (round(agreement[at], 4), -at))
+        dense = _full(dense_runs[c], embeddings, y, lambda a, b: fit_logistic(a, b, c, seed))
+        lex = _full(lexical_runs[c], lexical, y, lambda a, b: fit_logistic(a, b, c, seed))
+        spread = [float(np.std(run.oof[agreement_rows])) or 1.0 for run in (dense, lex)]
+        scales = (1.0 / spread[0], 1.0 / spread[1])
+        choice = {"chosen_c": c, "view_agreement": round(agreement[c], 4), "oof_ap_lexical": round(float(average_precision_score(y, lex.oof)), 4)}
+    choice["oof_ap_dense"] = round(float(average_precision_score(y, dense.oof)), 4)
+    blend = scales[0] * dense.oof + (0.0 if lex is None else scales[1] * lex.oof)
+    choice["oof_ap"] = round(float(average_precision_score(y, blend)), 4)
     platt = LogisticRegression(C=1e4, class_weight="balanced", max_iter=1000).fit(blend[:, None], y.astype(int))
     a, b = float(platt.coef_[0, 0]), float(platt.intercept_[0])
-    out = {
-        "coef": a * weight * dense.coef,
-        "fold_coef": a * weight * dense.fold_coef,
-        "intercept": a * (weight * dense.intercept + (0.0 if lex is None else (1 - weight) * lex.intercept)) + b,
-        "fold_intercepts": a * (weight * dense.fold_intercepts + (0.0 if lex is None else (1 - weight) * lex.fold_intercepts)) + b,
-        "lexical_coef": None if lex is None else a * (1 - weight) * lex.coef,
-        "fold_lexical_coef": None if lex is None else a * (1 - weight) * lex.fold_coef,
+    wd, wl = a * scales[0], a * scales[1]
+    return {
+        "coef": wd * dense.coef,
+        "fold_coef": wd * dense.fold_coef,
+        "intercept": wd * dense.intercept + (0.0 if lex is None else wl * lex.intercept) + b,
+        "fold_intercepts": wd * dense.fold_intercepts + (0.0 if lex is None else wl * lex.fold_intercepts) + b,
+        "lexical_coef": None if lex is None else wl * lex.coef,
+        "fold_lexical_coef": None if lex is None else wl * lex.fold_coef,
         "choice": choice,
     }
-    return out
 
 
 def cross_fitted_head(
@@ -568,7 +578,10 @@ def cross_fitted_head(
                  "fold_intercepts": run.fold_intercepts}
         score_range = (float(np.min(y)), float(np.max(y)))
     else:
-        parts = blended_logistic(embeddings, lexical, y.astype(bool), fold, folds, seed=int(settings.get("seed", 0)))
+        in_corpus = np.asarray(in_corpus, dtype=bool)
+        agreement_rows = in_corpus if in_corpus.sum() >= 50 else ~y.astype(bool)
+        parts = blended_logistic(embeddings, lexical, y.astype(bool), fold, folds, agreement_rows, c=float(settings.get("c", 1.0)),
+                                 seed=int(settings.get("seed", 0)))
         settings = {**settings, **{k: v for k, v in parts["choice"].items() if not k.startswith("oof_")}}
         score_range = (0.0, 1.0)
     if lexical is not None and lexical_mask is not None:
