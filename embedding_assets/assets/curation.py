@@ -287,7 +287,10 @@ def head_evaluation(embedder: LexicalEmbedder, head: CurationHead, data: HeadDat
         # What a user can act on: how often a new document like the wanted examples passes the keep rule.
         evaluation["heldout_wanted_kept"] = round(float((scores[y.astype(bool)] >= threshold).mean()), 4)
         evaluation["heldout_measures"] = HELDOUT_MEANING[data.counts.get("measured_against", "labels")]
-    evaluation["corpus_quality_estimate"] = "none: the corpus has no labels, so its precision and recall are unknown; the held-out figures bound how well the head tells the examples apart, not how pure the kept set is"
+    evaluation["corpus_quality_estimate"] = (
+        "none: the corpus has no labels, so the kept set's precision and recall are unknown; the held-out figures say how well the head "
+        "tells the examples apart, not how pure the kept set is (bench.curation measures both on labelled corpora)"
+    )
     return evaluation
 
 
