@@ -13,7 +13,7 @@ the 1,000 reference documents (the issue asks whether that helps).
 
 Heads, each on the same reference set:
 - reference-classifier: class-balanced logistic regression of the reference set (positive)
-  against a seeded random draw of corpus documents (negative), as DCLM trains its fastText
+  against the student's training documents (negative; at most 5,000), as DCLM trains its fastText
   classifier; on the student embedding, the student hybrid as the engine builds it (the embedding
   next to the student's L2-normalised TF-IDF rows, `lexical_features`, scored through
   `CurationHead.score_texts` in one encoder pass), the teacher's vectors and scikit-learn TF-IDF
@@ -383,6 +383,11 @@ SIMILARITY_SYSTEMS = ["teacher", "student", "TF-IDF", "student + references in s
 
 
 PRODUCT_NEGATIVES = 20_000  # Curation.max_negatives
+
+
+def negatives_of(split: Split, settings: HeadSettings) -> np.ndarray:
+    """Every head's negatives: the student's training documents (as quality_classifier draws them), at most `negatives`."""
+    return np.sort(np.random.default_rng(1).permutation(split.train)[: settings.negatives])
 STUDY_BLEND = bool(os.environ.get("BENCH_STUDY_BLEND"))
 PRODUCT_HEADS: dict[tuple[str, int], dict] = {}  # (corpus, N) -> the product's fitted heads, for the speed run
 
@@ -403,7 +408,8 @@ def product_heads(corpus: Labelled, split: Split, n: int, features: Features, st
     docs = split.corpus(n, len(corpus.texts))
     refs = split.references[n]
     emb, lex = features.dense["student"], features.sparse["student"]
-    negatives = split.train[:PRODUCT_NEGATIVES]
+    # The sample is in hash order in the product, so its first documents are a random draw.
+    negatives = np.sort(np.random.default_rng(1).permutation(split.train)[:PRODUCT_NEGATIVES])
     rows = np.concatenate([refs, negatives])
     y = np.r_[np.ones(len(refs), bool), np.zeros(len(negatives), bool)]
     ids = [f"reference:{i}" for i in refs] + [str(i) for i in negatives]
@@ -481,7 +487,7 @@ def evaluate(corpus: Labelled, split: Split, n: int, features: Features, setting
     positive = corpus.positive[docs]
     keep = int(positive.sum())
     references = split.references[n]
-    negatives = np.sort(np.random.default_rng(seed + 1).choice(docs, min(settings.negatives, len(docs)), replace=False))
+    negatives = negatives_of(split, settings)
     rows_fit = np.concatenate([references, negatives])
     y = np.concatenate([np.ones(len(references), bool), np.zeros(len(negatives), bool)])
     results, tops = [], {}
@@ -540,7 +546,7 @@ def scoring_speed(corpus: Labelled, split: Split, n: int, student: LexicalEmbedd
     docs = split.corpus(n, len(corpus.texts))
     texts = [corpus.texts[i] for i in docs]
     references = split.references[n]
-    negatives = np.sort(np.random.default_rng(seed + 1).choice(docs, min(settings.negatives, len(docs)), replace=False))
+    negatives = negatives_of(split, settings)
     rows_fit = np.concatenate([references, negatives])
     y = np.concatenate([np.ones(len(references), bool), np.zeros(len(negatives), bool)])
     version = student.version
