@@ -110,10 +110,11 @@ def test_a_student_trained_for_zero_steps_fails_the_fidelity_gate(trained):
 
 
 def test_a_threshold_that_misses_its_target_fails_calibration_and_blocks_scoring(trained):
-    # Nearly all of the corpus is one repeated document: every copy scores the same, so no
-    # threshold can keep exactly the target share of the corpus it is calibrated on.
+    # Nearly all of the corpus is one document, its copies apart only in trailing spaces (the raw
+    # gate refuses exact copies): every copy scores the same, so no threshold can keep exactly the
+    # target share of the corpus it is calibrated on.
     others = pq.read_table(stored_file(trained["storage"], "training_sample.parquet"), columns=["text"])["text"].to_pylist()[:10]
-    texts = others + ["socket connection: open a TCP socket to the server and read the HTTP response"] * 190
+    texts = others + ["socket connection: open a TCP socket to the server and read the HTTP response" + " " * i for i in range(190)]
     pq.write_table(pa.table({"id": [f"s{i}" for i in range(len(texts))], "text": texts}), trained["corpus"] / "next.parquet")
     try:
         assert run(trained, ["raw_corpus"], partition="next").success
