@@ -155,12 +155,12 @@ class CurationHead:
         embeddings = embedder.encode(texts)
         return embeddings, self.score(embeddings)
 
-    def fitted_fold(self, ids: Sequence[str]) -> np.ndarray:
+    def fitted_fold(self, ids: Sequence[str], keys: np.ndarray | None = None) -> np.ndarray:
         """Per document, the fold it was fitted in (-1: a document the head never saw)."""
         out = np.full(len(ids), -1, dtype=np.int64)
         if not self.cross_fitted or len(ids) == 0:
             return out
-        keys = document_keys(ids)
+        keys = document_keys(ids) if keys is None else keys
         at = np.minimum(np.searchsorted(self.fitted_keys, keys), len(self.fitted_keys) - 1)
         hit = self.fitted_keys[at] == keys
         out[hit] = self.fitted_folds[at[hit]]
@@ -170,23 +170,25 @@ class CurationHead:
         """Embeddings and scores of corpus documents: one pass of the full head, the documents the
         head was fitted on scored again by the fold head that did not see them, and the student's
         training documents' scores mapped onto the distribution of the others'."""
-        embeddings, scores = self._score_unmapped(embedder, ids, texts)
-        return embeddings, self.mapped(ids, scores)
+        keys = document_keys(ids) if self.cross_fitted or self.sample_keys is not None else None
+        embeddings, scores = self._score_unmapped(embedder, ids, texts, keys)
+        return embeddings, self.mapped(ids, scores, keys)
 
-    def mapped(self, ids: Sequence[str], scores: np.ndarray) -> np.ndarray:
+    def mapped(self, ids: Sequence[str], scores: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
         """Scores with those of the student's training documents mapped by quantile onto the others'."""
         if self.sample_keys is None or len(self.sample_keys) == 0 or len(ids) == 0:
             return scores
-        inside = _member(self.sample_keys, document_keys(ids))
+        inside = _member(self.sample_keys, document_keys(ids) if keys is None else keys)
         if not inside.any():
             return scores
         scores = scores.copy()
         scores[inside] = np.interp(scores[inside], self.sample_quantiles[0], self.sample_quantiles[1]).astype(np.float32)
         return scores
 
-    def _score_unmapped(self, embedder: LexicalEmbedder, ids: Sequence[str], texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _score_unmapped(self, embedder: LexicalEmbedder, ids: Sequence[str], texts: Sequence[str],
+                        keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         embeddings, scores = self.score_texts(embedder, texts)
-        folds = self.fitted_fold(ids)
+        folds = self.fitted_fold(ids, keys)
         seen = np.flatnonzero(folds >= 0)
         if len(seen):
             rows = embeddings[seen].astype(np.float64)
