@@ -1,31 +1,44 @@
 """Curation without labels: a reference set against the corpus, on the student, the teacher, TF-IDF and fastText.
 
-    python -m bench.curation [--corpus sample python-docs kernel-docs] [--n 100 1000] [--quick] [--tune]
+    python -m bench.curation [--corpus sample python-docs django-docs zsh-docs kernel-docs] [--n 100 1000]
+                             [--sample-size 4000] [--quick] [--tune] [--no-speed]
 
-Each corpus has labels, and they are hidden. One label group is the target. The reference set is
-N of its documents (a seeded draw, nested: the 100 are the first 100 of the 1,000), and the corpus
-is every other document; a target document left in the corpus is a positive, for evaluation only.
+Each corpus has labels, and they are hidden. One label group is the target.
+- sample, python-docs, kernel-docs: the reference set is N of the target's own documents (a
+  seeded draw, nested: the 100 are the first 100 of the 1,000), and the corpus is every other
+  document.
+- django-docs, zsh-docs: several Debian manuals mixed (`MIXED`), one of them the target; the
+  reference set is N paragraphs of another package's manual on the same subject (every one when
+  fewer), as a user brings examples from elsewhere: the Flask manual for Django's, the Bash
+  manual for zsh's. The corpus is every document of the mix.
+A target document in the corpus is a positive, for evaluation only.
 
 The student is trained as `distilled_model` trains it: on a seeded training sample of corpus
 documents (85% train, 15% held out), from the teacher's vectors and its token sums over the train
 split, with the product's feature and distillation defaults. A second student's sample also holds
 the 1,000 reference documents (the issue asks whether that helps).
 
-Heads, each on the same reference set:
-- reference-classifier: class-balanced logistic regression of the reference set (positive)
-  against the student's training documents (negative; at most 5,000), as DCLM trains its fastText
-  classifier; on the student embedding, the student hybrid as the engine builds it (the embedding
-  next to the student's L2-normalised TF-IDF rows, `lexical_features`, scored through
-  `CurationHead.score_texts` in one encoder pass), the teacher's vectors and scikit-learn TF-IDF
-  (word 1-2 grams, fitted on the student's training sample); and fastText supervised, trained on
-  the same positives and negatives with word bigrams, the positives repeated so the classes weigh
-  the same (DCLM trains on equal counts).
+Heads, each on the same reference set, each against the same negatives: the student's training
+documents (at most 5,000; the product's own heads take up to 20,000, as `max_negatives`), as
+`quality_classifier` draws them:
+- product: the heads as `quality_classifier` fits them (`product_heads`): the cross-fitted
+  blend of `cross_fitted_head` and the similarity head of `lexical_similarity_head`, calibrated
+  on every corpus document as `calibrated_on_corpus` does, scored with `score_documents`; their
+  keep set is their own threshold's, so their kept share and their keep rates inside and outside
+  the training sample are reported. A second table per corpus compares ways of calibrating.
+- reference-classifier: class-balanced logistic regression (C = 1) on the student embedding,
+  the former student hybrid (the embedding next to the student's L2-normalised TF-IDF rows, one
+  C), the teacher's vectors and scikit-learn TF-IDF (word 1-2 grams, sublinear, fitted on the
+  student's training sample); and fastText supervised, trained on the same positives and
+  negatives with word bigrams, the positives repeated so the classes weigh the same (DCLM trains
+  on equal counts).
 - reference-similarity: a document's score is the mean of its top-k cosines to the reference set.
 
 Every head scores the whole corpus. Reported: average precision of that ranking for the target
-group; recall at the keep fraction, which is the target group's share of the corpus (so the keep
-set has as many documents as there are positives); agreement of the keep set with the teacher
-head's keep set of the same mode; documents scored per CPU-second from texts to scores
+group; recall and precision of the keep set at the keep fraction, which is the target group's
+share of the corpus (the top of the ranking for the anchors, so recall equals precision; the
+calibrated threshold for the product's heads); kept share; agreement of the keep set with the
+teacher head's keep set of the same mode; documents scored per CPU-second from texts to scores
 (`time.process_time`, all threads), and the seconds to fit the head on its features.
 
 The teacher's vectors and token sums are cached under `.bench_cache/`, keyed by the teacher's
