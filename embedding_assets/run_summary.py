@@ -109,7 +109,7 @@ def head_lines(head: dict) -> list[str]:
         lines.append(f"  the threshold keeps {head['calibration_keep_fraction']:.1%} of them, target {head.get('target_keep_fraction')}{split}")
     if head.get("heldout_wanted_kept") is not None:
         lines.append(f"  {head['heldout_wanted_kept']:.0%} of the held-out wanted examples ({head.get('heldout_positives', 0):,}) score above it: "
-                     "the share of documents like them that a shard keeps")
+                     "documents like them are kept that often; wanted documents unlike the examples, less often")
     if head.get("heldout_average_precision") is not None:
         lines.append(f"  held-out AP {head['heldout_average_precision']:.3f}, AUC {head.get('heldout_auc', 0):.3f}: {head.get('heldout_measures', '')}")
     if head.get("heldout_spearman") is not None:
