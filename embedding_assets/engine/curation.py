@@ -520,7 +520,8 @@ def blended_logistic(embeddings: np.ndarray, lexical, targets: np.ndarray, folds
     else:
         dense_runs = {at: _cross_fit(embeddings, y, folds, count, lambda a, b, at=at: fit_logistic(a, b, at, seed)) for at in c_grid}
         lexical_runs = {at: _cross_fit(lexical, y, folds, count, lambda a, b, at=at: fit_logistic(a, b, at, seed)) for at in c_grid}
-        agreement = {at: float(spearmanr(dense_runs[at].oof[agreement_rows], lexical_runs[at].oof[agreement_rows]).statistic) for at in c_grid}
+        agreement = {at: float(np.nan_to_num(spearmanr(dense_runs[at].oof[agreement_rows], lexical_runs[at].oof[agreement_rows]).statistic, nan=-1.0))
+                     for at in c_grid}
         c = max(c_grid, key=lambda at: (round(agreement[at], 4), -at))
         dense = _full(dense_runs[c], embeddings, y, lambda a, b: fit_logistic(a, b, c, seed))
         lex = _full(lexical_runs[c], lexical, y, lambda a, b: fit_logistic(a, b, c, seed))
