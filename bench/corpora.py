@@ -104,3 +104,84 @@ def _pieces(texts: list[str], chars: int = 200_000) -> Iterator[str]:
             yield " ".join(buffer)
         if not texts:
             return
+
+
+# Unlabelled corpora from Debian documentation packages, for bench.curation: each is several
+# manuals mixed, one of them the target; its reference set comes from another package on the
+# same subject, as a user brings a handful of examples from elsewhere.
+HTML_MANUALS = {
+    "django": ("python-django-doc", "/usr/share/doc/python-django-doc/html/**/*.html", ("/_modules/", "/genindex", "/py-modindex", "/search.html")),
+    "zsh": ("zsh-doc", "/usr/share/doc/zsh-doc/html/*.html", ("/index", "Concept-Index", "Variables-Index", "Options-Index", "Functions-Index", "Editor-Functions-Index", "Style-and-Tag-Index")),
+    "bash": ("bash-doc", "/usr/share/doc/bash-doc/bashref.html", ()),
+    "apache": ("apache2-doc", "/usr/share/doc/apache2-doc/manual/en/**/*.html", ()),
+}
+RST_MANUALS = {
+    "flask": ("python-flask-doc", "/usr/share/doc/python-flask-doc/html/_sources/**/*.rst.txt"),
+    "cmake": ("cmake-doc", "/usr/share/doc/cmake-doc/html/_sources/**/*.txt"),
+}
+BLOCK_TAGS = {"p", "li", "dd", "dt", "pre", "h1", "h2", "h3", "h4", "h5", "h6", "td", "th", "div", "blockquote", "table", "tr", "ul", "ol", "dl", "br", "hr", "section"}
+
+
+def html_paragraphs(html: str) -> list[str]:
+    """The text of an HTML page cut at block elements (scripts, styles and navigation left out)."""
+    from html.parser import HTMLParser
+
+    class Blocks(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.blocks, self.current, self.skip = [], [], 0
+
+        def flush(self):
+            text = " ".join("".join(self.current).split())
+            if text:
+                self.blocks.append(text)
+            self.current = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag in ("script", "style", "nav", "head", "footer"):
+                self.skip += 1
+            elif tag in BLOCK_TAGS:
+                self.flush()
+
+        def handle_endtag(self, tag):
+            if tag in ("script", "style", "nav", "head", "footer"):
+                self.skip = max(0, self.skip - 1)
+            elif tag in BLOCK_TAGS:
+                self.flush()
+
+        def handle_data(self, data):
+            if not self.skip:
+                self.current.append(data)
+
+    parser = Blocks()
+    parser.feed(html)
+    parser.flush()
+    return parser.blocks
+
+
+def manual_paragraphs(name: str, min_words: int = 12) -> list[str] | None:
+    """Prose paragraphs of one Debian manual (distinct, in file order); None when its package is absent."""
+    if name in HTML_MANUALS:
+        _, pattern, skip = HTML_MANUALS[name]
+        files = [p for p in sorted(glob.glob(pattern, recursive=True)) if not any(s in p for s in skip)]
+        blocks = [b for path in files for b in html_paragraphs(Path(path).read_text(encoding="utf-8", errors="replace"))]
+    else:
+        files = sorted(glob.glob(RST_MANUALS[name][1], recursive=True))
+        blocks = []
+        for path in files:
+            for paragraph in Path(path).read_text(encoding="utf-8", errors="replace").split("\n\n"):
+                if not paragraph.startswith(("    ", "\t")):
+                    blocks.append(" ".join(paragraph.split()))
+    if not files:
+        return None
+    seen, out = set(), []
+    for text in blocks:
+        if len(text.split()) < min_words or text.startswith(("..", ">>>", "$ ", "::", "|", "+-", "==", "--", "#")) or text in seen:
+            continue
+        seen.add(text)
+        out.append(text)
+    return out
+
+
+def manual_package(name: str) -> str:
+    return (HTML_MANUALS.get(name) or RST_MANUALS[name])[0]

@@ -30,6 +30,7 @@ class Summary:
     shards: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     uris: dict[str, str] = field(default_factory=dict)
     selected: int | None = None
+    head: dict = field(default_factory=dict)  # the curation head's quality metadata, when this run fitted one
 
 
 # Where a materialisation says how many documents it went through: the first of these it has. The
@@ -72,6 +73,8 @@ def read_summary(instance: dg.DagsterInstance, run_ids: list[str]) -> Summary:
                 stage.materialisations += 1
                 if "uri" in metadata:
                     summary.uris[name] = str(metadata["uri"])
+                if name == "quality_classifier":
+                    summary.head = metadata
                 if name == "selection" and isinstance(metadata.get("kept"), int):
                     summary.selected = metadata["kept"]
                 if name == "scored_corpus" and materialization.partition:
@@ -92,6 +95,27 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def rate(documents: int, seconds: float) -> str:
     return f"{documents / seconds:,.0f}" if documents and seconds > 0 else "-"
+
+
+def head_lines(head: dict) -> list[str]:
+    """How good the curation head is, in terms a user can act on, and what is not known."""
+    if not head or head.get("mode") in (None, "none"):
+        return []
+    lines = ["", f"curation head ({head['mode']}, calibrated on {head.get('calibration_documents', 0):,} {head.get('calibrated_on', 'corpus')} documents):"]
+    if head.get("calibration_keep_fraction") is not None:
+        inside, outside = head.get("keep_rate_training_sample"), head.get("keep_rate_outside_training_sample")
+        split = f" ({inside:.1%} of the student's training documents, {outside:.1%} of the others)" if inside is not None and outside is not None else ""
+        lines.append(f"  the threshold keeps {head['calibration_keep_fraction']:.1%} of them, target {head.get('target_keep_fraction')}{split}")
+    if head.get("heldout_wanted_kept") is not None:
+        lines.append(f"  {head['heldout_wanted_kept']:.0%} of the held-out wanted examples ({head.get('heldout_positives', 0):,}) score above it: "
+                     "documents like them are kept that often; wanted documents unlike the examples, less often")
+    if head.get("heldout_average_precision") is not None:
+        lines.append(f"  held-out AP {head['heldout_average_precision']:.3f}, AUC {head.get('heldout_auc', 0):.3f}: {head.get('heldout_measures', '')}")
+    if head.get("heldout_spearman") is not None:
+        lines.append(f"  held-out Spearman of predicted and annotated scores {head['heldout_spearman']:.3f}")
+    if head.get("corpus_quality_estimate"):
+        lines.append(f"  corpus quality estimate: {head['corpus_quality_estimate']}")
+    return lines
 
 
 def summary_lines(summary: Summary, wall_seconds: float, storage: str, home: str, log_file: str) -> list[str]:
@@ -116,6 +140,7 @@ def summary_lines(summary: Summary, wall_seconds: float, storage: str, home: str
         kept_total = None if any(k is None for _, k in summary.shards.values()) else sum(k for _, k in summary.shards.values())
         shard_rows.append(["all shards", f"{total:,}", "-" if kept_total is None else f"{kept_total:,}", "-" if kept_total is None else f"{kept_total / max(total, 1):.3f}"])
         lines += ["", *table(["shard", "documents", "kept", "keep fraction"], shard_rows)]
+    lines += head_lines(summary.head)
     if not summary.uris:
         lines += ["", f"outputs: none; nothing was written to {storage}"]
     else:

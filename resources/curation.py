@@ -38,9 +38,9 @@ class Curation(dg.ConfigurableResource):
     keep_fraction: float = Field(default=0.2, description="Share of documents the calibrated threshold keeps (--keep-fraction).")
     top_k: int = Field(default=10, description="reference-similarity: a document's score is the mean of its top_k cosines to the references (--top-k).")
     lexical: bool = Field(
-        default=True, description="Linear heads also read the student's n-gram TF-IDF features beside its embedding (the fastText-like bag); measured in bench.curation."
+        default=True, description="Heads also read the student's n-gram TF-IDF features beside its embedding (the fastText-like bag): a logistic half blended with the embedding's, or a lexical cosine term of the similarity head, weighted by cross-validation; measured in bench.curation."
     )
-    regularization: float = Field(default=1.0, description="Inverse L2 penalty C of the linear heads.")
+    regularization: float = Field(default=1.0, description="Inverse L2 penalty C of ridge heads, and of logistic heads with too few examples to cross-validate (others choose C by cross-validation).")
     max_negatives: int = Field(default=20_000, description="reference-classifier: most corpus documents drawn as negatives.")
     reference_holdout: float = Field(default=0.2, description="Share of the reference set held out to measure the head (by a hash of the id).")
     s3: S3Settings = Field(default=S3Settings(), description="Endpoint, region and profile used when a location is on S3.")
@@ -104,7 +104,7 @@ class Curation(dg.ConfigurableResource):
         if mode in ("labels", "annotations") and self.positive_labels:
             recorded["positive_labels"] = sorted(self.positive_labels)
         if mode == "reference-similarity":
-            recorded["top_k"] = self.top_k
+            recorded.update(top_k=self.top_k, lexical=self.lexical)
         if mode in ("labels", "reference-classifier", "annotations"):
             recorded.update(lexical=self.lexical, c=self.regularization)
         if mode == "reference-classifier":

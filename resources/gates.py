@@ -50,7 +50,7 @@ class QualityGates(dg.ConfigurableResource):
     # quality_classifier
     min_heldout_auc: float = Field(default=0.6, description="Floor of the head's held-out ROC AUC (classifier and similarity modes).")
     min_heldout_spearman: float = Field(default=0.2, description="Floor of the held-out Spearman of predicted and annotated scores (annotations with scores).")
-    sample_keep_tolerance: float = Field(default=0.02, description="Largest gap between the sample's keep fraction and the target.")
+    sample_keep_tolerance: float = Field(default=0.02, description="Largest gap between the keep fraction of the corpus documents the threshold was calibrated on and the target.")
     # scored_corpus
     shard_keep_tolerance: float = Field(default=0.15, description="Largest gap between a shard's keep fraction and what it is compared with (its previous scoring, or its drift reference).")
     max_score_psi: float = Field(default=0.25, description="Largest population stability index of a shard's scores against its previous scoring by the same head.")

@@ -110,22 +110,22 @@ def test_a_student_trained_for_zero_steps_fails_the_fidelity_gate(trained):
 
 
 def test_a_threshold_that_misses_its_target_fails_calibration_and_blocks_scoring(trained):
-    # Half of the sample is one repeated document: every copy scores the same, so no threshold
-    # can keep exactly the target share.
-    path = stored_file(trained["storage"], "training_sample.parquet")
-    sample = pq.read_table(path).to_pydict()
-    half = len(sample["text"]) // 2
-    sample["text"][:half] = [sample["text"][0]] * half
-    sample["label"][:half] = ["socket"] * half
-    pq.write_table(pa.table(sample), path)
-    pq.write_table(pa.table({"id": ["s1"], "text": ["socket"]}), trained["corpus"] / "next.parquet")
-    assert run(trained, ["raw_corpus"], partition="next").success
-    result = run(trained, ["quality_classifier", "scored_corpus"], partition="next")
-    passed, meta = evaluation(result, "quality_classifier_calibration")
-    assert not passed
-    assert any("calibration keep fraction" in f for f in meta["failed"])
-    assert abs(meta["calibration_keep_fraction"] - 0.2) > 0.02
-    assert not materialized(result, "scored_corpus", "next")
+    # Nearly all of the corpus is one document, its copies apart only in trailing spaces (the raw
+    # gate refuses exact copies): every copy scores the same, so no threshold can keep exactly the
+    # target share of the corpus it is calibrated on.
+    others = pq.read_table(stored_file(trained["storage"], "training_sample.parquet"), columns=["text"])["text"].to_pylist()[:10]
+    texts = others + ["socket connection: open a TCP socket to the server and read the HTTP response" + " " * i for i in range(190)]
+    pq.write_table(pa.table({"id": [f"s{i}" for i in range(len(texts))], "text": texts}), trained["corpus"] / "next.parquet")
+    try:
+        assert run(trained, ["raw_corpus"], partition="next").success
+        result = run(trained, ["quality_classifier", "scored_corpus"], partition="next")
+        passed, meta = evaluation(result, "quality_classifier_calibration")
+        assert not passed
+        assert any("calibration keep fraction" in f for f in meta["failed"])
+        assert abs(meta["calibration_keep_fraction"] - 0.2) > 0.02
+        assert not materialized(result, "scored_corpus", "next")
+    finally:
+        (trained["corpus"] / "next.parquet").unlink()
 
 
 def test_every_gate_passes_on_the_good_pipeline(pipeline):

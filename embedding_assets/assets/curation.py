@@ -9,7 +9,7 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
-from embedding_assets.assets.ingest import raw_corpus, shared_id_failures, training_sample
+from embedding_assets.assets.ingest import corpus_shards_now, id_hash, raw_corpus, shared_id_failures, training_sample
 from embedding_assets.assets.reference import NEGATIVE, REFERENCE, annotation_targets, annotations, reference_set, text_hash
 from embedding_assets.assets.selection import clusters, current_centroids
 from embedding_assets.assets.training import distilled_model
@@ -18,7 +18,17 @@ from embedding_assets.paths import ANNOTATIONS_FILE, HEAD_CARD_FILE, HEAD_FILE, 
 from embedding_assets.stored import embedding_column, read_sample
 from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.engine.clustering import assign_clusters
-from embedding_assets.engine.curation import NONE, CurationHead, head_card, lexical_features, linear_head, no_head, similarity_head
+from embedding_assets.engine.curation import (
+    NONE,
+    CurationHead,
+    cross_fitted_head,
+    head_card,
+    lexical_features,
+    lexical_similarity_head,
+    no_head,
+    similarity_head,
+    unit_centroid,
+)
 from embedding_assets.engine.errors import ArtifactError
 from embedding_assets.partitions import corpus_shards
 from embedding_assets.interrupts import stop_on_interrupt
@@ -26,7 +36,7 @@ from embedding_assets.lineage import CODE_VERSIONS, OWNERS, BatchHasher, code_ve
 from embedding_assets.placement import SHARD_POD_TAGS
 from embedding_assets.plots import score_histogram
 from embedding_assets.progress import ProgressLog, StepMemory, throughput
-from embedding_assets.resources import Storage
+from embedding_assets.resources import CorpusSource, Storage
 from embedding_assets.resources.curation import Curation, CurationSettingsError
 from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
 
@@ -34,6 +44,9 @@ from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
 # rest is cut and counted, so one huge document costs bounded time and memory.
 MAX_SCORED_CHARS = 1_000_000
 MIN_CALIBRATION_DOCUMENTS = 50
+# The keep threshold is the quantile of this many corpus documents' scores (every document of a
+# smaller corpus): the kept share of the corpus is then the target to within sqrt(p(1-p)/n).
+CALIBRATION_DOCUMENTS = int(os.environ.get("EMBEDDING_ASSETS_CALIBRATION_DOCUMENTS") or 100_000)
 SHARDS_PER_RUN = int(os.environ.get("EMBEDDING_ASSETS_SHARDS_PER_RUN") or 16)
 SCORE_BINS = 20
 
@@ -53,15 +66,80 @@ def read_head(storage: Storage, version: versions.Version) -> CurationHead:
         raise dg.Failure(f"{storage.uri(*version.file(HEAD_FILE))}: {exc}", allow_retries=False) from exc
 
 
-def calibration_rows(splits: list[str]) -> np.ndarray:
-    """The sample rows the keep threshold and the drift reference come from: the held-out ones.
+@dataclass
+class Calibration:
+    """Scores of the corpus documents the keep threshold is calibrated on (blank texts at -inf: never
+    kept), their ids, and which of them the student was fitted on (the sample's training split)."""
 
-    The student was fitted to the training documents, and the corpus it scores is mostly
-    documents it never saw, which score differently. With too few held-out documents for a
-    stable quantile, the whole sample.
-    """
-    heldout = np.array(splits) != "train"
-    return heldout if heldout.sum() >= MIN_CALIBRATION_DOCUMENTS else np.ones(len(heldout), dtype=bool)
+    ids: list[str]
+    scores: np.ndarray
+    blank: np.ndarray
+    in_training_sample: np.ndarray
+    corpus_documents: int
+    source: str  # corpus, corpus draw, or training sample
+
+    def keep_rates(self, head: CurationHead, scores: np.ndarray | None = None) -> dict:
+        kept = head.keep(self.scores if scores is None else scores)
+        inside, outside = kept[self.in_training_sample], kept[~self.in_training_sample]
+        return {
+            "calibration_keep_fraction": round(float(kept.mean()), 4),
+            "keep_rate_training_sample": round(float(inside.mean()), 4) if len(inside) else None,
+            "keep_rate_outside_training_sample": round(float(outside.mean()), 4) if len(outside) else None,
+        }
+
+
+def training_ids(sample) -> list[str]:
+    return [i for i, split in zip(sample["id"].to_pylist(), sample["split"].to_pylist()) if split == "train"]
+
+
+def calibration_scores(context, storage: Storage, corpus: CorpusSource, embedder: LexicalEmbedder, head: CurationHead, sample,
+                       mapped: bool = True) -> Calibration:
+    """The head's scores of every corpus document, or of a draw of CALIBRATION_DOCUMENTS by a hash of
+    the id when the corpus is larger, read shard by shard as scoring reads them: as `score_documents`
+    gives them, or (`mapped` off) before the map of the student's training documents' scores.
+
+    When the corpus location holds no usable shard now (another location, or shards not yet
+    ingested), the training sample instead: a seeded draw of the same corpus."""
+    inside_ids = set(training_ids(sample))
+    score = head.score_documents if mapped else head._score_unmapped
+    try:
+        found = corpus_shards_now(context, corpus)
+        files = [found.published[shard].file(shard_file(shard)) for shard in found.usable]
+    except dg.Failure as exc:
+        context.log.warning(f"the keep threshold is calibrated on the training sample, not the corpus: {exc.description}")
+        files = []
+
+    def batches():
+        if not files:
+            yield sample["id"].to_pylist(), sample["text"].to_pylist()
+            return
+        for parts in files:
+            with storage.open_parquet(*parts) as parquet:
+                for batch in parquet.iter_batches(batch_size=8192, columns=["id", "text"]):
+                    batch_ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
+                    if cut < 1_000_000:
+                        chosen = np.flatnonzero(id_hash(batch_ids, "calibration") % np.uint64(1_000_000) < np.uint64(cut))
+                        batch_ids, texts = [batch_ids[i] for i in chosen], [texts[i] for i in chosen]
+                    yield batch_ids, texts
+
+    total = 0
+    for parts in files:
+        with storage.open_parquet(*parts) as parquet:
+            total += parquet.metadata.num_rows
+    cut = round(min(1.0, CALIBRATION_DOCUMENTS / max(total, 1)) * 1_000_000)
+    all_ids, scores, blanks = [], [], []
+    for batch_ids, texts in batches():
+        texts = [t[:MAX_SCORED_CHARS] for t in texts]
+        blank = np.array([not t.strip() for t in texts], dtype=bool)
+        batch_scores = score(embedder, batch_ids, texts)[1].astype(np.float64)
+        batch_scores[blank] = -np.inf
+        all_ids += batch_ids
+        scores.append(batch_scores)
+        blanks.append(blank)
+    scores = np.concatenate(scores) if scores else np.empty(0)
+    source = "training sample" if not files else ("corpus" if len(scores) == total else "corpus draw")
+    inside = np.array([i in inside_ids for i in all_ids], dtype=bool)
+    return Calibration(all_ids, scores, np.concatenate(blanks) if blanks else np.empty(0, bool), inside, total if files else len(all_ids), source)
 
 
 @dataclass
@@ -73,6 +151,9 @@ class HeadData:
     eval_texts: list[str]
     eval_targets: np.ndarray
     counts: dict
+    # Ids of the training rows, and which of them are corpus documents (scored later by the fold head that did not see them).
+    train_ids: list[str] | None = None
+    train_in_corpus: np.ndarray | None = None
 
 
 def fail(message: str) -> dg.Failure:
@@ -91,9 +172,11 @@ def labels_data(sample, positive_labels: list[str]) -> HeadData:
         found = sorted({label for label in sample["label"].to_pylist() if label is not None})
         raise fail(f"no sample document has one of the positive labels {sorted(positive_labels)} (--positive-labels); the corpus's labels include {found[:20]}")
     train = np.array(sample["split"].to_pylist()) == "train"
+    ids = sample["id"].to_pylist()
     return HeadData(
         [t for t, r in zip(texts, train) if r], y[train], [t for t, r in zip(texts, ~train) if r], y[~train],
         {"positive_documents": int(y.sum()), "negative_documents": int((~y).sum())},
+        [i for i, r in zip(ids, train) if r], np.ones(int(train.sum()), bool),
     )
 
 
@@ -102,9 +185,11 @@ def reference_data(storage: Storage, references: versions.Version, sample, curat
     refs = read_table(storage, references.file(REFERENCE_FILE))
     role, split = np.array(refs["role"].to_pylist()), np.array(refs["split"].to_pylist())
     texts = refs["text"].to_pylist()
+    ref_ids = [f"reference:{i}" for i in refs["id"].to_pylist()]
     positive = role == REFERENCE
     if (role == NEGATIVE).any():
         negative_texts, negative_split = [t for t, r in zip(texts, ~positive) if r], split[~positive]
+        negative_ids, negative_in_corpus = [i for i, r in zip(ref_ids, ~positive) if r], False
     else:
         # Corpus documents that are also references are not negatives.
         known = set(text_hash(texts)) | set(refs["id"].to_pylist())
@@ -112,16 +197,22 @@ def reference_data(storage: Storage, references: versions.Version, sample, curat
         usable = [i for i, (doc_id, h) in enumerate(zip(ids, text_hash(sample_texts))) if doc_id not in known and h not in known]
         negative_texts = [sample_texts[i] for i in usable][: curation.max_negatives]
         negative_split = np.array(sample["split"].to_pylist(), dtype=object)[usable][: curation.max_negatives]
+        negative_ids, negative_in_corpus = [ids[i] for i in usable][: curation.max_negatives], True
     pos_texts, pos_split = [t for t, r in zip(texts, positive) if r], split[positive]
+    pos_ids = [i for i, r in zip(ref_ids, positive) if r]
 
     def part(which: str):
-        chosen_pos = [t for t, s in zip(pos_texts, pos_split) if s == which]
-        chosen_neg = [t for t, s in zip(negative_texts, negative_split) if s == which]
-        return chosen_pos + chosen_neg, np.r_[np.ones(len(chosen_pos), bool), np.zeros(len(chosen_neg), bool)]
+        chosen_pos = [(t, i) for t, s, i in zip(pos_texts, pos_split, pos_ids) if s == which]
+        chosen_neg = [(t, i) for t, s, i in zip(negative_texts, negative_split, negative_ids) if s == which]
+        rows = chosen_pos + chosen_neg
+        return ([t for t, _ in rows], np.r_[np.ones(len(chosen_pos), bool), np.zeros(len(chosen_neg), bool)], [i for _, i in rows],
+                np.r_[np.zeros(len(chosen_pos), bool), np.full(len(chosen_neg), negative_in_corpus)])
 
-    train_texts, train_y = part("train")
-    eval_texts, eval_y = part("heldout")
-    return HeadData(train_texts, train_y, eval_texts, eval_y, {"reference_documents": len(pos_texts), "negative_documents": len(negative_texts)})
+    train_texts, train_y, train_ids, train_in_corpus = part("train")
+    eval_texts, eval_y, _, _ = part("heldout")
+    counts = {"reference_documents": len(pos_texts), "negative_documents": len(negative_texts),
+              "measured_against": "corpus" if negative_in_corpus else "negative references"}
+    return HeadData(train_texts, train_y, eval_texts, eval_y, counts, train_ids, train_in_corpus)
 
 
 def annotations_data(storage: Storage, annotated: versions.Version, curation: Curation) -> HeadData:
@@ -131,9 +222,11 @@ def annotations_data(storage: Storage, annotated: versions.Version, curation: Cu
         y = table["score"].to_numpy().astype(np.float64)
     else:
         y = annotation_targets(table["label"].to_pylist(), curation.positive_labels)
+    ids = table["id"].to_pylist()
     return HeadData(
         [t for t, r in zip(texts, train) if r], y[train], [t for t, r in zip(texts, ~train) if r], y[~train],
         {"annotated_documents": len(texts)},
+        [i for i, r in zip(ids, train) if r], np.ones(int(train.sum()), bool),
     )
 
 
@@ -145,14 +238,19 @@ def read_table(storage: Storage, parts: tuple[str, ...]):
 def fit_head(embedder: LexicalEmbedder, mode: str, data: HeadData, curation: Curation, settings: dict) -> CurationHead:
     if mode == "reference-similarity":
         positives = [t for t, y in zip(data.train_texts + data.eval_texts, np.r_[data.train_targets, data.eval_targets]) if y]
-        return similarity_head(embedder.version, settings, embedder.encode(positives))
+        if not curation.lexical:
+            return similarity_head(embedder.version, settings, embedder.encode(positives))
+        # The lexical term's weight is chosen on held-out references against the sample's documents.
+        documents = [t for t, y in zip(data.train_texts, data.train_targets) if not y]
+        return lexical_similarity_head(embedder.version, settings, embedder.encode(positives), lexical_features(embedder, positives),
+                                       [f"reference:{i}" for i in range(len(positives))], embedder.encode(documents), lexical_features(embedder, documents))
     kind = "ridge" if data.train_targets.dtype.kind == "f" else "logistic"
     if kind == "logistic" and len(set(data.train_targets.tolist())) < 2:
         raise fail(f"curation mode {mode}: the training documents need both wanted and unwanted examples; got {data.counts}")
     embeddings = embedder.encode(data.train_texts)
     lexical = lexical_features(embedder, data.train_texts) if curation.lexical else None
     try:
-        return linear_head(mode, kind, embedder.version, settings, embeddings, data.train_targets, lexical)
+        return cross_fitted_head(mode, kind, embedder.version, settings, embeddings, data.train_targets, lexical, data.train_ids, data.train_in_corpus)
     except ValueError as exc:
         raise fail(f"curation mode {mode}: {exc}") from exc
 
@@ -162,9 +260,11 @@ def head_evaluation(embedder: LexicalEmbedder, head: CurationHead, data: HeadDat
     from scipy.stats import spearmanr
     from sklearn.metrics import average_precision_score, roc_auc_score
 
+    threshold = head.threshold
     if head.kind == "similarity":
         train_refs = [t for t, y in zip(data.train_texts, data.train_targets) if y]
-        head = similarity_head(head.model_version, head.settings, embedder.encode(train_refs))
+        centroid = head.settings["lexical_weight"] * unit_centroid(lexical_features(embedder, train_refs)) if head.lexical else None
+        head = similarity_head(head.model_version, head.settings, embedder.encode(train_refs), centroid)
     if not data.eval_texts:
         return {"heldout_documents": 0}
     scores = head.score_texts(embedder, data.eval_texts)[1]
@@ -176,7 +276,21 @@ def head_evaluation(embedder: LexicalEmbedder, head: CurationHead, data: HeadDat
         evaluation["heldout_auc"] = round(float(roc_auc_score(y, scores)), 4)
         evaluation["heldout_average_precision"] = round(float(average_precision_score(y, scores)), 4)
         evaluation["heldout_positives"] = int(y.sum())
+        # What a user can act on: how often a new document like the wanted examples passes the keep rule.
+        evaluation["heldout_wanted_kept"] = round(float((scores[y.astype(bool)] >= threshold).mean()), 4)
+        evaluation["heldout_measures"] = HELDOUT_MEANING[data.counts.get("measured_against", "labels")]
+    evaluation["corpus_quality_estimate"] = (
+        "none: the corpus has no labels, so the kept set's precision and recall are unknown; the held-out figures say how well the head "
+        "tells the examples apart, not how pure the kept set is (bench.curation measures both on labelled corpora)"
+    )
     return evaluation
+
+
+HELDOUT_MEANING = {
+    "corpus": "held-out references ranked against held-out corpus sample documents, some of which may be wanted too: not the corpus's AP",
+    "negative references": "held-out references ranked against held-out negative references",
+    "labels": "held-out wanted documents ranked against held-out unwanted ones",
+}
 
 
 @dg.asset(
@@ -189,11 +303,11 @@ def head_evaluation(embedder: LexicalEmbedder, head: CurationHead, data: HeadDat
     description=(
         "The curation head on student embeddings (and the student's n-gram TF-IDF features), in the mode the curation settings choose: "
         "labels, reference-classifier, reference-similarity or annotations; its keep threshold is calibrated once to a target keep "
-        "fraction of held-out sample documents, so every shard is judged by the same rule. With no curation configured, documents are embedded, not scored."
+        "fraction of the corpus's documents (a draw of them past 100,000), each scored as scored_corpus scores it, so every shard is judged by the same rule. With no curation configured, documents are embedded, not scored."
     ),
 )
 @stop_on_interrupt
-def quality_classifier(context: dg.AssetExecutionContext, storage: Storage, curation: Curation) -> dg.MaterializeResult:
+def quality_classifier(context: dg.AssetExecutionContext, storage: Storage, curation: Curation, corpus: CorpusSource) -> dg.MaterializeResult:
     try:
         mode = curation.check()
     except CurationSettingsError as exc:
@@ -219,16 +333,18 @@ def quality_classifier(context: dg.AssetExecutionContext, storage: Storage, cura
             lineage["reference_set_version"] = references.data_version or "unknown"
         settings = {**settings, **lineage}
         head = fit_head(embedder, mode, data, curation, settings)
-        calibration = calibration_rows(sample["split"].to_pylist())
-        texts = [t for t, row in zip(sample["text"].to_pylist(), calibration) if row]
-        scores = head.score_texts(embedder, texts)[1]
-        head = head.calibrated(scores, curation.keep_fraction)
+        calibration = calibration_scores(context, storage, corpus, embedder, head, sample, mapped=False)
+        if len(calibration.scores) == 0:
+            raise fail("no corpus document to calibrate the keep threshold on")
+        head, scores = head.calibrated_on_scores(calibration.ids, calibration.scores, calibration.blank, training_ids(sample), curation.keep_fraction)
         evaluation = {
+            **head.evaluation,
             **head_evaluation(embedder, head, data),
             **data.counts,
-            "calibrated_on": "sample" if calibration.all() else "heldout",
-            "calibration_documents": len(texts),
-            "calibration_keep_fraction": round(float(head.keep(scores).mean()), 4),
+            "calibrated_on": calibration.source,
+            "calibration_documents": len(calibration.scores),
+            **calibration.keep_rates(head, scores),
+            "scores_mapped": head.sample_keys is not None,
         }
         head = replace(head, evaluation=evaluation)
     version = versions.new_version(context, "quality_classifier")
@@ -374,7 +490,8 @@ def score_shard(context, storage: Storage, shard: str, raw: versions.Version, em
                 truncated += len(long)
                 blank = np.array([not text.strip() for text in texts])
                 empty += int(blank.sum())
-                vectors, scores = head.score_texts(embedder, texts)
+                # The documents the head or the student was fitted on are judged as unseen ones (score_documents).
+                vectors, scores = head.score_documents(embedder, batch.column("id").to_pylist(), texts)
                 n = batch.num_rows
                 if head.scores:
                     # An empty text has nothing to judge; it is scored as such and never kept.

@@ -6,7 +6,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from embedding_assets.assets.curation import SCORE_BINS, calibration_rows, quality_classifier, scored_corpus
+from embedding_assets.assets.curation import SCORE_BINS, calibration_scores, quality_classifier, scored_corpus
 from embedding_assets.checks.expectations import validate
 from embedding_assets.checks.partitioned import per_shard
 from embedding_assets import versions
@@ -16,7 +16,7 @@ from embedding_assets.partitions import corpus_shards
 from embedding_assets.stored import model_config, read_sample
 from embedding_assets.engine import LexicalEmbedder
 from embedding_assets.engine.curation import CurationHead
-from embedding_assets.resources import QualityGates, Storage
+from embedding_assets.resources import CorpusSource, QualityGates, Storage
 
 
 def load_head(storage: Storage, version: versions.Version) -> CurationHead:
@@ -26,9 +26,9 @@ def load_head(storage: Storage, version: versions.Version) -> CurationHead:
 @dg.asset_check(
     asset=quality_classifier,
     blocking=True,
-    description="The head ranks held-out documents it did not learn from above its floor (AUC, or Spearman for annotation scores); its threshold keeps the target share of the held-out sample documents.",
+    description="The head ranks held-out documents it did not learn from above its floor (AUC, or Spearman for annotation scores); its threshold keeps the target share of the corpus documents it was calibrated on, scored again.",
 )
-def quality_classifier_calibration(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates) -> dg.AssetCheckResult:
+def quality_classifier_calibration(context: dg.AssetCheckExecutionContext, storage: Storage, gates: QualityGates, corpus: CorpusSource) -> dg.AssetCheckResult:
     head = load_head(storage, versions.latest(context, "quality_classifier"))
     model = LexicalEmbedder.from_bytes(storage.read_bytes(*versions.published(context, "distilled_model").file(MODEL_FILE)))
     failed = []
@@ -36,10 +36,9 @@ def quality_classifier_calibration(context: dg.AssetCheckExecutionContext, stora
         failed.append(f"fitted on model {head.model_version}, current model is {model.version}")
     if not head.scores:
         return dg.AssetCheckResult(passed=not failed, metadata={"mode": head.mode, **failed_entry(failed), "note": "no curation configured: nothing is scored"})
-    sample = read_sample(storage, versions.published(context, "training_sample"), ["text", "split"])
-    rows = calibration_rows(sample["split"].to_pylist())
-    texts = [text for text, row in zip(sample["text"].to_pylist(), rows) if row]
-    keep_fraction = float(head.keep(head.score_texts(model, texts)[1]).mean())
+    sample = read_sample(storage, versions.published(context, "training_sample"), ["id", "text", "split"])
+    calibration = calibration_scores(context, storage, corpus, model, head, sample)
+    keep_fraction = float(head.keep(calibration.scores).mean())
     measure, floor, setting = (
         ("held-out Spearman", gates.min_heldout_spearman, "min_heldout_spearman") if head.kind == "ridge" else ("held-out AUC", gates.min_heldout_auc, "min_heldout_auc")
     )
@@ -53,7 +52,7 @@ def quality_classifier_calibration(context: dg.AssetCheckExecutionContext, stora
     bounds = [
         (measure, f"{quality:.3f}" if quality is not None else "n/a", f">= {floor} (QualityGates.{setting})", quality_ok),
         (
-            f"keep fraction of the {len(texts):,} calibration documents",
+            f"keep fraction of the {len(calibration.scores):,} calibration documents",
             f"{keep_fraction:.3f}",
             f"{head.target_keep_fraction} ± {gates.sample_keep_tolerance} (target keep fraction ± QualityGates.sample_keep_tolerance)",
             keep_ok,
