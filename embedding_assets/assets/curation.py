@@ -43,7 +43,6 @@ from embedding_assets.resources.storage import STORAGE_RETRY_POLICY
 # Texts are scored on at most this many characters (the raw_corpus gate's default ceiling); the
 # rest is cut and counted, so one huge document costs bounded time and memory.
 MAX_SCORED_CHARS = 1_000_000
-MIN_CALIBRATION_DOCUMENTS = 50
 # The keep threshold is the quantile of this many corpus documents' scores (every document of a
 # smaller corpus): the kept share of the corpus is then the target to within sqrt(p(1-p)/n).
 CALIBRATION_DOCUMENTS = int(os.environ.get("EMBEDDING_ASSETS_CALIBRATION_DOCUMENTS") or 100_000)
@@ -101,13 +100,19 @@ def calibration_scores(context, storage: Storage, corpus: CorpusSource, embedder
     When the corpus location holds no usable shard now (another location, or shards not yet
     ingested), the training sample instead: a seeded draw of the same corpus."""
     inside_ids = set(training_ids(sample))
-    score = head.score_documents if mapped else head._score_unmapped
+    score = head.score_documents if mapped else head.score_unmapped
     try:
         found = corpus_shards_now(context, corpus)
         files = [found.published[shard].file(shard_file(shard)) for shard in found.usable]
     except dg.Failure as exc:
         context.log.warning(f"the keep threshold is calibrated on the training sample, not the corpus: {exc.description}")
         files = []
+
+    total = 0
+    for parts in files:
+        with storage.open_parquet(*parts) as parquet:
+            total += parquet.metadata.num_rows
+    cut = round(min(1.0, CALIBRATION_DOCUMENTS / max(total, 1)) * 1_000_000)
 
     def batches():
         if not files:
@@ -122,11 +127,6 @@ def calibration_scores(context, storage: Storage, corpus: CorpusSource, embedder
                         batch_ids, texts = [batch_ids[i] for i in chosen], [texts[i] for i in chosen]
                     yield batch_ids, texts
 
-    total = 0
-    for parts in files:
-        with storage.open_parquet(*parts) as parquet:
-            total += parquet.metadata.num_rows
-    cut = round(min(1.0, CALIBRATION_DOCUMENTS / max(total, 1)) * 1_000_000)
     all_ids, scores, blanks = [], [], []
     for batch_ids, texts in batches():
         texts = [t[:MAX_SCORED_CHARS] for t in texts]

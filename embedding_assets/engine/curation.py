@@ -171,7 +171,7 @@ class CurationHead:
         head was fitted on scored again by the fold head that did not see them, and the student's
         training documents' scores mapped onto the distribution of the others'."""
         keys = document_keys(ids) if self.cross_fitted or self.sample_keys is not None else None
-        embeddings, scores = self._score_unmapped(embedder, ids, texts, keys)
+        embeddings, scores = self.score_unmapped(embedder, ids, texts, keys)
         return embeddings, self.mapped(ids, scores, keys)
 
     def mapped(self, ids: Sequence[str], scores: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
@@ -185,8 +185,9 @@ class CurationHead:
         scores[inside] = np.interp(scores[inside], self.sample_quantiles[0], self.sample_quantiles[1]).astype(np.float32)
         return scores
 
-    def _score_unmapped(self, embedder: LexicalEmbedder, ids: Sequence[str], texts: Sequence[str],
-                        keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score_unmapped(self, embedder: LexicalEmbedder, ids: Sequence[str], texts: Sequence[str],
+                       keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`score_documents` before the map of the student's training documents' scores: what calibration fits that map on."""
         embeddings, scores = self.score_texts(embedder, texts)
         folds = self.fitted_fold(ids, keys)
         seen = np.flatnonzero(folds >= 0)
@@ -219,7 +220,7 @@ class CurationHead:
         """The head calibrated on corpus documents (all of a corpus, or a draw of it) and their scores
         as `score_documents` will give them: first the map of the student's training documents'
         (`sample_ids`) scores onto the others', then the threshold. Empty texts score -inf: never kept."""
-        scores = self._score_unmapped(embedder, ids, texts)[1].astype(np.float64)
+        scores = self.score_unmapped(embedder, ids, texts)[1].astype(np.float64)
         return self.calibrated_on_scores(ids, scores, [not t.strip() for t in texts], sample_ids, target_keep_fraction)
 
     def calibrated_on_scores(self, ids: Sequence[str], scores: np.ndarray, blank, sample_ids: Sequence[str],
